@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what the project needs on a fresh machine: Debian packages for the lab, and the Python venv.
+# Safe to rerun: each part is skipped when its stamp is newer than its inputs.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+APT_PACKAGES=(openssh-server nginx-light netcat-openbsd python3-venv util-linux procps iproute2)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "bootstrap: installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # policy-rc.d keeps the packages' own services from starting: the lab starts its own.
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  rm -f /usr/sbin/policy-rc.d
+fi
+# The packages may have started their daemons anyway (no systemd here, but be sure): the lab owns these ports.
+pkill -x nginx 2>/dev/null || true
+
+PY=${PYTHON:-/usr/bin/python3.11}
+if [ ! -x .venv/bin/python ]; then
+  echo "bootstrap: creating .venv with $PY"
+  "$PY" -m venv .venv
+fi
+if [ ! -f .venv/.stamp ] || [ requirements.txt -nt .venv/.stamp ] || [ constraints.txt -nt .venv/.stamp ]; then
+  echo "bootstrap: installing Python packages (requirements.txt + constraints.txt)"
+  .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt -c constraints.txt 2>&1 \
+    | grep -v "is ignored: it is neither a file nor a directory" || true
+  .venv/bin/python -c "import ansible, cryptography, aiosmtpd, zeep, stdnum, holidays" 
+  touch .venv/.stamp
+fi
