@@ -1,0 +1,60 @@
+"""The lab as a pytest fixture: real hosts (sshd + nginx), real simulators, real SMTP sink."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "lab"))
+
+import labctl  # noqa: E402
+
+LAB_HOSTS = int(os.environ.get("LAB_TEST_HOSTS", "3"))
+
+
+def ansible_env() -> dict:
+    env = dict(os.environ)
+    env.update(ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
+               PATH=f"{ROOT / '.venv' / 'bin'}:{env.get('PATH', '')}")
+    return env
+
+
+def run(cmd: list[str], check: bool = True, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Runs a command from the project root with the project's Ansible settings; output kept for assertions."""
+    p = subprocess.run(cmd, cwd=ROOT, env=env or ansible_env(), capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {p.returncode}\nSTDOUT:\n{p.stdout[-4000:]}\nSTDERR:\n{p.stderr[-4000:]}")
+    return p
+
+
+def ansible_json(args: list[str], check: bool = True) -> tuple[int, dict]:
+    """Ad-hoc `ansible` with the JSON callback: (rc, {host: result})."""
+    env = ansible_env()
+    env.update(ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json")
+    p = run([str(ROOT / ".venv/bin/ansible"), *args], check=check, env=env)
+    data = json.loads(p.stdout[p.stdout.index("{"):])
+    hosts = {}
+    for play in data["plays"]:
+        for task in play["tasks"]:
+            hosts.update(task["hosts"])
+    return p.returncode, hosts
+
+
+@pytest.fixture(scope="session")
+def lab():
+    """A fresh lab for the session: LAB_TEST_HOSTS hosts (default 3), torn down at the end."""
+    labctl.up(LAB_HOSTS, fresh=True)
+    yield labctl
+    labctl.down()
+
+
+@pytest.fixture
+def fresh_lab(lab):
+    """The lab reset to day zero (RENAPO gen1, hosts trusting only it) for a test that changes things."""
+    labctl.up(LAB_HOSTS, fresh=True)
+    return lab
