@@ -1,0 +1,577 @@
+"""Mesa de Servicios mailbox intake: parse, classify and move messages of a Maildir without ever losing one.
+
+Pure code (stdlib only): no Ansible import, so pytest drives it directly and `library/mail_intake.py` stays thin.
+
+A request is an e-mail a person writes in Spanish, one field per line (labels are accent/case/space tolerant)::
+
+    Solicitante: Juan Pérez López
+    Correo: juan.perez@agricultura.gob.mx
+    Unidad Administrativa: Dirección General de Fomento a la Agricultura
+    Sistema: Padrón de Productores
+    Servicio: RENAPO            (RENAPO o SAT)
+    Turnado por: Lic. María Gómez Ruiz
+    Cargo: Director de Área
+
+A missing field is None; `observations.evaluate` decides what that means.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import email
+import email.header
+import email.utils
+import hashlib
+import html
+import io
+import os
+import re
+import tempfile
+import unicodedata
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.message import Message
+from html.parser import HTMLParser
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+FOLIO_RE = re.compile(r"\bDGTIC-(RENAPO|SAT)-(\d{4})-(\d{6})\b", re.IGNORECASE)
+# Something that looks like a folio but is not one (wrong year/number width) is named in the quarantine reason.
+FOLIO_LIKE_RE = re.compile(r"\bDGTIC-[A-Z0-9]+(?:-[A-Z0-9]+)*", re.IGNORECASE)
+TICKET_RE = re.compile(r"\[\s*Ticket\s*#\s*(\d+)\s*\]", re.IGNORECASE)
+FINGERPRINT_RE = re.compile(r"(?<![0-9A-F:])((?:[0-9A-F]{2}:){31}[0-9A-F]{2})(?![0-9A-F:])", re.IGNORECASE)
+EMAIL_RE = re.compile(r"[A-Za-z0-9._%+'-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
+
+CERT_EXTENSIONS = (".cer", ".crt", ".pem", ".der", ".key", ".pfx", ".p12")
+SECRET_EXTENSIONS = (".key", ".pfx", ".p12")
+DEFAULT_MAX_ATTACHMENT_BYTES = 10 * 1024 * 1024
+DEFAULT_MAX_ZIP_ENTRIES = 50
+# Sender domains that make a message a certificate delivery even when its attachment is missing.
+DEFAULT_PROVIDER_DOMAINS = {"renapo.gob.mx": "renapo", "segob.gob.mx": "renapo", "sat.gob.mx": "sat"}
+
+# Normalised label -> request field; the first occurrence of a field wins.
+FIELD_LABELS = {
+    "solicitante": "requester",
+    "nombre": "requester",
+    "nombre del solicitante": "requester",
+    "correo": "requester_email",
+    "correo electronico": "requester_email",
+    "correo institucional": "requester_email",
+    "email": "requester_email",
+    "e-mail": "requester_email",
+    "unidad administrativa": "administrative_unit",
+    "unidad": "administrative_unit",
+    "area": "administrative_unit",
+    "sistema": "system",
+    "sistema/aplicacion": "system",
+    "aplicacion": "system",
+    "servicio": "service",
+    "turnado por": "forwarded_by",
+    "turnada por": "forwarded_by",
+    "remitido por": "forwarded_by",
+    "cargo": "forwarded_by_rank",
+    "cargo de quien turna": "forwarded_by_rank",
+    "puesto": "forwarded_by_rank",
+}
+LABEL_LINE_RE = re.compile(r"^[\s*>_-]*([^\W\d_][\w /.-]{1,40}?)[\s*_]*:\s*(.*?)\s*$")
+
+
+class QuarantineMessage(Exception):
+    """Raised by a handler to send the message to quarantine with a reason (e.g. folio matches no ticket)."""
+
+
+@dataclass
+class ServiceRequest:
+    requester: str | None = None
+    requester_email: str | None = None
+    administrative_unit: str | None = None
+    system: str | None = None
+    service: str | None = None  # 'renapo' | 'sat', or the raw text when it names neither
+    forwarded_by: str | None = None
+    forwarded_by_rank: str | None = None
+
+    def supplied(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+@dataclass
+class Attachment:
+    filename: str
+    content: bytes = field(repr=False)  # may be a key: never printed
+    source: str = ""  # "bundle.zip!renapo.pem" when it came out of a zip
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.content).hexdigest()
+
+
+@dataclass
+class ParsedMessage:
+    kind: str  # 'request' | 'delivery' | 'reply' | 'unknown'
+    message_id: str
+    subject: str = ""
+    sender: str = ""
+    sender_name: str = ""
+    date: str = ""
+    body: str = ""
+    folio: str | None = None
+    service: str | None = None
+    ticket_id: int | None = None
+    request: ServiceRequest | None = None
+    attachments: list[Attachment] = field(default_factory=list)
+    fingerprint: str | None = None
+    reason: str | None = None  # why kind is 'unknown' or why the message must go to quarantine
+    quarantine: bool = False
+
+
+def normalise(text: str) -> str:
+    """Lower case, no accents, single spaces: how labels, ranks and system names are compared."""
+    text = unicodedata.normalize("NFKD", text)
+    text = "".join(c for c in text if not unicodedata.combining(c))
+    return " ".join(text.lower().split())
+
+
+def _decode_bytes(data: bytes, charset: str | None) -> str:
+    for cs in (charset, "utf-8", "cp1252"):
+        if not cs or cs == "unknown-8bit":
+            continue
+        try:
+            return data.decode(cs)
+        except (LookupError, UnicodeDecodeError):
+            continue
+    return data.decode("latin-1")
+
+
+def decode_header_value(value) -> str:
+    """Decode an RFC 2047 / raw 8-bit header to text; unknown charsets fall back, never raise."""
+    if value is None:
+        return ""
+    try:
+        chunks = email.header.decode_header(value if isinstance(value, email.header.Header) else str(value))
+    except Exception:  # a broken header becomes its raw text
+        return " ".join(str(value).split())
+    out = []
+    for chunk, charset in chunks:
+        out.append(_decode_bytes(chunk, charset) if isinstance(chunk, bytes) else chunk)
+    text = "".join(out)
+    if any("\udc80" <= c <= "\udcff" for c in text):
+        # surrogateescape'd 8-bit bytes from message_from_bytes: recover them as UTF-8, else Latin-1
+        text = _decode_bytes(text.encode("utf-8", "surrogateescape"), None)
+    return " ".join(text.split())
+
+
+class _HTMLText(HTMLParser):
+    BLOCKS = {"br", "p", "div", "tr", "li", "h1", "h2", "h3", "h4", "table", "blockquote"}
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._skip = 0
+
+    def handle_starttag(self, tag, attrs):
+        if tag in ("script", "style"):
+            self._skip += 1
+        elif tag in self.BLOCKS:
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag):
+        if tag in ("script", "style"):
+            self._skip = max(0, self._skip - 1)
+        elif tag in self.BLOCKS or tag in ("td", "th"):
+            self.parts.append("\n" if tag in self.BLOCKS else " ")
+
+    def handle_data(self, data):
+        if not self._skip:
+            self.parts.append(data)
+
+
+def html_to_text(markup: str) -> str:
+    parser = _HTMLText()
+    try:
+        parser.feed(markup)
+        parser.close()
+    except Exception:  # unparseable HTML: keep its text roughly
+        return html.unescape(re.sub(r"<[^>]+>", " ", markup))
+    return "".join(parser.parts).replace("\xa0", " ")
+
+
+def _part_filename(part: Message) -> str | None:
+    name = part.get_param("filename", header="content-disposition") or part.get_param("name")
+    if name is None:
+        return None
+    return decode_header_value(email.utils.collapse_rfc2231_value(name)) or None
+
+
+def _part_text(part: Message) -> str:
+    payload = part.get_payload(decode=True)
+    if payload is None:
+        return ""
+    return _decode_bytes(payload, part.get_content_charset())
+
+
+def _strip_quoted(body: str) -> str:
+    """The new text of a reply: quoted lines ('>') and everything after an 'On ... wrote:' marker dropped."""
+    kept = []
+    for line in body.splitlines():
+        low = normalise(line)
+        if low.startswith("-----original message") or low.startswith("-----mensaje original") or (
+            low.endswith(("escribio:", "wrote:")) and (low.startswith("el ") or low.startswith("on "))
+        ):
+            break
+        if not line.lstrip().startswith(">"):
+            kept.append(line)
+    return "\n".join(kept)
+
+
+def parse_request_fields(body: str) -> tuple[ServiceRequest, int]:
+    """Fields of a request written one per line; returns the request and how many labels were recognised."""
+    request = ServiceRequest()
+    found = 0
+    for line in body.splitlines():
+        m = LABEL_LINE_RE.match(line)
+        if not m:
+            continue
+        name = FIELD_LABELS.get(normalise(m.group(1)))
+        if name is None:
+            continue
+        found += 1
+        value = " ".join(m.group(2).strip(" *_").split()) or None
+        if getattr(request, name) is not None or value is None:
+            continue
+        if name == "requester_email":
+            em = EMAIL_RE.search(value)
+            value = em.group(0).lower() if em else value
+        elif name == "service":
+            low = normalise(value)
+            value = "renapo" if "renapo" in low else "sat" if re.search(r"\bsat\b", low) else value
+        setattr(request, name, value)
+    return request, found
+
+
+def _der_well_formed(data: bytes) -> bool:
+    """One top-level ASN.1 SEQUENCE covering exactly the data: what every cert, key and PKCS#12 file is."""
+    if len(data) < 2 or data[0] != 0x30:
+        return False
+    first = data[1]
+    if first < 0x80:
+        length, header = first, 2
+    else:
+        n = first & 0x7F
+        if n == 0 or n > 4 or len(data) < 2 + n:
+            return False
+        length, header = int.from_bytes(data[2 : 2 + n], "big"), 2 + n
+    return header + length == len(data)
+
+
+def attachment_defect(filename: str, data: bytes) -> str | None:
+    """Structural sanity of a certificate file (PEM blocks decode to DER, or DER is whole); cert_validate judges."""
+    if not data:
+        return f"adjunto vacío: {filename}"
+    if b"-----BEGIN " in data:
+        blocks = re.findall(rb"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", data, re.DOTALL)
+        if not blocks:
+            return f"adjunto corrupto (bloque PEM incompleto): {filename}"
+        for _label, b64 in blocks:
+            b64 = re.sub(rb"^[A-Za-z-]+:.*$", b"", b64, flags=re.MULTILINE)  # legacy 'Proc-Type:' headers
+            try:
+                der = base64.b64decode(b"".join(b64.split()), validate=True)
+            except (binascii.Error, ValueError):
+                return f"adjunto corrupto (base64 inválido en PEM): {filename}"
+            if not _der_well_formed(der):
+                return f"adjunto corrupto (DER mal formado en PEM): {filename}"
+        return None
+    if not _der_well_formed(data):
+        return f"adjunto corrupto (ni PEM ni DER válido): {filename}"
+    return None
+
+
+def _unsafe_zip_name(name: str) -> bool:
+    posix, win = PurePosixPath(name), PureWindowsPath(name)
+    return posix.is_absolute() or win.is_absolute() or bool(win.drive) or ".." in posix.parts or ".." in win.parts
+
+
+def _zip_members(filename: str, data: bytes, max_total: int, max_entries: int) -> tuple[list[Attachment], str | None]:
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        infos = archive.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError) as exc:
+        return [], f"zip corrupto {filename}: {exc}"
+    if len(infos) > max_entries:
+        return [], f"zip con demasiadas entradas ({len(infos)} > {max_entries}): {filename}"
+    bad = [i.filename for i in infos if _unsafe_zip_name(i.filename)]
+    if bad:
+        return [], f"zip con ruta insegura {bad[0]!r}: {filename}"
+    if sum(i.file_size for i in infos) > max_total:
+        return [], f"zip demasiado grande al descomprimir (> {max_total} bytes): {filename}"
+    members, total = [], 0
+    for info in infos:
+        if info.is_dir() or not info.filename.lower().endswith(CERT_EXTENSIONS):
+            continue
+        try:
+            with archive.open(info) as fh:
+                content = fh.read(max_total - total + 1)  # declared sizes can lie: bound the real read
+        except (zipfile.BadZipFile, RuntimeError, ValueError, OSError, EOFError) as exc:
+            return [], f"zip corrupto {filename}!{info.filename}: {exc}"
+        total += len(content)
+        if total > max_total:
+            return [], f"zip demasiado grande al descomprimir (> {max_total} bytes): {filename}"
+        members.append(Attachment(PurePosixPath(info.filename).name, content, f"{filename}!{info.filename}"))
+    return members, None
+
+
+def _sender_service(sender: str, provider_domains: dict) -> str | None:
+    domain = sender.rpartition("@")[2].lower()
+    for known, service in provider_domains.items():
+        if domain == known or domain.endswith("." + known):
+            return service
+    return None
+
+
+def parse_message(
+    raw: bytes,
+    max_attachment_bytes: int = DEFAULT_MAX_ATTACHMENT_BYTES,
+    max_zip_entries: int = DEFAULT_MAX_ZIP_ENTRIES,
+    provider_domains: dict | None = None,
+) -> ParsedMessage:
+    """Classify one raw message as request, delivery, reply or unknown. Never raises on malformed input."""
+    provider_domains = DEFAULT_PROVIDER_DOMAINS if provider_domains is None else provider_domains
+    try:
+        msg = email.message_from_bytes(raw)
+    except Exception as exc:  # the stdlib parser is lenient; anything else is quarantined
+        return ParsedMessage("unknown", _fallback_id(raw), reason=f"mensaje ilegible: {exc}", quarantine=True)
+    message_id = decode_header_value(msg.get("Message-ID")).strip() or _fallback_id(raw)
+    subject = decode_header_value(msg.get("Subject"))
+    sender_name, sender = email.utils.parseaddr(decode_header_value(msg.get("From")))
+    parsed = ParsedMessage(
+        "unknown", message_id, subject=subject, sender=sender.lower(), sender_name=sender_name,
+        date=decode_header_value(msg.get("Date")),
+    )
+
+    plain, markup, defects = [], [], []
+    raw_attachments: list[Attachment] = []
+    for part in msg.walk():
+        if part.is_multipart():
+            continue
+        name = _part_filename(part)
+        disposition = (part.get_content_disposition() or "").lower()
+        if name is None and disposition != "attachment":
+            if part.get_content_type() == "text/plain":
+                plain.append(_part_text(part))
+            elif part.get_content_type() == "text/html":
+                markup.append(_part_text(part))
+            continue
+        content = part.get_payload(decode=True) or b""
+        raw_attachments.append(Attachment(name or "adjunto", content))
+    parsed.body = "\n".join(plain) if any(p.strip() for p in plain) else "\n".join(html_to_text(h) for h in markup)
+
+    attachments = []
+    for att in raw_attachments:
+        low = att.filename.lower()
+        if len(att.content) > max_attachment_bytes:
+            defects.append(f"adjunto demasiado grande ({len(att.content)} > {max_attachment_bytes} bytes): "
+                           f"{att.filename}")
+        elif low.endswith(".zip"):
+            members, defect = _zip_members(att.filename, att.content, max_attachment_bytes, max_zip_entries)
+            attachments.extend(members)
+            if defect:
+                defects.append(defect)
+        elif low.endswith(CERT_EXTENSIONS):
+            attachments.append(att)
+    for att in attachments:
+        defect = attachment_defect(att.source or att.filename, att.content)
+        if defect:
+            defects.append(defect)
+    parsed.attachments = attachments
+
+    text = f"{subject}\n{parsed.body}"
+    folio = FOLIO_RE.search(text)
+    if folio:
+        parsed.folio = f"DGTIC-{folio.group(1).upper()}-{folio.group(2)}-{folio.group(3)}"
+        parsed.service = folio.group(1).lower()
+    ticket = TICKET_RE.search(subject) or TICKET_RE.search(parsed.body)
+    parsed.ticket_id = int(ticket.group(1)) if ticket else None
+    fingerprint = FINGERPRINT_RE.search(parsed.body)
+    parsed.fingerprint = fingerprint.group(1).upper() if fingerprint else None
+
+    provider = _sender_service(parsed.sender, provider_domains)
+    has_cert_files = bool(attachments) or any(
+        a.filename.lower().endswith((".zip", *CERT_EXTENSIONS)) for a in raw_attachments
+    )
+    if has_cert_files or provider:
+        parsed.kind = "delivery"
+        parsed.service = parsed.service or provider
+        if not parsed.folio:
+            near = FOLIO_LIKE_RE.search(text)
+            defects.insert(0, f"folio con formato inválido: {near.group(0)!r}" if near
+                           else "entrega sin folio DGTIC-(RENAPO|SAT)-AAAA-NNNNNN")
+        if not attachments and not defects:
+            defects.append("entrega sin adjunto de certificado (.cer/.crt/.pem/.der/.key/.pfx/.p12 o .zip)")
+    else:
+        request, found = parse_request_fields(parsed.body)
+        is_reply = parsed.ticket_id is not None or (parsed.folio and re.match(r"^\s*(re|rv|fw|fwd)\s*:", subject, re.I))
+        if is_reply:
+            parsed.kind = "reply"
+            parsed.request, _ = parse_request_fields(_strip_quoted(parsed.body))
+        elif found >= 2:
+            parsed.kind = "request"
+            parsed.request = request
+            parsed.service = request.service if request.service in ("renapo", "sat") else parsed.service
+        else:
+            parsed.reason = "no es solicitud, respuesta ni entrega: sin campos de solicitud, folio, ticket ni adjunto"
+            parsed.quarantine = True
+    if defects:
+        parsed.reason = "; ".join(defects)
+        parsed.quarantine = True
+    return parsed
+
+
+def _fallback_id(raw: bytes) -> str:
+    return f"<sha256-{hashlib.sha256(raw).hexdigest()}@sin-message-id>"
+
+
+# ---- Maildir ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class IntakeResult:
+    processed: list[tuple[str, ParsedMessage, object]] = field(default_factory=list)  # (file, parsed, handler's)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, message_id) seen before
+    quarantined: list[tuple[str, str, ParsedMessage | None]] = field(default_factory=list)  # (file, reason, parsed)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def ensure_maildir(path) -> Path:
+    path = Path(path)
+    for sub in ("tmp", "new", "cur"):
+        (path / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+def _base_name(name: str) -> str:
+    return name.split(":", 1)[0]
+
+
+def _move_to_cur(maildir: Path, name: str) -> None:
+    os.rename(maildir / "new" / name, maildir / "cur" / f"{_base_name(name)}:2,S")
+    _fsync_dir(maildir / "cur")
+    _fsync_dir(maildir / "new")
+
+
+def quarantine_bytes(raw: bytes, reason: str) -> bytes:
+    """The original message with an X-Quarantine-Reason header prepended; the rest of the bytes untouched."""
+    value = email.header.Header(" ".join(reason.split())[:900], "utf-8").encode(maxlinelen=76)
+    return f"X-Quarantine-Reason: {value}\r\n".encode("ascii") + raw
+
+
+def _quarantine(maildir: Path, name: str, raw: bytes, reason: str, quarantine_dir: Path) -> None:
+    # Same file name in quarantine: a crash after the copy and a rerun overwrite it instead of duplicating it.
+    fd, tmp = tempfile.mkstemp(dir=quarantine_dir / "tmp", prefix=".q-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(quarantine_bytes(raw, reason))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, quarantine_dir / "new" / _base_name(name))
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(quarantine_dir / "new")
+    os.unlink(maildir / "new" / name)
+    _fsync_dir(maildir / "new")
+
+
+def process_maildir(
+    maildir_path,
+    handler: Callable[[ParsedMessage], object],
+    quarantine_dir,
+    seen: Callable[[str], bool] | None = None,
+    **parse_options,
+) -> IntakeResult:
+    """Process every message of `new/` in file-name order (arrival order for Maildir names).
+
+    `handler(parsed)` must commit its own work (the ticket) before returning; only then the message moves to `cur/`
+    with flag S. It may raise QuarantineMessage(reason). Any other exception stops the run with the message still in
+    `new/`, so a rerun retries it; `seen(message_id)` lets the rerun skip what the handler already committed.
+    Quarantined messages (kind unknown, defective delivery) never reach the handler.
+    """
+    maildir = ensure_maildir(maildir_path)
+    quarantine_dir = ensure_maildir(quarantine_dir)
+    result = IntakeResult()
+    done_here: set[str] = set()
+    for name in sorted(os.listdir(maildir / "new")):
+        if name.startswith("."):
+            continue
+        try:
+            raw = (maildir / "new" / name).read_bytes()
+        except FileNotFoundError:  # another intake run took it
+            continue
+        parsed = parse_message(raw, **parse_options)
+        if parsed.message_id in done_here or (seen is not None and seen(parsed.message_id)):
+            _move_to_cur(maildir, name)
+            result.skipped.append((name, parsed.message_id))
+            continue
+        if parsed.quarantine:
+            _quarantine(maildir, name, raw, parsed.reason or "sin motivo", quarantine_dir)
+            result.quarantined.append((name, parsed.reason, parsed))
+            continue
+        try:
+            outcome = handler(parsed)
+        except QuarantineMessage as exc:
+            reason = str(exc) or "rechazado por el manejador"
+            parsed.reason, parsed.quarantine = reason, True
+            _quarantine(maildir, name, raw, reason, quarantine_dir)
+            result.quarantined.append((name, reason, parsed))
+            continue
+        done_here.add(parsed.message_id)
+        _move_to_cur(maildir, name)
+        result.processed.append((name, parsed, outcome))
+    return result
+
+
+# ---- attachments ------------------------------------------------------------------------------------------------
+
+
+def sanitise_filename(name: str) -> str:
+    base = re.split(r"[\\/]", name)[-1]
+    base = unicodedata.normalize("NFKD", base).encode("ascii", "ignore").decode("ascii")
+    base = re.sub(r"[^A-Za-z0-9._-]", "_", base).lstrip(".-")
+    return base[:120] or "adjunto"
+
+
+def extract_attachments(parsed: ParsedMessage, dest_dir) -> list[Path]:
+    """Write each certificate attachment into dest_dir atomically; keys and PKCS#12 files get mode 0600."""
+    dest = Path(dest_dir)
+    dest.mkdir(parents=True, exist_ok=True, mode=0o700)
+    written: list[Path] = []
+    used: set[str] = set()
+    for att in parsed.attachments:
+        name = sanitise_filename(att.filename)
+        stem, dot, ext = name.rpartition(".")
+        stem, ext = (stem, dot + ext) if dot else (name, "")
+        n = 1
+        while name.lower() in used:
+            name = f"{stem}-{n}{ext}"
+            n += 1
+        used.add(name.lower())
+        mode = 0o600 if name.lower().endswith(SECRET_EXTENSIONS) else 0o644
+        fd, tmp = tempfile.mkstemp(dir=dest, prefix=".tmp-")
+        try:
+            os.fchmod(fd, mode)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(att.content)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, dest / name)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        written.append(dest / name)
+    _fsync_dir(dest)
+    return written

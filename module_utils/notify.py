@@ -1,0 +1,125 @@
+"""Spanish notices of the procedure: render Jinja2 templates, build a text+HTML message, send it by SMTP.
+
+Pure code (stdlib + Jinja2): no Ansible import.
+
+Each notice `<name>` is two templates under `templates/notices/` (or `templates/oficio/`):
+`<name>.txt.j2` with `{% block subject %}` and `{% block body %}`, and `<name>.html.j2` (autoescaped).
+Templates run with StrictUndefined: a missing variable fails the render instead of mailing a blank.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import smtplib
+import ssl
+from collections.abc import Iterable
+from email.message import EmailMessage
+from pathlib import Path
+
+import jinja2
+
+DEFAULT_TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
+TEMPLATE_SUBDIRS = ("notices", "oficio")
+NOTICES = (
+    "observations", "folio_issued", "oficio_respuesta", "deployment_concluded", "rollback", "ticket_closed",
+    "quarantine", "certificate_expiring",
+)
+MONTHS_ES = ("enero", "febrero", "marzo", "abril", "mayo", "junio", "julio", "agosto", "septiembre", "octubre",
+             "noviembre", "diciembre")
+SERVICE_NAMES = {"renapo": "RENAPO (consulta de CURP)", "sat": "SAT (opinión de cumplimiento)"}
+
+
+def fecha_larga(value) -> str:
+    """A date in Spanish long form: '28 de noviembre de 2026' (accepts date, datetime or ISO string)."""
+    if isinstance(value, str):
+        value = dt.date.fromisoformat(value[:10])
+    return f"{value.day} de {MONTHS_ES[value.month - 1]} de {value.year}"
+
+
+def servicio(value) -> str:
+    return SERVICE_NAMES.get(str(value).lower(), str(value))
+
+
+def _environment(template_dir) -> jinja2.Environment:
+    root = Path(template_dir) if template_dir else DEFAULT_TEMPLATE_DIR
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader([str(root / sub) for sub in TEMPLATE_SUBDIRS]),
+        undefined=jinja2.StrictUndefined,
+        autoescape=lambda name: not (name or "").endswith(".txt.j2"),  # only plain text is left unescaped
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters["fecha_larga"] = fecha_larga
+    env.filters["servicio"] = servicio
+    return env
+
+
+def render(name: str, template_dir=None, **ctx) -> tuple[str, str, str]:
+    """Render notice `name` with ctx; returns (subject, text, html)."""
+    env = _environment(template_dir)
+    ctx.setdefault("hoy", dt.date.today())
+    text_tmpl = env.get_template(f"{name}.txt.j2")
+    context = text_tmpl.new_context(ctx)
+    subject = " ".join("".join(text_tmpl.blocks["subject"](context)).split())
+    text = "".join(text_tmpl.blocks["body"](text_tmpl.new_context(ctx))).strip() + "\n"
+    html = env.get_template(f"{name}.html.j2").render({**ctx, "asunto": subject})
+    return subject, text, html
+
+
+def build_message(
+    subject: str,
+    text: str,
+    html: str,
+    *,
+    sender: str,
+    to: Iterable[str],
+    cc: Iterable[str] = (),
+    reply_to: str | None = None,
+    in_reply_to: str | None = None,
+    attachments: Iterable[tuple[str, bytes, str]] = (),
+) -> EmailMessage:
+    """multipart/alternative (text, HTML); attachments as (filename, bytes, mime type 'type/subtype')."""
+    msg = EmailMessage()
+    msg["Subject"] = subject
+    msg["From"] = sender
+    msg["To"] = ", ".join(to)
+    cc = list(cc)
+    if cc:
+        msg["Cc"] = ", ".join(cc)
+    if reply_to:
+        msg["Reply-To"] = reply_to
+    if in_reply_to:
+        msg["In-Reply-To"] = in_reply_to
+        msg["References"] = in_reply_to
+    msg["Date"] = email.utils.formatdate(localtime=True)
+    msg["Message-ID"] = email.utils.make_msgid(domain=sender.rpartition("@")[2] or None)
+    msg.set_content(text, charset="utf-8")
+    msg.add_alternative(html, subtype="html", charset="utf-8")
+    for filename, data, mime in attachments:
+        maintype, _, subtype = mime.partition("/")
+        msg.add_attachment(data, maintype=maintype, subtype=subtype or "octet-stream", filename=filename)
+    return msg
+
+
+def notice(name: str, *, sender: str, to: Iterable[str], cc: Iterable[str] = (), reply_to: str | None = None,
+           in_reply_to: str | None = None, template_dir=None, **ctx) -> EmailMessage:
+    """render() + build_message() in one call."""
+    subject, text, html = render(name, template_dir=template_dir, **ctx)
+    return build_message(subject, text, html, sender=sender, to=to, cc=cc, reply_to=reply_to,
+                         in_reply_to=in_reply_to)
+
+
+def send(message: EmailMessage, host: str, port: int, starttls: bool = False, username: str | None = None,
+         password: str | None = None, timeout: float = 10.0) -> list[str]:
+    """Send through SMTP; returns the accepted recipients. Raises smtplib.SMTPException naming the refusal."""
+    with smtplib.SMTP(host, port, timeout=timeout) as smtp:
+        smtp.ehlo()
+        if starttls:
+            smtp.starttls(context=ssl.create_default_context())
+            smtp.ehlo()
+        if username:
+            smtp.login(username, password or "")
+        refused = smtp.send_message(message)
+    recipients = [a for _n, a in email.utils.getaddresses(message.get_all("To", []) + message.get_all("Cc", []))]
+    return [r for r in recipients if r not in refused]
