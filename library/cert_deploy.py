@@ -1,0 +1,252 @@
+#!/usr/bin/python
+
+DOCUMENTATION = r"""
+---
+module: cert_deploy
+short_description: Back up, atomically install, config-test and reload certificate files on a host, or restore a backup
+description:
+  - One call per host does the whole host-side step of a certificate rollout, so round trips stay low.
+  - C(install) compares the wanted files with what is there; when anything differs it copies the current files byte for
+    byte into a timestamped backup with a checksum manifest, replaces each file atomically (temp file, fsync, rename),
+    runs the config test and the reload, and prunes old backups. A failed config test or reload puts the previous
+    files back byte for byte (and reloads again) before the module fails naming the step.
+  - C(restore) puts back a named, the latest or the previous backup after checking every copy against its manifest,
+    then runs the config test and the reload the same way. C(list) returns the complete backups.
+  - Runs with the host's standard library only. Secret files (keys, keystores) never show their content, not even in
+    the diff; only C(<secret file changed>).
+version_added: "0.1.0"
+author: DGTIC certificate renewal team
+options:
+  action:
+    description: What to do.
+    type: str
+    choices: [install, restore, list]
+    default: install
+  files:
+    description: The files to install (required for I(action=install)).
+    type: list
+    elements: dict
+    suboptions:
+      path:
+        description: Absolute path of the file on the host; its directory must exist.
+        type: path
+        required: true
+      content:
+        description: The wanted bytes, base64-encoded. Never logged.
+        type: str
+        required: true
+      mode:
+        description:
+          - Quoted octal mode, for example C("0644").
+          - Default keeps the current mode; a new file gets 0644, or 0600 when I(secret=true).
+        type: str
+      owner:
+        description: Owner name or uid. Default keeps the current owner.
+        type: str
+      group:
+        description: Group name or gid. Default keeps the current group.
+        type: str
+      secret:
+        description: The file is a key or keystore; its content and diff are never shown.
+        type: bool
+        default: false
+      merge:
+        description:
+          - Treat I(content) as PEM certificates to add to the PEM bundle already at I(path) (existing entries first,
+            duplicates by SHA-256 fingerprint removed, expired ones dropped) instead of replacing it.
+        type: bool
+        default: false
+  backup_dir:
+    description: Directory holding one sub-directory per backup (created mode 0700).
+    type: path
+    required: true
+  backup_keep:
+    description: How many complete backups to keep, the new one included.
+    type: int
+    default: 5
+  backup_label:
+    description: Name of the backup to create. Default a UTC timestamp C(YYYYmmddTHHMMSSZ) plus a random suffix.
+    type: str
+  backup:
+    description:
+      - For I(action=restore), the backup to restore, by label, or C(latest) (the newest, holding the files as they
+        were before the last change) or C(previous) (the one before it).
+    type: str
+  validate_command:
+    description: Config test run after the files are written, for example C(nginx -t). A list or a string.
+    type: raw
+  reload_command:
+    description: Reload run after a passing config test, for example C(nginx -s reload). A list or a string.
+    type: raw
+notes:
+  - Check mode reports what would change, with the diff, and touches nothing (no backup, no write, no command).
+  - Diff mode shows, per changed file, each certificate as serial, SHA-256 fingerprint, subject CN and notAfter,
+    other files as their SHA-256, secret files only as changed.
+"""
+
+EXAMPLES = r"""
+- name: Add the renewed RENAPO anchor to the trust bundle, test nginx and reload it
+  cert_deploy:
+    files:
+      - path: /etc/consulta/renapo-trust.pem
+        content: "{{ lookup('ansible.builtin.file', 'staged/anchor.pem') | b64encode }}"
+        mode: "0644"
+        merge: true
+    backup_dir: /var/backups/consulta
+    backup_keep: 5
+    validate_command: [nginx, -t]
+    reload_command: [nginx, -s, reload]
+  register: deployed
+
+- name: The bundle holds what was asked
+  ansible.builtin.assert:
+    that: deployed.files[0].sha256_after is string
+
+- name: Replace the SAT client identity (certificate and key)
+  cert_deploy:
+    files:
+      - path: /etc/consulta/sat-client.pem
+        content: "{{ sat_cert_pem | b64encode }}"
+        mode: "0644"
+      - path: /etc/consulta/sat-client.key
+        content: "{{ sat_key_pem | b64encode }}"
+        mode: "0600"
+        owner: root
+        group: root
+        secret: true
+    backup_dir: /var/backups/consulta
+    validate_command: nginx -t
+    reload_command: nginx -s reload
+  no_log: true
+
+- name: Return the host to the files it had before the last change
+  cert_deploy:
+    action: restore
+    backup: latest
+    backup_dir: /var/backups/consulta
+    validate_command: nginx -t
+    reload_command: nginx -s reload
+  register: restored
+
+- name: The restore was applied or already in place
+  ansible.builtin.assert:
+    that: restored.backup.label is string
+"""
+
+RETURN = r"""
+changed:
+  description: Whether any file was (or in check mode would be) written.
+  returned: always
+  type: bool
+  sample: true
+files:
+  description: One entry per file, in the order given (for restore, the order of the manifest).
+  returned: install and restore
+  type: list
+  elements: dict
+  sample:
+    - path: /etc/consulta/renapo-trust.pem
+      sha256_before: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
+      sha256_after: 60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752
+      changed: true
+      secret: false
+      description_before: ["serial 01A2 · sha256 AB:..:09 · CN=RENAPO lab anchor 1 · not_after 2027-01-01T00:00:00Z"]
+      description: ["serial 01A2 · sha256 AB:..:09 · CN=RENAPO lab anchor 1 · not_after 2027-01-01T00:00:00Z",
+                    "serial 7F31 · sha256 4C:..:E2 · CN=RENAPO lab anchor 2 · not_after 2031-01-01T00:00:00Z"]
+backup:
+  description: The backup made (install) or used (restore), or null when nothing changed on install.
+  returned: install and restore
+  type: dict
+  sample: {label: 20260115T101500Z-a1b2c3, path: /var/backups/consulta/20260115T101500Z-a1b2c3}
+restored:
+  description: Whether a failed config test or reload made the module put the previous files back.
+  returned: install and restore
+  type: bool
+  sample: false
+step:
+  description: The step that failed (input, backup, install, validate, reload, restore).
+  returned: failure
+  type: str
+  sample: validate
+pruned:
+  description: Labels of the old backups removed.
+  returned: when a backup was made
+  type: list
+  elements: str
+  sample: [20250101T000000Z-0f0f0f]
+backups:
+  description: Complete backups, oldest first, each with label, time, path and files (path, secret, existed,
+    sha256_before, sha256_after, mode, owner, group).
+  returned: list
+  type: list
+  elements: dict
+  sample:
+    - label: 20260115T101500Z-a1b2c3
+      time: "2026-01-15T10:15:00.123456Z"
+      path: /var/backups/consulta/20260115T101500Z-a1b2c3
+      files: [{path: /etc/consulta/renapo-trust.pem, existed: true, sha256_before: 9f86..., sha256_after: 6030...}]
+"""
+
+import base64
+import binascii
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.cert_files import CertFilesError, install, list_backups, make_target, restore
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            action=dict(type="str", default="install", choices=["install", "restore", "list"]),
+            files=dict(type="list", elements="dict", options=dict(
+                path=dict(type="path", required=True),
+                content=dict(type="str", required=True, no_log=True),
+                mode=dict(type="str"),
+                owner=dict(type="str"),
+                group=dict(type="str"),
+                secret=dict(type="bool", default=False),
+                merge=dict(type="bool", default=False),
+            )),
+            backup_dir=dict(type="path", required=True),
+            backup_keep=dict(type="int", default=5),
+            backup_label=dict(type="str"),
+            backup=dict(type="str"),
+            validate_command=dict(type="raw"),
+            reload_command=dict(type="raw"),
+        ),
+        required_if=[("action", "install", ["files"]), ("action", "restore", ["backup"])],
+        supports_check_mode=True,
+    )
+    p = module.params
+    if p["backup_keep"] < 1:
+        module.fail_json(msg="backup_keep must be at least 1", step="input")
+
+    def run(cmd):
+        return module.run_command(cmd)
+
+    commands = dict(run=run, validate_command=p["validate_command"], reload_command=p["reload_command"],
+                    check_mode=module.check_mode, diff=module._diff)
+    try:
+        if p["action"] == "list":
+            module.exit_json(changed=False, backups=list_backups(p["backup_dir"]))
+        if p["action"] == "restore":
+            result = restore(p["backup_dir"], p["backup"], **commands)
+        else:
+            targets = []
+            for f in p["files"]:
+                try:
+                    content = base64.b64decode(f["content"], validate=True)
+                except (binascii.Error, ValueError):
+                    module.fail_json(msg="content of %s is not valid base64" % f["path"], step="input")
+                targets.append(make_target(f["path"], content, f["mode"], f["owner"], f["group"], f["secret"],
+                                           f["merge"]))
+            result = install(targets, p["backup_dir"], keep=p["backup_keep"], label=p["backup_label"], **commands)
+    except CertFilesError as exc:
+        module.fail_json(**dict(exc.result, msg=exc.msg, step=exc.step, restored=exc.restored))
+    except OSError as exc:
+        module.fail_json(msg="%s: %s" % (getattr(exc, "filename", None) or "file operation", exc.strerror or exc))
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

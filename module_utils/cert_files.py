@@ -1,0 +1,569 @@
+"""Host-side certificate files: PEM/DER description, bundle merging, backup, atomic install and restore.
+
+Runs on the managed hosts under Debian's /usr/bin/python3, so it uses the standard library only.
+Commands (config test, reload) are run through a `run(cmd) -> (rc, stdout, stderr)` callable the caller supplies.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import datetime as dt
+import fcntl
+import grp
+import hashlib
+import json
+import os
+import pwd
+import re
+import secrets
+import shutil
+import stat
+import tempfile
+from dataclasses import dataclass, field
+
+MANIFEST = "manifest.json"
+LOCK = ".lock"
+HIDDEN_CHANGED = "<secret file changed>"
+HIDDEN_UNCHANGED = "<secret file unchanged>"
+_LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_PEM_RE = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.DOTALL)
+_CERT_LABELS = (b"CERTIFICATE", b"X509 CERTIFICATE")
+_OID_CN = b"\x55\x04\x03"
+
+
+class CertFilesError(Exception):
+    """A defect, with the step of the procedure where it happened."""
+
+    def __init__(self, step, msg, restored=False, result=None):
+        super().__init__(msg)
+        self.step = step
+        self.msg = msg
+        self.restored = restored
+        self.result = result or {}
+
+
+# ---------------------------------------------------------------- minimal DER reader (X.509 facts only)
+
+def _tlv(data, pos):
+    """Return (tag, content_start, content_end) of the DER element at pos."""
+    if pos + 2 > len(data):
+        raise ValueError("truncated DER")
+    tag, length = data[pos], data[pos + 1]
+    pos += 2
+    if tag & 0x1F == 0x1F:
+        raise ValueError("multi-byte DER tags are not used in certificates")
+    if length & 0x80:
+        n = length & 0x7F
+        if not 1 <= n <= 4 or pos + n > len(data):
+            raise ValueError("bad DER length")
+        length = int.from_bytes(data[pos:pos + n], "big")
+        pos += n
+    if pos + length > len(data):
+        raise ValueError("truncated DER")
+    return tag, pos, pos + length
+
+
+def _children(data, start, end):
+    pos = start
+    while pos < end:
+        tag, s, e = _tlv(data, pos)
+        yield tag, s, e
+        pos = e
+
+
+def _der_time(tag, raw):
+    text = raw.decode("ascii")
+    if tag == 0x17:  # UTCTime: RFC 5280 maps YY < 50 to 20YY
+        fmt = "%y%m%d%H%M%SZ"
+    elif tag == 0x18:
+        fmt = "%Y%m%d%H%M%SZ"
+    else:
+        raise ValueError("bad time tag 0x%02x" % tag)
+    return dt.datetime.strptime(text, fmt).replace(tzinfo=dt.UTC)
+
+
+def _der_string(tag, raw):
+    if tag == 0x1E:
+        return raw.decode("utf-16-be")
+    if tag == 0x14:
+        return raw.decode("latin-1")
+    return raw.decode("utf-8", "replace")
+
+
+def _common_name(data, start, end):
+    for _set_tag, ss, se in _children(data, start, end):
+        for _seq_tag, as_, ae in _children(data, ss, se):
+            parts = list(_children(data, as_, ae))
+            if len(parts) == 2 and parts[0][0] == 0x06 and data[parts[0][1]:parts[0][2]] == _OID_CN:
+                tag, vs, ve = parts[1]
+                return _der_string(tag, data[vs:ve])
+    return ""
+
+
+@dataclass(frozen=True)
+class CertInfo:
+    serial_hex: str
+    fingerprint: str  # SHA-256 of the DER, colon-separated upper-case hex (openssl's form)
+    subject_cn: str
+    issuer_cn: str
+    not_before: dt.datetime
+    not_after: dt.datetime
+    der: bytes = field(repr=False)
+
+    def describe(self):
+        return "serial %s · sha256 %s · CN=%s · not_after %s" % (
+            self.serial_hex, self.fingerprint, self.subject_cn, self.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"))
+
+
+def parse_certificate(der):
+    """Parse serial, subject/issuer CN and validity out of one DER X.509 certificate."""
+    der = bytes(der)
+    try:
+        tag, s, e = _tlv(der, 0)
+        if tag != 0x30 or e != len(der):
+            raise ValueError("not a DER SEQUENCE")
+        tag, ts, te = next(_children(der, s, e))
+        if tag != 0x30:
+            raise ValueError("no tbsCertificate")
+        items = list(_children(der, ts, te))
+        if items and items[0][0] == 0xA0:  # explicit version
+            items = items[1:]
+        (serial_tag, ss, se), _alg, issuer, validity, subject = items[:5]
+        if serial_tag != 0x02 or validity[0] != 0x30:
+            raise ValueError("unexpected tbsCertificate layout")
+        not_before, not_after = [_der_time(t, der[a:b]) for t, a, b in _children(der, validity[1], validity[2])]
+    except (StopIteration, ValueError, UnicodeDecodeError) as exc:
+        raise ValueError("not an X.509 certificate: %s" % exc) from None
+    serial = "%X" % int.from_bytes(der[ss:se], "big", signed=True)
+    digest = hashlib.sha256(der).hexdigest().upper()
+    return CertInfo(
+        serial_hex=serial.zfill(len(serial) + len(serial) % 2),
+        fingerprint=":".join(digest[i:i + 2] for i in range(0, len(digest), 2)),
+        subject_cn=_common_name(der, subject[1], subject[2]),
+        issuer_cn=_common_name(der, issuer[1], issuer[2]),
+        not_before=not_before, not_after=not_after, der=der)
+
+
+def pem_certificates(data):
+    """Return [(pem_block_bytes, CertInfo)] for each certificate block in a PEM text (other blocks skipped)."""
+    if isinstance(data, str):
+        data = data.encode("ascii")
+    out = []
+    for m in _PEM_RE.finditer(data):
+        if m.group(1) not in _CERT_LABELS:
+            continue
+        try:
+            der = base64.b64decode(b"".join(m.group(2).split()), validate=True)
+        except binascii.Error as exc:
+            raise ValueError("certificate %d: bad base64: %s" % (len(out) + 1, exc)) from None
+        try:
+            out.append((m.group(0), parse_certificate(der)))
+        except ValueError as exc:
+            raise ValueError("certificate %d: %s" % (len(out) + 1, exc)) from None
+    return out
+
+
+def describe_content(content, secret=False):
+    """Human description of file content, never its bytes: certificates, else a sha256; secrets only as such."""
+    if content is None:
+        return ["absent"]
+    if secret:
+        return ["secret file"]
+    try:
+        certs = [c for _b, c in pem_certificates(content)] or [parse_certificate(content)]
+        return [c.describe() for c in certs]
+    except ValueError:
+        return ["sha256 %s (%d bytes)" % (hashlib.sha256(content).hexdigest(), len(content))]
+
+
+def merge_pem_bundles(current, new, now):
+    """Merge PEM certificate bundles: existing first, new last, deduplicated by SHA-256 of the DER, expired dropped.
+
+    Returns bytes; when nothing is added or dropped the current bytes come back untouched (idempotent rewrites).
+    """
+    as_bytes = [x.encode("ascii") if isinstance(x, str) else bytes(x or b"") for x in (current, new)]
+    cur = pem_certificates(as_bytes[0])
+    seen, kept = set(), []
+    for block, info in cur + pem_certificates(as_bytes[1]):
+        if info.fingerprint in seen or info.not_after < now:
+            continue
+        seen.add(info.fingerprint)
+        kept.append(block)
+    if kept == [b for b, _i in cur]:
+        return as_bytes[0]
+    return b"".join(b.strip() + b"\n" for b in kept)
+
+
+# ---------------------------------------------------------------- file state and atomic writes
+
+@dataclass
+class FileState:
+    path: str
+    content: bytes | None  # None: the file does not exist
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+
+    @property
+    def sha256(self):
+        return None if self.content is None else hashlib.sha256(self.content).hexdigest()
+
+
+@dataclass
+class Target:
+    """What one file must become; content None means absent."""
+    path: str
+    content: bytes | None
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    secret: bool = False
+
+
+def read_state(path):
+    try:
+        with open(path, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise CertFilesError("input", "%s is not a regular file" % path)
+            return FileState(path, fh.read(), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
+    except FileNotFoundError:
+        return FileState(path, None)
+    except IsADirectoryError:
+        raise CertFilesError("input", "%s is not a regular file" % path) from None
+
+
+def resolve_uid(owner):
+    if owner is None or str(owner).isdigit():
+        return None if owner is None else int(owner)
+    try:
+        return pwd.getpwnam(owner).pw_uid
+    except KeyError:
+        raise CertFilesError("input", "unknown owner %r" % owner) from None
+
+
+def resolve_gid(group):
+    if group is None or str(group).isdigit():
+        return None if group is None else int(group)
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise CertFilesError("input", "unknown group %r" % group) from None
+
+
+def parse_mode(mode):
+    if mode is None:
+        return None
+    if not re.fullmatch(r"0?[0-7]{3,4}", str(mode)):
+        raise CertFilesError("input", "mode %r is not an octal string such as '0644'" % mode)
+    return int(str(mode), 8)
+
+
+def _fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path, content, mode, uid=-1, gid=-1):
+    """Temp file in the same directory, write, fsync, chmod/chown, rename over, fsync the directory."""
+    path = os.path.realpath(path)  # a symlinked bundle keeps its link; the file it points to is replaced
+    directory = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".%s." % os.path.basename(path), suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:  # mkstemp's 0600 means a key is never briefly world-readable
+            fh.write(content)
+            fh.flush()
+            os.fsync(fh.fileno())
+            os.fchown(fh.fileno(), -1 if uid is None else uid, -1 if gid is None else gid)
+            os.fchmod(fh.fileno(), mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(directory)
+
+
+def _differs(target, state):
+    if target.content is None or state.content is None:
+        return (target.content is None) != (state.content is None)
+    return (target.content != state.content or target.mode != state.mode
+            or target.uid != state.uid or target.gid != state.gid)
+
+
+def apply_targets(targets):
+    for t in targets:
+        if t.content is None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(t.path)
+                _fsync_dir(os.path.dirname(os.path.abspath(t.path)))
+        else:
+            write_atomic(t.path, t.content, t.mode, t.uid, t.gid)
+
+
+# ---------------------------------------------------------------- planning
+
+@dataclass
+class Plan:
+    target: Target
+    before: FileState
+
+    @property
+    def changed(self):
+        return _differs(self.target, self.before)
+
+    def report(self):
+        t, b = self.target, self.before
+        return {"path": t.path, "sha256_before": b.sha256,
+                "sha256_after": None if t.content is None else hashlib.sha256(t.content).hexdigest(),
+                "changed": self.changed, "secret": t.secret,
+                "description_before": describe_content(b.content, t.secret),
+                "description": describe_content(t.content, t.secret)}
+
+    def diff(self):
+        t, b = self.target, self.before
+        if t.secret:
+            before, after = HIDDEN_UNCHANGED, HIDDEN_CHANGED
+        else:
+            before, after = (describe_content(x, False) for x in (b.content, t.content))
+            before, after = "\n".join(before), "\n".join(after)
+        return {"before_header": t.path, "after_header": t.path, "before": before + "\n", "after": after + "\n"}
+
+
+def make_target(path, content, mode=None, owner=None, group=None, secret=False, merge=False, now=None, state=None):
+    """Resolve a requested file into a Target: merge into the current bundle, default mode/owner from what exists."""
+    if not os.path.isabs(path):
+        raise CertFilesError("input", "path %r must be absolute" % path)
+    state = state or read_state(path)
+    if merge:
+        try:
+            content = merge_pem_bundles(state.content, content, now or dt.datetime.now(dt.UTC))
+        except ValueError as exc:
+            raise CertFilesError("input", "cannot merge into %s: %s" % (path, exc)) from None
+        if not pem_certificates(content):
+            raise CertFilesError("input", "merged bundle %s would hold no valid certificate" % path)
+    mode, uid, gid = parse_mode(mode), resolve_uid(owner), resolve_gid(group)
+    exists = state.content is not None
+    return Target(path, content,
+                  mode if mode is not None else (state.mode if exists else (0o600 if secret else 0o644)),
+                  uid if uid is not None else (state.uid if exists else os.geteuid()),
+                  gid if gid is not None else (state.gid if exists else os.getegid()),
+                  secret)
+
+
+def plan(targets):
+    paths = [t.path for t in targets]
+    if len(set(paths)) != len(paths):
+        raise CertFilesError("input", "a path is listed twice")
+    for t in targets:
+        if t.content is not None and not os.path.isdir(os.path.dirname(t.path)):
+            raise CertFilesError("input", "directory of %s does not exist" % t.path)
+    return [Plan(t, read_state(t.path)) for t in targets]
+
+
+# ---------------------------------------------------------------- backups
+
+def new_label(now):
+    return now.strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+def _copy_name(path):
+    return os.path.join("files", path.lstrip("/"))
+
+
+def _owner_name(uid):
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _group_name(gid):
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+@contextlib.contextmanager
+def locked(backup_dir):
+    """Serialise concurrent runs on one host (two playbooks, or a rollout and a rollback)."""
+    os.makedirs(backup_dir, mode=0o700, exist_ok=True)
+    fd = os.open(os.path.join(backup_dir, LOCK), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def write_backup(backup_dir, label, plans, now):
+    """Copy every current file byte for byte (mode/owner kept) and write manifest.json last, atomically."""
+    if not _LABEL_RE.match(label) or label in ("latest", "previous"):
+        raise CertFilesError("backup", "backup label %r is not a plain name" % label)
+    root = os.path.join(backup_dir, label)
+    try:
+        os.mkdir(root, 0o700)
+    except FileExistsError:
+        raise CertFilesError("backup", "backup %s already exists" % root) from None
+    entries = []
+    for p in plans:
+        b = p.before
+        entry = {"path": b.path, "secret": p.target.secret, "existed": b.content is not None,
+                 "sha256_before": b.sha256,
+                 "sha256_after": None if p.target.content is None else hashlib.sha256(p.target.content).hexdigest()}
+        if b.content is not None:
+            copy = os.path.join(root, _copy_name(b.path))
+            os.makedirs(os.path.dirname(copy), mode=0o700, exist_ok=True)
+            write_atomic(copy, b.content, b.mode, b.uid, b.gid)
+            entry.update(copy=_copy_name(b.path), mode="%04o" % b.mode, uid=b.uid, gid=b.gid,
+                         owner=_owner_name(b.uid), group=_group_name(b.gid))
+        entries.append(entry)
+    manifest = {"label": label, "time": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "files": entries}
+    write_atomic(os.path.join(root, MANIFEST), json.dumps(manifest, indent=1).encode() + b"\n", 0o600)
+    return {"label": label, "path": root}
+
+
+def list_backups(backup_dir):
+    """Complete backups (with a readable manifest), oldest first; an interrupted one has no manifest and is skipped."""
+    out = []
+    try:
+        names = os.listdir(backup_dir)
+    except FileNotFoundError:
+        return out
+    for name in names:
+        if name.startswith("."):
+            continue
+        try:
+            with open(os.path.join(backup_dir, name, MANIFEST), "rb") as fh:
+                manifest = json.load(fh)
+        except (OSError, ValueError):
+            continue
+        if isinstance(manifest, dict) and manifest.get("label") == name:
+            manifest["path"] = os.path.join(backup_dir, name)
+            out.append(manifest)
+    return sorted(out, key=lambda m: (m.get("time", ""), m["label"]))
+
+
+def find_backup(backup_dir, name):
+    backups = list_backups(backup_dir)
+    if name in ("latest", "previous"):
+        need = 1 if name == "latest" else 2
+        if len(backups) < need:
+            raise CertFilesError("restore", "no %s backup in %s (%d complete)" % (name, backup_dir, len(backups)))
+        return backups[-need]
+    for m in backups:
+        if m["label"] == name:
+            return m
+    raise CertFilesError("restore", "backup %r not found in %s" % (name, backup_dir))
+
+
+def backup_targets(manifest):
+    """Targets that put back what a backup recorded, after checking each copy against the manifest."""
+    targets = []
+    for entry in manifest["files"]:
+        path, secret = entry["path"], bool(entry.get("secret"))
+        if not entry["existed"]:
+            targets.append(Target(path, None, secret=secret))
+            continue
+        try:
+            with open(os.path.join(manifest["path"], entry["copy"]), "rb") as fh:
+                content = fh.read()
+        except (OSError, KeyError):
+            raise CertFilesError("restore", "backup %s: copy of %s is missing" % (manifest["label"], path)) from None
+        if hashlib.sha256(content).hexdigest() != entry["sha256_before"]:
+            raise CertFilesError("restore", "backup %s: copy of %s does not match its manifest checksum"
+                                 % (manifest["label"], path))
+        targets.append(Target(path, content, int(entry["mode"], 8), entry["uid"], entry["gid"], secret))
+    return targets
+
+
+def prune_backups(backup_dir, keep, protect=None):
+    """Remove the oldest complete backups beyond `keep`, never `protect` (the one just made)."""
+    backups = [m for m in list_backups(backup_dir) if m["label"] != protect]
+    excess = len(backups) - max(keep - (1 if protect else 0), 0)
+    removed = []
+    for m in backups[:max(excess, 0)]:
+        shutil.rmtree(m["path"])
+        removed.append(m["label"])
+    return removed
+
+
+# ---------------------------------------------------------------- the procedure: install / restore
+
+def _tail(rc, out, err, lines=5):
+    text = (err or "").strip() or (out or "").strip() or "rc=%s" % rc
+    return "\n".join(text.splitlines()[-lines:])[-800:]
+
+
+def _result(plans, diff):
+    res = {"changed": any(p.changed for p in plans), "files": [p.report() for p in plans],
+           "backup": None, "restored": False}
+    if diff:
+        res["diff"] = [p.diff() for p in plans if p.changed]
+    return res
+
+
+def _commit(plans, run, validate_command, reload_command, res):
+    """Write the targets, test the config, reload; on any failure put the before-state back (and reload)."""
+    changed = [p for p in plans if p.changed]
+    undo = [Target(p.before.path, p.before.content, p.before.mode, p.before.uid, p.before.gid) for p in changed]
+
+    def fail(step, msg, reload_again=False):
+        try:
+            apply_targets(undo)
+        except OSError as exc:
+            raise CertFilesError(step, "%s; restoring the backup FAILED too: %s" % (msg, exc), False, res) from None
+        res["restored"] = True
+        if reload_again and reload_command:
+            rc, out, err = run(reload_command)
+            if rc != 0:
+                msg += "; reload after restore failed too: %s" % _tail(rc, out, err)
+        raise CertFilesError(step, msg + " (previous files restored)", True, res)
+
+    try:
+        apply_targets([p.target for p in changed])
+    except OSError as exc:
+        fail("install", "install failed: %s" % exc)
+    if validate_command:
+        rc, out, err = run(validate_command)
+        if rc != 0:
+            fail("validate", "config test failed: %s" % _tail(rc, out, err))
+    if reload_command:
+        rc, out, err = run(reload_command)
+        if rc != 0:
+            fail("reload", "reload failed: %s" % _tail(rc, out, err), reload_again=True)
+
+
+def install(targets, backup_dir, run, validate_command=None, reload_command=None, keep=5, label=None,
+            check_mode=False, diff=False, now=None):
+    """Back up, install atomically, config test, reload, prune. Raises CertFilesError(step, ...) on failure."""
+    now = now or dt.datetime.now(dt.UTC)
+    plans = plan(targets)
+    res = _result(plans, diff)
+    if not res["changed"] or check_mode:
+        return res
+    with locked(backup_dir):
+        try:
+            res["backup"] = write_backup(backup_dir, label or new_label(now), plans, now)
+        except OSError as exc:
+            raise CertFilesError("backup", "backup failed: %s" % exc, False, res) from None
+        _commit(plans, run, validate_command, reload_command, res)
+        res["pruned"] = prune_backups(backup_dir, keep, protect=res["backup"]["label"])
+    return res
+
+
+def restore(backup_dir, name, run, validate_command=None, reload_command=None, check_mode=False, diff=False):
+    """Put back a named (or latest/previous) backup after verifying its checksums; idempotent."""
+    manifest = find_backup(backup_dir, name)
+    plans = plan(backup_targets(manifest))
+    res = _result(plans, diff)
+    res["backup"] = {"label": manifest["label"], "path": manifest["path"]}
+    if res["changed"] and not check_mode:
+        with locked(backup_dir):
+            _commit(plans, run, validate_command, reload_command, res)
+    return res
