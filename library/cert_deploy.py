@@ -164,7 +164,7 @@ restored:
   type: bool
   sample: false
 step:
-  description: The step that failed (input, backup, install, validate, reload, restore).
+  description: The step that failed (input, backup, install, validate, reload, restore, io).
   returned: failure
   type: str
   sample: validate
@@ -244,7 +244,7 @@ def main():
     except CertFilesError as exc:
         module.fail_json(**dict(exc.result, msg=exc.msg, step=exc.step, restored=exc.restored))
     except OSError as exc:
-        module.fail_json(msg="%s: %s" % (getattr(exc, "filename", None) or "file operation", exc.strerror or exc))
+        module.fail_json(msg="%s: %s" % (exc.filename or "file operation", exc.strerror or exc), step="io")
     module.exit_json(**result)
 
 

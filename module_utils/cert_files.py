@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 MANIFEST = "manifest.json"
 LOCK = ".lock"
 HIDDEN_CHANGED = "<secret file changed>"
-HIDDEN_UNCHANGED = "<secret file unchanged>"
+HIDDEN = "<secret file>"
 _LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _PEM_RE = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.DOTALL)
 _CERT_LABELS = (b"CERTIFICATE", b"X509 CERTIFICATE")
@@ -326,8 +326,9 @@ class Plan:
 
     def diff(self):
         t, b = self.target, self.before
-        if t.secret:
-            before, after = HIDDEN_UNCHANGED, HIDDEN_CHANGED
+        if t.secret:  # only whether it changed, not even a checksum
+            before = "absent" if b.content is None else HIDDEN
+            after = "absent" if t.content is None else HIDDEN_CHANGED
         else:
             before, after = (describe_content(x, False) for x in (b.content, t.content))
             before, after = "\n".join(before), "\n".join(after)
@@ -543,15 +544,18 @@ def install(targets, backup_dir, run, validate_command=None, reload_command=None
             check_mode=False, diff=False, now=None):
     """Back up, install atomically, config test, reload, prune. Raises CertFilesError(step, ...) on failure."""
     now = now or dt.datetime.now(dt.UTC)
-    plans = plan(targets)
-    res = _result(plans, diff)
+    res = _result(plan(targets), diff)
     if not res["changed"] or check_mode:
         return res
     with locked(backup_dir):
+        plans = plan(targets)  # again under the lock: another run may have just written these files
+        res = _result(plans, diff)
+        if not res["changed"]:
+            return res
         try:
             res["backup"] = write_backup(backup_dir, label or new_label(now), plans, now)
         except OSError as exc:
-            raise CertFilesError("backup", "backup failed: %s" % exc, False, res) from None
+            raise CertFilesError("backup", "backup failed: %s" % exc, False, dict(res, changed=False)) from None
         _commit(plans, run, validate_command, reload_command, res)
         res["pruned"] = prune_backups(backup_dir, keep, protect=res["backup"]["label"])
     return res
@@ -560,10 +564,14 @@ def install(targets, backup_dir, run, validate_command=None, reload_command=None
 def restore(backup_dir, name, run, validate_command=None, reload_command=None, check_mode=False, diff=False):
     """Put back a named (or latest/previous) backup after verifying its checksums; idempotent."""
     manifest = find_backup(backup_dir, name)
-    plans = plan(backup_targets(manifest))
-    res = _result(plans, diff)
-    res["backup"] = {"label": manifest["label"], "path": manifest["path"]}
+    targets = backup_targets(manifest)
+    res = _result(plan(targets), diff)
     if res["changed"] and not check_mode:
         with locked(backup_dir):
-            _commit(plans, run, validate_command, reload_command, res)
+            plans = plan(targets)
+            res = _result(plans, diff)
+            res["backup"] = {"label": manifest["label"], "path": manifest["path"]}
+            if res["changed"]:
+                _commit(plans, run, validate_command, reload_command, res)
+    res["backup"] = {"label": manifest["label"], "path": manifest["path"]}
     return res

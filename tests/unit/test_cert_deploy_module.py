@@ -1,0 +1,101 @@
+"""cert_deploy through `ansible localhost -m` under /usr/bin/python3 (stdlib only, as on the hosts)."""
+import base64
+import datetime as dt
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from test_cert_files import fingerprint, key_pem, make_cert, tree
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def ansible(args, *flags):
+    """Run the module ad hoc; return (status word, result dict, full output)."""
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    p = subprocess.run([str(ROOT / ".venv/bin/ansible"), "localhost", "-m", "cert_deploy", "-a", json.dumps(args),
+                        "-e", "ansible_python_interpreter=/usr/bin/python3", *flags],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    out = p.stdout + p.stderr
+    _, _, body = p.stdout.rpartition("localhost | ")
+    status, _, result = body.partition(" => ")
+    return status.split()[0].rstrip("!"), json.loads(result), out
+
+
+@pytest.fixture
+def site(tmp_path):
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    # the module merges against the real clock, so these certificates are valid today, not at the frozen NOW
+    now = dt.datetime.now(dt.UTC)
+    valid = {"not_before": now - dt.timedelta(days=1), "not_after": now + dt.timedelta(days=365)}
+    anchor, anchor_cert = make_cert("RENAPO anchor 1", serial=0x01, **valid)
+    (etc / "trust.pem").write_bytes(anchor)
+    old_key = key_pem()
+    (etc / "client.key").write_bytes(old_key)
+    new_anchor, new_cert = make_cert("RENAPO anchor 2", serial=0x0B0C, **valid)
+    new_key = key_pem()
+    args = {"files": [
+        {"path": str(etc / "trust.pem"), "content": base64.b64encode(new_anchor).decode(), "mode": "0644",
+         "merge": True},
+        {"path": str(etc / "client.key"), "content": base64.b64encode(new_key).decode(), "mode": "0600",
+         "secret": True},
+    ], "backup_dir": str(tmp_path / "backups"), "validate_command": ["/bin/true"], "reload_command": "/bin/true"}
+    return {"etc": etc, "tmp": tmp_path, "args": args, "keys": (old_key, new_key), "new_cert": new_cert,
+            "anchor_cert": anchor_cert, "new_key": new_key}
+
+
+def assert_no_key_bytes(site, out):
+    for key in site["keys"]:
+        for line in key.splitlines()[1:-1]:
+            assert line.decode() not in out
+        assert base64.b64encode(key).decode() not in out
+
+
+def test_install_then_idempotent_rerun_without_key_bytes(site):
+    status, res, out = ansible(site["args"], "-vvv", "--diff")
+    assert status == "CHANGED" and res["changed"] and not res["restored"], out
+    assert "serial 0B0C" in out and fingerprint(site["new_cert"]) in out and "<secret file changed>" in out
+    assert_no_key_bytes(site, out)
+    assert (site["etc"] / "client.key").read_bytes() == site["new_key"]
+    assert fingerprint(site["new_cert"]) in res["files"][0]["description"][1]
+    manifest = Path(res["backup"]["path"]) / "manifest.json"
+    assert_no_key_bytes(site, manifest.read_text())
+
+    status, res, out = ansible(site["args"], "-vvv")
+    assert status == "SUCCESS" and res["changed"] is False and res["backup"] is None, out
+    assert_no_key_bytes(site, out)
+
+    status, res, _ = ansible({"action": "list", "backup_dir": site["args"]["backup_dir"]})
+    assert status == "SUCCESS" and len(res["backups"]) == 1
+
+    status, res, out = ansible({"action": "restore", "backup": "latest", "backup_dir": site["args"]["backup_dir"]},
+                               "--diff")
+    assert status == "CHANGED" and (site["etc"] / "client.key").read_bytes() == site["keys"][0], out
+    assert_no_key_bytes(site, out)
+
+
+def test_check_mode_touches_nothing(site):
+    before = tree(site["tmp"])
+    status, res, out = ansible(site["args"], "--check", "--diff")
+    assert status == "CHANGED" and res["backup"] is None, out
+    assert fingerprint(site["new_cert"]) in out and fingerprint(site["anchor_cert"]) in out
+    assert tree(site["tmp"]) == before
+    assert_no_key_bytes(site, out)
+
+
+def test_config_test_failure_restores_and_names_the_step(site):
+    originals = {p.name: p.read_bytes() for p in site["etc"].iterdir()}
+    args = dict(site["args"], validate_command=["sh", "-c", "echo 'nginx: [emerg] broken include' >&2; exit 1"])
+    status, res, out = ansible(args)
+    assert status == "FAILED" and res["step"] == "validate" and res["restored"] is True, out
+    assert res["msg"].startswith("config test failed: nginx: [emerg] broken include")
+    assert {p.name: p.read_bytes() for p in site["etc"].iterdir()} == originals
+
+
+def test_bad_content_is_named(site):
+    args = dict(site["args"], files=[dict(site["args"]["files"][0], content="not base64!")])
+    status, res, _ = ansible(args)
+    assert status == "FAILED" and res["step"] == "input" and "not valid base64" in res["msg"]
