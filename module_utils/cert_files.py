@@ -335,11 +335,11 @@ class Plan:
         return {"before_header": t.path, "after_header": t.path, "before": before + "\n", "after": after + "\n"}
 
 
-def make_target(path, content, mode=None, owner=None, group=None, secret=False, merge=False, now=None, state=None):
+def make_target(path, content, mode=None, owner=None, group=None, secret=False, merge=False, now=None):
     """Resolve a requested file into a Target: merge into the current bundle, default mode/owner from what exists."""
     if not os.path.isabs(path):
         raise CertFilesError("input", "path %r must be absolute" % path)
-    state = state or read_state(path)
+    state = read_state(path)
     if merge:
         try:
             content = merge_pem_bundles(state.content, content, now or dt.datetime.now(dt.UTC))
