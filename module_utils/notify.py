@@ -5,6 +5,8 @@ Pure code (stdlib + Jinja2): no Ansible import.
 Each notice `<name>` is two templates under `templates/notices/` (or `templates/oficio/`):
 `<name>.txt.j2` with `{% block subject %}` and `{% block body %}`, and `<name>.html.j2` (autoescaped).
 Templates run with StrictUndefined: a missing variable fails the render instead of mailing a blank.
+Each template's first line lists its context variables; `sender`, `to`, `cc`, `reply_to`, `in_reply_to` and
+`template_dir` are notice()'s own arguments, so no template uses them as variables.
 """
 from __future__ import annotations
 
@@ -45,7 +47,9 @@ def _environment(template_dir) -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader([str(root / sub) for sub in TEMPLATE_SUBDIRS]),
         undefined=jinja2.StrictUndefined,
-        autoescape=lambda name: not (name or "").endswith(".txt.j2"),  # only plain text is left unescaped
+        # only plain text is left unescaped; HTML and anything unknown is escaped
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), disabled_extensions=("txt.j2",),
+                                            default_for_string=True, default=True),
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,

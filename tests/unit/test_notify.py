@@ -1,0 +1,154 @@
+"""notify: every Spanish notice rendered, sent to a real aiosmtpd server on an ephemeral port and read back."""
+import datetime as dt
+import email
+import email.policy
+import mailbox
+import re
+import smtplib
+
+import jinja2
+import pytest
+from aiosmtpd.controller import Controller
+from ansible.module_utils.mail_intake import html_to_text
+from ansible.module_utils.notify import NOTICES, build_message, fecha_larga, notice, render, send
+from ansible.module_utils.observations import Observation
+
+FOLIO = "DGTIC-RENAPO-2026-000123"
+MESA = "mesa.servicios@agricultura.gob.mx"
+SENDER = "soas.dgtic@agricultura.gob.mx"
+REQUESTER = "juan.perez@agricultura.gob.mx"
+ENLACE = "enlace.soas@agricultura.gob.mx"
+
+
+class EphemeralController(Controller):
+    """Controller bound to port 0: learn the real port before aiosmtpd's self-connection."""
+
+    def _trigger_server(self):
+        self.port = self.server.sockets[0].getsockname()[1]
+        super()._trigger_server()
+
+
+class MaildirSink:
+    def __init__(self, path):
+        self.box = mailbox.Maildir(path, create=True)
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's hook name
+        self.box.add(f"X-Envelope-To: {', '.join(envelope.rcpt_tos)}\r\n".encode() + envelope.content)
+        return "250 OK"
+
+
+@pytest.fixture
+def smtp_sink(tmp_path):
+    sink = MaildirSink(tmp_path / "sink")
+    controller = EphemeralController(sink, hostname="127.0.0.1", port=0)
+    controller.start()
+    yield controller, sink.box
+    controller.stop()
+
+
+# (notice, recipients to, cc, context, text that must appear in the Spanish body, subject fragment)
+CASES = [
+    ("observations", [REQUESTER], [MESA],
+     {"ticket_id": 12, "requester": "Juan Pérez", "system": "Padrón de Productores", "service": "renapo",
+      "observations": [Observation("MISSING_FIELD", "Falta el dato: cargo de quien turna la solicitud (Cargo)."),
+                       Observation("EMAIL_NOT_INSTITUTIONAL", "El correo «j@gmail.com» no es institucional.")]},
+     ["1. Falta el dato: cargo", "2. El correo «j@gmail.com»", "[Ticket #12]"], "Observaciones a su solicitud"),
+    ("folio_issued", [REQUESTER], [ENLACE],
+     {"ticket_id": 12, "folio": FOLIO, "requester": "Juan Pérez", "system": "Padrón de Productores",
+      "service": "renapo", "enlace": "Ana Ruiz"},
+     [FOLIO, "enlace administrativo (Ana Ruiz)"], f"Folio {FOLIO} asignado"),
+    ("oficio_respuesta", [REQUESTER], [MESA],
+     {"folio": FOLIO, "fecha": dt.date(2026, 11, 28), "requester": "Pedro Ramírez",
+      "administrative_unit": "Empresa Externa S.A.", "reason": "El solicitante no es personal de la Secretaría."},
+     [FOLIO, "Ciudad de México, a 28 de noviembre de 2026", "no es personal de la Secretaría",
+      "Subdirección de Operación y Administración de Sistemas", "DGTIC"], "Oficio de respuesta"),
+    ("deployment_concluded", [MESA], [REQUESTER],
+     {"ticket_id": 12, "folio": FOLIO, "service": "renapo", "serial": "5A:3F:01",
+      "fingerprint": ":".join(["AB"] * 32), "hosts": [{"name": "consulta1", "check": "EXITOSO"}, "consulta2"],
+      "not_after": "2027-11-28"},
+     [FOLIO, "5A:3F:01", ":".join(["AB"] * 32), "consulta1: EXITOSO", "consulta2: verificado",
+      "28 de noviembre de 2027"], "Actualización de certificado concluida"),
+    ("rollback", [MESA], [],
+     {"ticket_id": 12, "folio": FOLIO, "service": "renapo", "cause": "la consulta posterior falló (TLS)",
+      "failed_host": "consulta3", "hosts_restored": ["consulta3"]},
+     [FOLIO, "Causa: la consulta posterior falló (TLS)", "consulta3"], "revertida"),
+    ("ticket_closed", [REQUESTER], [MESA],
+     {"ticket_id": 12, "folio": FOLIO, "requester": "Juan Pérez", "closed_at": dt.date(2026, 12, 1)},
+     [FOLIO, "1 de diciembre de 2026"], "Cierre del ticket"),
+    ("quarantine", [MESA], [],
+     {"message_id": "<x@renapo.gob.mx>", "original_subject": "Certificado <renovado>",
+      "original_sender": "x@renapo.gob.mx", "reason": "zip con ruta insegura '../x.pem'",
+      "quarantine_file": "cuarentena/new/1700000000.M1P1.lab"},
+     ["zip con ruta insegura", "<x@renapo.gob.mx>", "cuarentena/new/1700000000.M1P1.lab"], "Correo en cuarentena"),
+    ("certificate_expiring", [MESA], [],
+     {"service": "sat", "days_left": 20, "not_after": dt.date(2026, 12, 18), "serial": "0B", "folio": FOLIO},
+     ["quedan 20 días", "18 de diciembre de 2026", "SAT (opinión de cumplimiento)"], "vence en 20 días"),
+]
+
+
+def test_every_notice_has_a_case():
+    assert sorted(c[0] for c in CASES) == sorted(NOTICES)
+
+
+@pytest.mark.parametrize(("name", "to", "cc", "ctx", "body_has", "subject_has"), CASES, ids=[c[0] for c in CASES])
+def test_notice_sent_and_read_back(smtp_sink, name, to, cc, ctx, body_has, subject_has):
+    controller, box = smtp_sink
+    msg = notice(name, sender=SENDER, to=to, cc=cc, **ctx)
+    accepted = send(msg, controller.hostname, controller.port)
+    assert accepted == to + cc
+
+    (stored,) = [email.message_from_bytes(m.as_bytes(), policy=email.policy.default) for m in box]
+    assert stored["X-Envelope-To"] == ", ".join(to + cc)
+    assert subject_has in stored["Subject"]
+    assert stored["From"] == SENDER
+    text = stored.get_body(("plain",)).get_content()
+    html = stored.get_body(("html",)).get_content()
+    html_text = " ".join(html_to_text(html).split())
+    for fragment in body_has:
+        assert fragment in text
+        assert re.sub(r"^\d+\. ", "", fragment) in html_text  # same content in the HTML part, minus list numbers
+    if "folio" in ctx:
+        assert ctx["folio"] in text and ctx["folio"] in html
+    assert "Atentamente" in text and "Subdirección de Operación y Administración de Sistemas" in html
+    assert stored.get_content_type() == "multipart/alternative"
+
+
+def test_html_is_autoescaped_and_text_is_not():
+    subject, text, html = render("quarantine", message_id="<a@b>", original_subject="<script>x</script>",
+                                 original_sender="a@b", reason="r & s", quarantine_file="f")
+    assert "<script>x</script>" in text and "r & s" in text
+    assert "<script>" not in html and "&lt;script&gt;" in html and "r &amp; s" in html
+
+
+def test_missing_variable_fails_instead_of_mailing_a_blank():
+    with pytest.raises(jinja2.UndefinedError, match="folio"):
+        render("folio_issued", ticket_id=1, requester="x", system="s", service="renapo")
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (dt.date(2026, 11, 28), "28 de noviembre de 2026"), (dt.datetime(2027, 1, 1, 9, 30), "1 de enero de 2027"),
+    ("2026-09-16T10:00:00", "16 de septiembre de 2026"),
+])
+def test_fecha_larga(value, expected):
+    assert fecha_larga(value) == expected
+
+
+def test_build_message_with_attachment_and_reply_headers():
+    msg = build_message("Asunto", "texto", "<p>html</p>", sender=SENDER, to=[MESA], reply_to=MESA,
+                        in_reply_to="<orig@lab>", attachments=[("oficio.txt", b"Oficio", "text/plain")])
+    assert msg["In-Reply-To"] == "<orig@lab>" and msg["Reply-To"] == MESA
+    assert msg.get_body(("plain",)).get_content().strip() == "texto"
+    (att,) = list(msg.iter_attachments())
+    assert att.get_filename() == "oficio.txt" and att.get_content() == "Oficio"
+
+
+def test_send_to_a_closed_port_names_the_failure():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    msg = notice("certificate_expiring", sender=SENDER, to=[MESA], service="renapo", days_left=3,
+                 not_after=dt.date(2026, 12, 1), serial="01")
+    with pytest.raises((ConnectionRefusedError, smtplib.SMTPException)):
+        send(msg, "127.0.0.1", port, timeout=2)
