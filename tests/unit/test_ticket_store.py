@@ -1,0 +1,396 @@
+"""Ticket store on real SQLite files: state machine, folios, audit log, idempotence, secrets and concurrency."""
+import base64
+import multiprocessing
+import random
+import sqlite3
+import time
+from collections import deque
+from datetime import datetime, timedelta, timezone
+from itertools import count
+
+import pytest
+from ansible.module_utils.ticket_store import (
+    STATES,
+    TRANSITIONS,
+    InvalidTransition,
+    SecretMaterialError,
+    TicketConflict,
+    TicketNotFound,
+    TicketStoreError,
+    open_store,
+)
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import pkcs12
+from cryptography.x509.oid import NameOID
+
+CDMX = timezone(timedelta(hours=-6))
+T0 = datetime(2026, 1, 30, 10, 0, tzinfo=CDMX)
+ALLOWED = [(frm, to) for frm, targets in TRANSITIONS.items() for to in targets]
+FORBIDDEN = [(frm, to) for frm in STATES for to in STATES if to != frm and to not in TRANSITIONS[frm]]
+# Data a real run records when it enters these states (closing needs every host verified).
+STEP_DATA = {"certificate_received": {"serial": "0A1B"}, "deploying": {"hosts": ["web01", "web02"]},
+             "deployed": {"verified_hosts": ["web01", "web02"]}, "rejected": {"cause": "no es personal"}}
+
+
+def shortest_path(target):
+    """States from `received` to `target` through allowed transitions (BFS)."""
+    paths, queue = {"received": []}, deque(["received"])
+    while queue:
+        state = queue.popleft()
+        for nxt in TRANSITIONS[state]:
+            if nxt not in paths:
+                paths[nxt] = paths[state] + [nxt]
+                queue.append(nxt)
+    return paths[target]
+
+
+class Clock:
+    """Frozen time that moves one minute per call."""
+
+    def __init__(self, start=T0):
+        self.ticks = count()
+        self.start = start
+
+    def __call__(self):
+        return self.start + timedelta(minutes=next(self.ticks))
+
+
+@pytest.fixture
+def db(tmp_path):
+    return str(tmp_path / "tickets.db")
+
+
+@pytest.fixture
+def store(db):
+    with open_store(db) as s:
+        yield s
+
+
+def new_ticket(store, clock, service="renapo", **kw):
+    return store.create(service, actor="mesa", requester={"name": "Ana López", "email": "ana@agricultura.gob.mx",
+                                                          "unit": "DGP", "system": "Padrón"},
+                        forwarded_by={"name": "Luis Pérez", "rank": "Director de Área"}, now=clock(), **kw).ticket
+
+
+def drive(store, clock, ticket_id, target):
+    for state in shortest_path(target):
+        store.transition(ticket_id, state, actor="test", now=clock(), **STEP_DATA.get(state, {}))
+    return store.get(ticket_id)
+
+
+@pytest.fixture(scope="module")
+def ticket_in_each_state(tmp_path_factory):
+    """One store with one ticket sitting in every state (built once: forbidden attempts write nothing)."""
+    path = str(tmp_path_factory.mktemp("states") / "tickets.db")
+    clock = Clock()
+    with open_store(path) as s:
+        ids = {state: drive(s, clock, new_ticket(s, clock)["id"], state)["id"] for state in STATES}
+    return path, ids
+
+
+@pytest.mark.parametrize("frm, to", ALLOWED, ids=[f"{a}->{b}" for a, b in ALLOWED])
+def test_every_allowed_transition(store, frm, to):
+    clock = Clock()
+    ticket = drive(store, clock, new_ticket(store, clock)["id"], frm)
+    assert ticket["state"] == frm
+    ticket, changed, before = store.transition(ticket["id"], to, actor="test", now=clock(), **STEP_DATA.get(to, {}))
+    assert changed and before["state"] == frm and ticket["state"] == to
+    assert ticket["allowed_next"] == list(TRANSITIONS[to])
+    last = store.audit(ticket["id"])[-1]
+    assert (last["from_state"], last["to_state"], last["actor"]) == (frm, to, "test")
+
+
+@pytest.mark.parametrize("frm, to", FORBIDDEN, ids=[f"{a}->{b}" for a, b in FORBIDDEN])
+def test_forbidden_transition_lists_allowed(ticket_in_each_state, frm, to):
+    path, ids = ticket_in_each_state
+    with open_store(path) as s:
+        audit_before = len(s.audit(ids[frm]))
+        with pytest.raises(InvalidTransition) as err:
+            s.transition(ids[frm], to, actor="test", now=T0)
+        assert err.value.allowed == list(TRANSITIONS[frm])
+        assert f"cannot go to '{to}'" in str(err.value)
+        for allowed in TRANSITIONS[frm]:
+            assert allowed in str(err.value)
+        assert s.get(ids[frm])["state"] == frm and len(s.audit(ids[frm])) == audit_before
+
+
+def test_unknown_state_and_unknown_ticket(store):
+    clock = Clock()
+    ticket = new_ticket(store, clock)
+    with pytest.raises(InvalidTransition, match="unknown ticket state 'done'"):
+        store.transition(ticket["id"], "done", actor="t")
+    with pytest.raises(TicketNotFound, match="DGTIC-RENAPO-2026-000999"):
+        store.get("dgtic-renapo-2026-000999")
+    with pytest.raises(TicketStoreError, match="unknown service"):
+        store.create("imss", actor="t")
+
+
+def test_observations_loop_and_first_contact(store):
+    clock = Clock()
+    ticket = new_ticket(store, clock)
+    ticket = store.transition(ticket["id"], "observations", actor="mesa", note="Falta el sistema", now=clock()).ticket
+    assert ticket["first_contact_at"] and ticket["observations"][0]["note"] == "Falta el sistema"
+    first_contact = ticket["first_contact_at"]
+    ticket = store.transition(ticket["id"], "received", actor="mesa", reason="datos completos", now=clock()).ticket
+    ticket = store.transition(ticket["id"], "folio_issued", actor="mesa", now=clock()).ticket
+    assert ticket["first_contact_at"] == first_contact and ticket["folio"] == "DGTIC-RENAPO-2026-000001"
+    assert [a["to_state"] for a in store.audit(ticket["folio"])] == [
+        "received", "observations", "received", "folio_issued"]
+
+
+def test_same_transition_twice_is_a_noop(store):
+    clock = Clock()
+    ticket = drive(store, clock, new_ticket(store, clock)["id"], "deploying")
+    rows = len(store.audit(ticket["id"]))
+    again = store.transition(ticket["id"], "deploying", actor="test", serial="0A1B", hosts=["web02", "web01"],
+                             now=clock())
+    assert again.changed is False and again.ticket == ticket
+    assert store.annotate(ticket["id"], None, actor="t").changed is False
+    assert len(store.audit(ticket["id"])) == rows
+
+
+def test_same_state_with_new_hosts_merges_and_audits(store):
+    clock = Clock()
+    ticket = drive(store, clock, new_ticket(store, clock)["id"], "deploying")
+    updated = store.transition(ticket["id"], "deploying", actor="slice-2", verified_hosts=["web03"], now=clock())
+    assert updated.changed
+    assert updated.ticket["hosts"] == ["web01", "web02", "web03"] and updated.ticket["verified_hosts"] == ["web03"]
+    last = store.audit(ticket["id"])[-1]
+    assert (last["from_state"], last["to_state"], last["hosts"]) == ("deploying", "deploying", ["web03"])
+    with pytest.raises(TicketConflict, match="0A1B"):
+        store.transition(ticket["id"], "deploying", actor="t", serial="FFFF")
+
+
+def test_retry_with_new_serial_restarts_verification(store):
+    clock = Clock()
+    ticket = drive(store, clock, new_ticket(store, clock)["id"], "deploying")
+    store.transition(ticket["id"], "rolled_back", actor="t", verified_hosts=["web01"], cause="nginx -t", now=clock())
+    retry = store.transition(ticket["id"], "deploying", actor="t", serial="0C0D", now=clock()).ticket
+    assert retry["deployed_serial"] == "0C0D" and retry["verified_hosts"] == [] and retry["cause"] == "nginx -t"
+
+
+def test_close_requires_every_host_verified(store):
+    clock = Clock()
+    ticket = drive(store, clock, new_ticket(store, clock)["id"], "deploying")
+    store.transition(ticket["id"], "deployed", actor="t", verified_hosts=["web01"], now=clock())
+    store.transition(ticket["id"], "notified", actor="t", now=clock())
+    with pytest.raises(InvalidTransition, match="hosts not verified: web02"):
+        store.transition(ticket["id"], "closed", actor="t", now=clock())
+    closed = store.transition(ticket["id"], "closed", actor="t", verified_hosts=["web02"], now=clock()).ticket
+    assert closed["state"] == "closed"
+    rejected = drive(store, clock, new_ticket(store, clock)["id"], "closed")  # via rejected: no hosts to verify
+    assert rejected["state"] == "closed" and rejected["hosts"] == []
+
+
+def test_folio_gap_free_per_service_and_year(store):
+    clock = Clock()
+    issued = []
+    for service, start in [("renapo", T0), ("sat", T0), ("renapo", T0), ("sat", T0), ("renapo", T0),
+                           ("renapo", T0.replace(year=2027)), ("sat", T0.replace(year=2027))]:
+        ticket = new_ticket(store, clock, service)
+        issued.append(store.transition(ticket["id"], "folio_issued", actor="t", now=start).ticket["folio"])
+    assert issued == ["DGTIC-RENAPO-2026-000001", "DGTIC-SAT-2026-000001", "DGTIC-RENAPO-2026-000002",
+                      "DGTIC-SAT-2026-000002", "DGTIC-RENAPO-2026-000003", "DGTIC-RENAPO-2027-000001",
+                      "DGTIC-SAT-2027-000001"]
+
+
+def test_dry_run_writes_nothing_and_consumes_no_folio(store):
+    clock = Clock()
+    ticket = new_ticket(store, clock)
+    preview = store.transition(ticket["id"], "folio_issued", actor="t", now=clock(), dry_run=True)
+    assert preview.changed and preview.ticket["folio"] == "DGTIC-RENAPO-2026-000001"
+    assert store.get(ticket["id"])["state"] == "received" and len(store.audit(ticket["id"])) == 1
+    assert store.transition(ticket["id"], "folio_issued", actor="t").ticket["folio"] == "DGTIC-RENAPO-2026-000001"
+    created = store.create("sat", actor="t", message_id="<dry@run>", dry_run=True)
+    assert created.changed and store.find(service="sat") == []
+
+
+def test_failed_transition_gives_its_folio_back(store):
+    clock = Clock()
+    ticket = new_ticket(store, clock)
+    with pytest.raises(SecretMaterialError):
+        store.transition(ticket["id"], "folio_issued", actor="t", reason="-----BEGIN PRIVATE KEY-----\nMIIE")
+    assert store.transition(ticket["id"], "folio_issued", actor="t").ticket["folio"].endswith("-000001")
+
+
+def test_message_id_opens_one_ticket(store):
+    first = store.create("renapo", actor="intake", source="mail", message_id="<1@mail>", now=T0)
+    again = store.create("renapo", actor="intake", source="mail", message_id="<1@mail>", now=T0)
+    assert first.changed and not again.changed and again.ticket["id"] == first.ticket["id"]
+    assert len(store.find()) == 1 and len(store.audit(first.ticket["id"])) == 1
+
+
+def test_audit_log_is_append_only(store, db):
+    clock = Clock()
+    drive(store, clock, new_ticket(store, clock)["id"], "folio_issued")
+    raw = sqlite3.connect(db)
+    for sql in ("UPDATE audit_log SET actor = 'mallory'", "DELETE FROM audit_log",
+                "UPDATE audit_log SET to_state = 'closed' WHERE id = 1"):
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            raw.execute(sql)
+    raw.close()
+    assert [a["actor"] for a in store.audit(1)] == ["mesa", "test"]
+
+
+def test_schema_wal_and_reopen(db):
+    with open_store(f"sqlite:///{db}") as s:  # sqlite:////abs/path (SQLAlchemy style)
+        assert s.schema_version == 1
+        s.create("sat", actor="t", now=T0)
+    with open_store(db) as s:
+        assert s.schema_version == 1 and len(s.find(service="sat")) == 1
+        assert s._query("PRAGMA journal_mode")[0]["journal_mode"] == "wal"
+
+
+def test_missing_file_opens_empty_without_creating_it(tmp_path):
+    path = tmp_path / "absent.db"
+    with open_store(str(path), create=False) as s:
+        assert s.find() == []
+    assert not path.exists()
+    with pytest.raises(TicketStoreError, match="cannot open the ticket store"):
+        open_store(str(tmp_path / "no" / "such" / "dir.db"))
+
+
+def test_sla_due_dates_and_breach_flags(store):
+    ticket = store.create("renapo", actor="t", received_at=T0, now=T0).ticket
+    assert ticket["first_contact_due"] == "2026-02-09T10:00:00-06:00"  # 5 business days, Feb 2 skipped
+    late = datetime(2026, 2, 10, 9, 0, tzinfo=CDMX)
+    ticket = store.transition(ticket["id"], "folio_issued", actor="t", now=late).ticket
+    assert ticket["sla_first_contact_breached"] is True
+    ticket = store.transition(ticket["id"], "requester_validated", actor="t", now=late).ticket
+    friday = datetime(2026, 3, 13, 17, 0, tzinfo=CDMX)
+    ticket = store.transition(ticket["id"], "certificate_received", actor="t", now=friday).ticket
+    assert ticket["attention_due"] == "2026-03-17T17:00:00-06:00"  # Juárez's day (Mar 16) skipped
+    ticket = store.transition(ticket["id"], "deploying", actor="t", hosts=["web01"],
+                              now=datetime(2026, 3, 17, 16, 0, tzinfo=CDMX)).ticket
+    assert ticket["sla_attention_breached"] is False
+    ticket = store.transition(ticket["id"], "deployed", actor="t", verified_hosts=["web01"],
+                              now=datetime(2026, 3, 17, 18, 0, tzinfo=CDMX)).ticket
+    assert ticket["sla_attention_breached"] is True and ticket["attended_at"] == "2026-03-17T18:00:00-06:00"
+
+
+def test_sla_policy_of_the_store_is_used(db):
+    from ansible.module_utils.sla import SlaPolicy
+    with open_store(db, SlaPolicy.from_options({"renapo": {"first_contact": 1}}, ["2026-02-03"])) as s:
+        assert s.create("renapo", actor="t", now=T0).ticket["first_contact_due"] == "2026-02-04T10:00:00-06:00"
+
+
+# --- secrets -------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def key_material():
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "consulta.example")])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(datetime(2026, 1, 1)).not_valid_after(datetime(2027, 1, 1))
+            .sign(key, hashes.SHA256()))
+    p12 = pkcs12.serialize_key_and_certificates(b"x", key, cert, None, serialization.BestAvailableEncryption(b"pw"))
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption()).decode()
+    encrypted = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.BestAvailableEncryption(b"pw")).decode()
+    sec1 = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                             serialization.NoEncryption()).decode()
+    return {"pem": pem, "encrypted": encrypted, "sec1": sec1, "p12": p12, "p12_b64": base64.b64encode(p12).decode()}
+
+
+SECRET_CASES = [
+    ("note", "pem"), ("reason", "encrypted"), ("cause", "sec1"), ("note", "p12_b64"), ("reason", "p12"),
+]
+
+
+@pytest.mark.parametrize("field, kind", SECRET_CASES)
+def test_store_refuses_key_material(store, db, key_material, field, kind):
+    ticket = new_ticket(store, Clock())
+    with pytest.raises(SecretMaterialError) as err:
+        store.transition(ticket["id"], "folio_issued", actor="t", **{field: key_material[kind]})
+    assert "never" in str(err.value) and "MII" not in str(err.value)
+    with pytest.raises(SecretMaterialError):
+        store.create("renapo", actor="t", note=key_material[kind])
+    assert store.get(ticket["id"])["state"] == "received"
+
+
+@pytest.mark.parametrize("requester", [{"name": "Ana", "password": "hunter2"}, {"name": "Ana", "passphrase": "x"},
+                                       {"name": "Ana", "p12_password": "x"}, {"name": "Ana", "private_key": "x"}])
+def test_store_refuses_secret_field_names(store, requester):
+    with pytest.raises(SecretMaterialError, match="never holds passphrases"):
+        store.create("renapo", actor="t", requester=requester)
+    assert store.find() == []
+
+
+def test_no_key_bytes_reach_the_file(store, db, key_material):
+    ticket = new_ticket(store, Clock())
+    for value in key_material.values():
+        with pytest.raises(SecretMaterialError):
+            store.annotate(ticket["id"], value, actor="t")
+    store.close()
+    from pathlib import Path
+    blob = b"".join(p.read_bytes() for p in Path(db).parent.glob("tickets.db*"))
+    assert b"PRIVATE KEY" not in blob and key_material["p12_b64"][:40].encode() not in blob
+
+
+# --- concurrency: two OS processes, 200 transitions each -----------------------------------------------------
+STEPS = ["folio_issued", "requester_validated", "certificate_received", "deploying", "deployed"]
+TICKETS_PER_WORKER, SHARED_UPDATES = 30, 50  # 30 x 5 transitions + 50 shared-ticket updates = 200 writes
+
+
+def _worker(path, worker, shared_id, barrier, results):
+    rng = random.Random(worker)
+    try:
+        with open_store(path) as s:
+            barrier.wait(timeout=30)
+            ids = [s.create("renapo" if i % 2 == 0 else "sat", actor=f"w{worker}", now=T0,
+                            message_id=f"<w{worker}-{i}@test>").ticket["id"] for i in range(TICKETS_PER_WORKER)]
+            ticket_ops = [(tid, step) for step in STEPS for tid in ids]
+            shared = iter(range(SHARED_UPDATES))
+            for n, (tid, step) in enumerate(ticket_ops):
+                data = {"hosts": [f"w{worker}-t{tid}"]} if step == "deploying" else {}
+                if step == "deployed":
+                    data = {"verified_hosts": [f"w{worker}-t{tid}"]}
+                time.sleep(rng.uniform(0, 0.002))  # a playbook does work between transitions; lets writers interleave
+                s.transition(tid, step, actor=f"w{worker}", now=T0, **data)
+                if n % 3 == 2:  # interleave the read-modify-write of the shared ticket's host lists
+                    i = next(shared)
+                    s.transition(shared_id, "deploying", actor=f"w{worker}", now=T0,
+                                 verified_hosts=[f"w{worker}-h{i}"])
+            for i in shared:
+                s.transition(shared_id, "deploying", actor=f"w{worker}", now=T0, verified_hosts=[f"w{worker}-h{i}"])
+        results.put((worker, "ok"))
+    except Exception as e:  # reported to the parent, which fails the test with it
+        results.put((worker, repr(e)))
+
+
+def test_two_processes_200_transitions_each(db):
+    clock = Clock()
+    with open_store(db) as s:
+        shared = drive(s, clock, new_ticket(s, clock)["id"], "deploying")
+    ctx = multiprocessing.get_context("fork")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(db, w, shared["id"], barrier, results)) for w in (1, 2)]
+    for p in procs:
+        p.start()
+    outcomes = dict(results.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=30)
+    assert outcomes == {1: "ok", 2: "ok"}
+
+    with open_store(db) as s:
+        tickets = s.find()
+        assert len(tickets) == 1 + 2 * TICKETS_PER_WORKER
+        worker_tickets = [t for t in tickets if t["id"] != shared["id"]]
+        assert all(t["state"] == "deployed" for t in worker_tickets)
+        assert all(t["verified_hosts"] == t["hosts"] and len(t["hosts"]) == 1 for t in worker_tickets)
+        for service, n in (("renapo", TICKETS_PER_WORKER + 1), ("sat", TICKETS_PER_WORKER)):
+            folios = sorted(t["folio"] for t in tickets if t["service"] == service)
+            assert folios == [f"DGTIC-{service.upper()}-2026-{i:06d}" for i in range(1, n + 1)]  # no gap, no dup
+        hub = s.get(shared["id"])
+        expected = {f"w{w}-h{i}" for w in (1, 2) for i in range(SHARED_UPDATES)}
+        assert set(hub["verified_hosts"]) == expected and len(hub["verified_hosts"]) == len(expected)  # no lost
+        audit_rows = s._query("SELECT COUNT(*) AS n FROM audit_log")[0]["n"]
+        setup = 1 + len(shortest_path("deploying"))  # the shared ticket's create and its way to deploying
+        # each worker: 30 creates + 150 ticket transitions + 50 shared-ticket updates
+        assert audit_rows == setup + 2 * (TICKETS_PER_WORKER + len(STEPS) * TICKETS_PER_WORKER + SHARED_UPDATES)
+        assert len(s.audit(shared["id"])) == setup + 2 * SHARED_UPDATES
+        actors = [r["actor"] for r in s._query("SELECT actor FROM audit_log WHERE actor LIKE 'w_' ORDER BY id")]
+        switches = sum(a != b for a, b in zip(actors, actors[1:], strict=False))
+        assert switches > 10, f"the two writers barely overlapped ({switches} switches); not a concurrency test"
