@@ -1,0 +1,581 @@
+"""Controller-side validation of a certificate delivery (DESIGN.md §2-§3) and staging of normalised artefacts.
+
+Pure code (no Ansible import): `validate(...)` reads and checks everything and returns a `Report` listing every
+defect at once with a stable code; `stage(report, staging_dir, ...)` writes the artefacts atomically.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import socket
+import ssl
+import tempfile
+from dataclasses import dataclass, field
+
+from ansible.module_utils.x509_load import (
+    LoadError,
+    parse_certificates,
+    parse_pkcs12,
+    parse_private_key,
+    pem_blocks,
+    read_bytes,
+)
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, padding, rsa
+from cryptography.hazmat.primitives.serialization import pkcs12
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
+
+KINDS = ("trust", "identity")
+CODES = (
+    "UNREADABLE", "NO_CERTIFICATE", "MULTIPLE_LEAVES", "WRONG_PASSWORD", "KEY_MISMATCH", "NOT_YET_VALID", "EXPIRED",
+    "EXPIRES_SOON", "UNTRUSTED_CHAIN", "INCOMPLETE_CHAIN", "WEAK_KEY", "WEAK_SIGNATURE", "MISSING_KEY_USAGE",
+    "WRONG_SUBJECT", "WRONG_ISSUER", "MISSING_KEY", "UNCONFIRMED_ANCHOR", "FINGERPRINT_MISMATCH",
+)
+_ASN1_TIME = "%Y%m%d%H%M%SZ"
+_WEAK_HASHES = (hashes.SHA1, hashes.MD5)
+# OpenSSL's long names, as community.crypto's x509_certificate_info returns them.
+_EKU_NAMES = {
+    ExtendedKeyUsageOID.SERVER_AUTH: "TLS Web Server Authentication",
+    ExtendedKeyUsageOID.CLIENT_AUTH: "TLS Web Client Authentication",
+    ExtendedKeyUsageOID.CODE_SIGNING: "Code Signing",
+    ExtendedKeyUsageOID.EMAIL_PROTECTION: "E-mail Protection",
+    ExtendedKeyUsageOID.TIME_STAMPING: "Time Stamping",
+    ExtendedKeyUsageOID.OCSP_SIGNING: "OCSP Signing",
+    ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE: "Any Extended Key Usage",
+}
+_KU_NAMES = (
+    ("digital_signature", "Digital Signature"), ("content_commitment", "Non Repudiation"),
+    ("key_encipherment", "Key Encipherment"), ("data_encipherment", "Data Encipherment"),
+    ("key_agreement", "Key Agreement"), ("key_cert_sign", "Certificate Sign"), ("crl_sign", "CRL Sign"),
+)
+
+
+@dataclass
+class Report:
+    """What `validate` found: defects, warnings, facts, and the parsed objects `stage` needs."""
+
+    kind: str
+    defects: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
+    facts: dict = field(default_factory=dict)
+    path: list = field(default_factory=list)  # delivered chain, leaf first
+    key: object = None
+    anchor: x509.Certificate | None = None
+    bundle: list = field(default_factory=list)
+    current_fingerprints: list = field(default_factory=list)
+    already_deployed: bool = False
+    message: str = ""
+
+    def defect(self, code, message):
+        self.defects.append({"code": code, "message": message})
+
+    @property
+    def codes(self):
+        return [d["code"] for d in self.defects]
+
+    def error_text(self):
+        return "\n".join(f"{d['code']}: {d['message']}" for d in self.defects)
+
+
+# ---------------------------------------------------------------- small helpers
+
+def colon_hex(data):
+    return ":".join(f"{b:02x}" for b in data)
+
+
+def sha256_fp(cert):
+    return colon_hex(cert.fingerprint(hashes.SHA256()))
+
+
+def normalise_fingerprint(text):
+    """'SHA256 Fingerprint=AA:BB..', 'sha256:aabb..', 'AABB..' -> 'aa:bb:..'; None if not 64 hex digits."""
+    text = text.strip().split("=", 1)[-1]
+    text = re.sub(r"^sha-?256[\s:]*", "", text.strip(), flags=re.IGNORECASE)
+    digits = re.sub(r"[\s:\-]", "", text).lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", digits):
+        return None
+    return colon_hex(bytes.fromhex(digits))
+
+
+def name_of(cert):
+    return cert.subject.rfc4514_string()
+
+
+def issued_by(cert, issuer):
+    """True when issuer's key verifies cert's signature and the names link."""
+    if cert.issuer != issuer.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except ValueError:
+        return _verify_legacy_signature(cert, issuer)
+    except (TypeError, InvalidSignature, UnsupportedAlgorithm):
+        return False
+    return True
+
+
+def _verify_legacy_signature(cert, issuer):
+    """cryptography refuses SHA-1/MD5 in verify_directly_issued_by; link them anyway so WEAK_SIGNATURE is the defect."""
+    try:
+        algorithm = cert.signature_hash_algorithm
+        public_key = issuer.public_key()
+        if not isinstance(algorithm, _WEAK_HASHES):
+            return False
+        if isinstance(public_key, rsa.RSAPublicKey):
+            public_key.verify(cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(), algorithm)
+        elif isinstance(public_key, ec.EllipticCurvePublicKey):
+            public_key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(algorithm))
+        else:
+            return False
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        return False
+    return True
+
+
+def is_ca(cert):
+    try:
+        return cert.extensions.get_extension_for_oid(ExtensionOID.BASIC_CONSTRAINTS).value.ca
+    except x509.ExtensionNotFound:
+        return False
+
+
+def _extension(cert, oid):
+    try:
+        return cert.extensions.get_extension_for_oid(oid).value
+    except x509.ExtensionNotFound:
+        return None
+
+
+def _spki(public_key):
+    return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _key_type_and_size(public_key):
+    if isinstance(public_key, rsa.RSAPublicKey):
+        return "RSA", public_key.key_size
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        return "ECC", public_key.curve.key_size
+    if isinstance(public_key, dsa.DSAPublicKey):
+        return "DSA", public_key.key_size
+    return type(public_key).__name__.replace("PublicKey", "").lstrip("_"), None
+
+
+def _utc(now):
+    return now or dt.datetime.now(dt.UTC)
+
+
+def _unique(certs):
+    seen, out = set(), []
+    for cert in certs:
+        fp = cert.fingerprint(hashes.SHA256())
+        if fp not in seen:
+            seen.add(fp)
+            out.append(cert)
+    return out
+
+
+def certificate_facts(cert, now=None):
+    """community.crypto-style facts of one certificate."""
+    now = _utc(now)
+    not_after = cert.not_valid_after_utc
+    san = _extension(cert, ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
+    ku = _extension(cert, ExtensionOID.KEY_USAGE)
+    eku = _extension(cert, ExtensionOID.EXTENDED_KEY_USAGE)
+    key_type, key_size = _key_type_and_size(cert.public_key())
+    serial_hex = f"{cert.serial_number:X}"
+    return {
+        "subject": name_of(cert),
+        "issuer": cert.issuer.rfc4514_string(),
+        "serial_number": cert.serial_number,
+        "serial_hex": serial_hex.zfill(len(serial_hex) + len(serial_hex) % 2),
+        "not_before": cert.not_valid_before_utc.strftime(_ASN1_TIME),
+        "not_after": not_after.strftime(_ASN1_TIME),
+        "expired": not_after < now,
+        "days_left": (not_after - now).days,
+        "subject_alt_name": [_general_name(n) for n in san] if san else [],
+        "key_usage": [label for attr, label in _KU_NAMES if getattr(ku, attr)] if ku else [],
+        "extended_key_usage": [_EKU_NAMES.get(oid, oid.dotted_string) for oid in eku] if eku else [],
+        "public_key_type": key_type,
+        "public_key_size": key_size,
+        "public_key_fingerprints": {"sha256": colon_hex(_digest(_spki(cert.public_key())))},
+        "fingerprints": {"sha1": colon_hex(cert.fingerprint(hashes.SHA1())), "sha256": sha256_fp(cert)},  # noqa: S303
+        "signature_algorithm": cert.signature_algorithm_oid._name,
+    }
+
+
+def _digest(data):
+    h = hashes.Hash(hashes.SHA256())
+    h.update(data)
+    return h.finalize()
+
+
+def _general_name(name):
+    prefix = {x509.DNSName: "DNS", x509.IPAddress: "IP", x509.RFC822Name: "email",
+              x509.UniformResourceIdentifier: "URI", x509.DirectoryName: "dirName"}.get(type(name), "othername")
+    value = name.value.rfc4514_string() if isinstance(name, x509.DirectoryName) else name.value
+    return f"{prefix}:{value}"
+
+
+# ---------------------------------------------------------------- chain building
+
+def order_chain(certs, key=None):
+    """(leaf-first path, end-entity candidates, unused certs). The leaf matches key when one is given."""
+    certs = _unique(certs)
+    tops = [c for c in certs if not any(o is not c and issued_by(o, c) for o in certs)] or certs[:1]
+    leaves = [c for c in tops if not is_ca(c)] or tops
+    leaf = leaves[0]
+    if key is not None:
+        spki = _spki(key.public_key())
+        leaf = next((c for c in certs if _spki(c.public_key()) == spki), leaf)
+    path = [leaf]
+    while not issued_by(path[-1], path[-1]):
+        nxt = next((c for c in certs if c not in path and issued_by(path[-1], c)), None)
+        if nxt is None:
+            break
+        path.append(nxt)
+    return path, leaves, [c for c in certs if c not in path]
+
+
+def find_issuer(cert, pool):
+    """The certificate of pool that is cert itself or that signed it, or None."""
+    fp = cert.fingerprint(hashes.SHA256())
+    return next((p for p in pool if p.fingerprint(hashes.SHA256()) == fp), None) or \
+        next((p for p in pool if issued_by(cert, p)), None)
+
+
+# ---------------------------------------------------------------- live endpoint
+
+def fetch_endpoint_chain(endpoint, timeout=5.0):
+    """Certificates the live endpoint presents (unverified handshake: only used to confirm an anchor)."""
+    host, sep, port = endpoint.strip().rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"confirm_endpoint '{endpoint}' is not host:port")
+    host = host.strip("[]")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # noqa: S503 - the handshake only reads what is presented; trust is decided here
+    with socket.create_connection((host, int(port)), timeout=timeout) as raw, \
+            ctx.wrap_socket(raw, server_hostname=host) as tls:
+        # Python 3.11 exposes the presented chain only privately; the leaf alone is the documented fallback.
+        get_chain = getattr(getattr(tls, "_sslobj", None), "get_unverified_chain", None)
+        ders = [c.public_bytes(ssl._ssl.ENCODING_DER) for c in get_chain()] if get_chain else []
+        ders = ders or [tls.getpeercert(binary_form=True)]
+    return [x509.load_der_x509_certificate(d) for d in ders if d]
+
+
+def endpoint_confirms(presented, anchor, delivered):
+    """True when a presented certificate is the anchor or chains to it (through presented or delivered certs)."""
+    anchor_fp = anchor.fingerprint(hashes.SHA256())
+    pool = _unique(presented + delivered)
+    for cert in presented:
+        seen = set()
+        while cert is not None and cert.fingerprint(hashes.SHA256()) not in seen:
+            if cert.fingerprint(hashes.SHA256()) == anchor_fp or issued_by(cert, anchor):
+                return True
+            seen.add(cert.fingerprint(hashes.SHA256()))
+            cert = next((p for p in pool if p is not cert and issued_by(cert, p)), None)
+    return False
+
+
+# ---------------------------------------------------------------- validation
+
+def _read_certificate_files(paths, what, report):
+    certs = []
+    for path in paths:
+        try:
+            data = read_bytes(path, what)
+            certs.extend(parse_certificates(data, f"{what} {path}") if data.strip() else [])
+        except LoadError as e:
+            report.defect(e.code, e.message)
+    return certs
+
+
+def _load_delivery(report, certificate, private_key, private_key_passphrase, pkcs12_path, pkcs12_passphrase):
+    """(certificates, key) of the delivery; load failures become defects."""
+    certs, key, defects_before = [], None, len(report.defects)
+    try:
+        if pkcs12_path:
+            key, cert, extra = parse_pkcs12(read_bytes(pkcs12_path, "pkcs12"), pkcs12_passphrase,
+                                            f"pkcs12 {pkcs12_path}")
+            certs = ([cert] if cert else []) + extra
+        else:
+            data = read_bytes(certificate, "certificate")
+            if not private_key and any(b"PRIVATE KEY" in label for label, _ in pem_blocks(data)):
+                private_key = certificate  # one PEM holding certificate and key
+            certs = parse_certificates(data, f"certificate {certificate}")
+    except LoadError as e:
+        report.defect(e.code, e.message)
+    try:
+        if private_key:
+            key = parse_private_key(read_bytes(private_key, "private_key"), private_key_passphrase,
+                                    f"private_key {private_key}")
+    except LoadError as e:
+        report.defect(e.code, e.message)
+    if len(report.defects) == defects_before:
+        if not certs:
+            report.defect("NO_CERTIFICATE", f"{pkcs12_path or certificate}: the delivery holds no certificate")
+        if report.kind == "identity" and key is None:
+            report.defect("MISSING_KEY", "an identity delivery needs its private key (private_key or pkcs12)")
+    return certs, key
+
+
+def _check_dates_and_strength(report, certs, now, min_days_valid, min_rsa_bits, min_ec_bits):
+    for cert in certs:
+        who = f"'{name_of(cert)}'"
+        not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
+        if not_before > now:
+            report.defect("NOT_YET_VALID", f"{who} is not valid before {not_before:%Y-%m-%d %H:%M} UTC")
+        if not_after < now:
+            report.defect("EXPIRED", f"{who} expired on {not_after:%Y-%m-%d %H:%M} UTC")
+        elif (not_after - now) < dt.timedelta(days=min_days_valid):
+            report.defect("EXPIRES_SOON", f"{who} expires on {not_after:%Y-%m-%d} UTC, "
+                                          f"in {(not_after - now).days} days (min_days_valid {min_days_valid})")
+        key_type, size = _key_type_and_size(cert.public_key())
+        floor = min_ec_bits if key_type == "ECC" else min_rsa_bits if key_type in ("RSA", "DSA") else None
+        if floor and size < floor:
+            report.defect("WEAK_KEY", f"{who} has a {key_type} {size}-bit key (minimum {floor})")
+        try:
+            algorithm = cert.signature_hash_algorithm
+        except UnsupportedAlgorithm:
+            algorithm = None
+        if isinstance(algorithm, _WEAK_HASHES):
+            report.defect("WEAK_SIGNATURE", f"{who} is signed with {algorithm.name.upper()}")
+
+
+def _check_usage(report, leaf):
+    ku = _extension(leaf, ExtensionOID.KEY_USAGE)
+    eku = _extension(leaf, ExtensionOID.EXTENDED_KEY_USAGE)
+    ekus = set(eku) if eku else set()
+    who = f"'{name_of(leaf)}'"
+    if report.kind == "trust":
+        if not is_ca(leaf) and not ekus & {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE}:
+            report.defect("MISSING_KEY_USAGE", f"{who} has no serverAuth extended key usage: it cannot be a TLS server")
+        return
+    if ku is not None and not ku.digital_signature:
+        report.defect("MISSING_KEY_USAGE", f"{who} key usage lacks digitalSignature: it cannot authenticate a client")
+    if eku is not None and not ekus & {ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE}:
+        report.defect("MISSING_KEY_USAGE", f"{who} extended key usage lacks clientAuth")
+    if ku is None and eku is None:
+        report.defect("MISSING_KEY_USAGE", f"{who} states neither digitalSignature nor clientAuth")
+
+
+def _check_names(report, leaf, expected_subject, expected_issuer):
+    for code, pattern, value, what in (("WRONG_SUBJECT", expected_subject, name_of(leaf), "subject"),
+                                       ("WRONG_ISSUER", expected_issuer, leaf.issuer.rfc4514_string(), "issuer")):
+        if not pattern:
+            continue
+        try:
+            found = re.search(pattern, value)
+        except re.error as e:
+            report.defect(code, f"expected_{what} is not a valid regular expression: {e}")
+            continue
+        if not found:
+            report.defect(code, f"{what} '{value}' does not match expected_{what} '{pattern}'")
+
+
+def _check_identity_chain(report, path, unused, roots):
+    top = path[-1]
+    self_signed = issued_by(top, top)
+    if not roots:
+        if not self_signed and any(is_ca(c) for c in unused):
+            report.defect("INCOMPLETE_CHAIN", f"issuer '{top.issuer.rfc4514_string()}' of '{name_of(top)}' "
+                                              "is missing from the delivery")
+        report.warnings.append("no trusted_roots given: the chain was not checked against a trusted root")
+        return
+    if find_issuer(top, roots) is not None:
+        return
+    if self_signed:
+        report.defect("UNTRUSTED_CHAIN", f"the chain ends at self-signed '{name_of(top)}', "
+                                         "which is not among trusted_roots")
+    elif any(r.subject == top.issuer for r in roots):
+        report.defect("UNTRUSTED_CHAIN", f"the signature of '{name_of(top)}' does not verify against the trusted "
+                                         f"root '{top.issuer.rfc4514_string()}'")
+    else:
+        report.defect("INCOMPLETE_CHAIN", f"issuer '{top.issuer.rfc4514_string()}' of '{name_of(top)}' is neither "
+                                          "in the delivery nor in trusted_roots (missing intermediate?)")
+        report.defect("UNTRUSTED_CHAIN", "the chain does not lead to any certificate of trusted_roots")
+
+
+def _confirm_anchor(report, anchor, path, pool, expected_fingerprint, confirm_endpoint, endpoint_timeout):
+    """Accept the anchor only when already trusted, confirmed by fingerprint, or presented by the live endpoint."""
+    anchor_fp = sha256_fp(anchor)
+    if any(sha256_fp(c) == anchor_fp for c in pool):
+        return "already trusted"
+    if expected_fingerprint:
+        wanted = normalise_fingerprint(expected_fingerprint)
+        if wanted is None:
+            report.defect("FINGERPRINT_MISMATCH", f"expected_fingerprint '{expected_fingerprint}' "
+                                                  "is not a SHA-256 fingerprint (64 hex digits)")
+            return None
+        # The letter may state the anchor's or the renewed certificate's fingerprint; the path is signature-linked.
+        matched = next((c for c in [anchor, *path] if sha256_fp(c) == wanted), None)
+        if matched is None:
+            report.defect("FINGERPRINT_MISMATCH", f"the anchor '{name_of(anchor)}' has SHA-256 {anchor_fp}, "
+                                                  f"not the expected {wanted}")
+            return None
+        return f"fingerprint of '{name_of(matched)}' matches expected_fingerprint"
+    if confirm_endpoint:
+        try:
+            presented = fetch_endpoint_chain(confirm_endpoint, endpoint_timeout)
+        except (OSError, ValueError) as e:
+            report.defect("UNCONFIRMED_ANCHOR", f"new anchor '{name_of(anchor)}' ({anchor_fp}) could not be confirmed:"
+                                                f" {confirm_endpoint} unreachable ({e})")
+            return None
+        if endpoint_confirms(presented, anchor, path):
+            return f"presented by {confirm_endpoint}"
+        report.defect("UNCONFIRMED_ANCHOR", f"{confirm_endpoint} does not present a certificate chaining to the new "
+                                            f"anchor '{name_of(anchor)}' ({anchor_fp})")
+        return None
+    report.defect("UNCONFIRMED_ANCHOR", f"new anchor '{name_of(anchor)}' ({anchor_fp}) is not trusted yet: give "
+                                        "expected_fingerprint (from the provider's letter) or confirm_endpoint")
+    return None
+
+
+def validate(kind, certificate=None, private_key=None, private_key_passphrase=None, pkcs12=None,
+             pkcs12_passphrase=None, trusted_roots=(), expected_fingerprint=None, confirm_endpoint=None,
+             min_days_valid=30, min_rsa_bits=2048, min_ec_bits=256, expected_subject=None, expected_issuer=None,
+             current=None, now=None, endpoint_timeout=5.0):
+    """Check a delivery; every defect is listed in the returned Report (no exception for a bad delivery)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}")
+    now = _utc(now)
+    report = Report(kind)
+    certs, key = _load_delivery(report, certificate, private_key, private_key_passphrase, pkcs12, pkcs12_passphrase)
+    roots = _read_certificate_files(trusted_roots or (), "trusted_roots", report)
+    current_certs = []
+    if current:
+        if os.path.exists(current):
+            current_certs = _read_certificate_files([current], "current", report)
+        else:
+            report.warnings.append(f"current {current} does not exist: nothing is deployed yet")
+    report.current_fingerprints = [sha256_fp(c) for c in _unique(current_certs)]
+    if not certs:
+        return report
+
+    path, leaves, unused = order_chain(certs, key)
+    report.path, leaf = path, path[0]
+    if len(leaves) > 1:
+        report.defect("MULTIPLE_LEAVES", f"the delivery holds {len(leaves)} end-entity certificates: "
+                                         + "; ".join(f"'{name_of(c)}'" for c in leaves))
+    for cert in unused:
+        report.warnings.append(f"'{name_of(cert)}' is not part of the chain of '{name_of(leaf)}' and is ignored")
+    report.facts = certificate_facts(leaf, now)
+    report.facts["chain"] = [name_of(c) for c in path]
+    _check_dates_and_strength(report, path, now, min_days_valid, min_rsa_bits, min_ec_bits)
+    _check_usage(report, leaf)
+    _check_names(report, leaf, expected_subject, expected_issuer)
+
+    if kind == "identity":
+        if key is not None and _spki(key.public_key()) != _spki(leaf.public_key()):
+            report.defect("KEY_MISMATCH", f"the private key does not belong to '{name_of(leaf)}'")
+        report.key = key
+        _check_identity_chain(report, path, unused, roots)
+        report.already_deployed = sha256_fp(leaf) in report.current_fingerprints
+        what = f"certificate '{name_of(leaf)}' serial {report.facts['serial_hex']}"
+    else:
+        if key is not None:
+            report.warnings.append("a trust delivery needs no private key: the key given is ignored")
+        pool = _unique(current_certs + roots)
+        top = path[-1]
+        trusted_issuer = None if issued_by(top, top) else find_issuer(top, pool)
+        anchor = trusted_issuer or top
+        how = _confirm_anchor(report, anchor, path, pool, expected_fingerprint, confirm_endpoint, endpoint_timeout)
+        report.anchor = anchor
+        valid_current = [c for c in _unique(current_certs) if c.not_valid_after_utc >= now]
+        report.bundle = _unique(valid_current + [anchor])
+        report.already_deployed = sha256_fp(anchor) in report.current_fingerprints
+        report.facts["anchor"] = {"subject": name_of(anchor), "fingerprint_sha256": sha256_fp(anchor),
+                                  "not_after": anchor.not_valid_after_utc.strftime(_ASN1_TIME),
+                                  "confirmed_by": how}
+        report.facts["bundle_fingerprints"] = [sha256_fp(c) for c in report.bundle]
+        what = f"anchor '{name_of(anchor)}' ({sha256_fp(anchor)})"
+    report.message = (f"{what} is already deployed: nothing to change" if report.already_deployed
+                      else f"{what} is valid, expires {leaf.not_valid_after_utc:%Y-%m-%d} "
+                           f"({report.facts['days_left']} days left)")
+    return report
+
+
+# ---------------------------------------------------------------- staging
+
+def _pem(certs):
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+
+
+def _alias(cert):
+    cn = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    slug = re.sub(r"[^a-z0-9]+", "-", str(cn[0].value).lower()).strip("-") if cn else "anchor"
+    return f"{slug[:40]}-{sha256_fp(cert).replace(':', '')[:8]}"
+
+
+def _truststore_holds(path, passphrase, certs):
+    """True when the existing truststore opens with passphrase and holds exactly certs (it is salted: no bytes cmp)."""
+    try:
+        with open(path, "rb") as f:
+            store = pkcs12.load_pkcs12(f.read(), passphrase.encode("utf-8"))
+    except (OSError, ValueError, TypeError):
+        return False
+    held = [(c.friendly_name, sha256_fp(c.certificate)) for c in store.additional_certs]
+    return held == [(_alias(c).encode(), sha256_fp(c)) for c in certs]
+
+
+def _write_atomic(path, data, mode):
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".staging-")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _same(path, data, mode):
+    try:
+        with open(path, "rb") as f:
+            return f.read() == data and (os.stat(path).st_mode & 0o777) == mode
+    except OSError:
+        return False
+
+
+def artefacts(report):
+    """{name: (file name, bytes or None for the truststore, mode)} for a report without defects."""
+    if report.kind == "identity":
+        leaf, chain = report.path[0], [c for c in report.path[1:] if not issued_by(c, c)]
+        key_pem = report.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption())
+        return {"cert": ("cert.pem", _pem([leaf]), 0o644), "chain": ("chain.pem", _pem(chain), 0o644),
+                "fullchain": ("fullchain.pem", _pem([leaf, *chain]), 0o644), "key": ("key.pem", key_pem, 0o600)}
+    return {"anchor": ("anchor.pem", _pem([report.anchor]), 0o644),
+            "bundle": ("bundle.pem", _pem(report.bundle), 0o644),
+            "truststore": ("truststore.p12", None, 0o644)}
+
+
+def stage(report, staging_dir, truststore_passphrase="changeit", check_mode=False):  # noqa: S107 - Java default
+    """Write the normalised artefacts into staging_dir atomically; returns (changed, {name: path})."""
+    if report.defects:
+        raise ValueError("a delivery with defects is never staged")
+    if not check_mode:
+        os.makedirs(staging_dir, mode=0o700, exist_ok=True)
+    changed, staged = False, {}
+    for name, (filename, data, mode) in artefacts(report).items():
+        path = staged[name] = os.path.join(staging_dir, filename)
+        if data is None:  # Java truststore: salted, so compare what it holds, not its bytes
+            if _truststore_holds(path, truststore_passphrase, report.bundle) and \
+                    (os.stat(path).st_mode & 0o777) == mode:
+                continue
+            data = pkcs12.serialize_java_truststore(
+                [pkcs12.PKCS12Certificate(c, _alias(c).encode()) for c in report.bundle],
+                serialization.BestAvailableEncryption(truststore_passphrase.encode("utf-8")))
+        elif _same(path, data, mode):
+            continue
+        changed = True
+        if not check_mode:
+            _write_atomic(path, data, mode)
+    return changed, staged
