@@ -1,0 +1,264 @@
+#!/usr/bin/python
+"""Ansible module: open, move and annotate a Mesa de Servicios ticket of the certificate renewal procedure."""
+
+DOCUMENTATION = r"""
+---
+module: service_ticket
+short_description: Open, transition and annotate a certificate renewal ticket
+description:
+  - Opens a ticket of the RENAPO/SAT certificate renewal procedure, moves it through the state machine
+    C(received -> observations -> received), C(received -> folio_issued -> requester_validated | rejected),
+    C(requester_validated -> certificate_received -> deploying -> deployed | rolled_back),
+    C(rolled_back -> deploying | notified), C(deployed -> notified -> closed), C(rejected -> notified -> closed),
+    or appends a note to it. Every change is appended to the ticket's audit log.
+  - A folio such as C(DGTIC-RENAPO-2026-000123), unique and gap-free per service and year, is issued when the
+    ticket enters C(folio_issued). SLA due dates (business days, Mexican holidays plus O(non_working_days)) are
+    set on the ticket and late transitions flag a breach.
+  - Idempotent. Opening with a known O(message_id) returns that ticket; asking for the state the ticket is already
+    in, with no new data, changes nothing. An invalid transition fails listing the allowed next states.
+  - The store never holds key material or passphrases; a value that looks like one fails the task.
+version_added: "0.1.0"
+author: DGTIC automation team
+options:
+  store:
+    description:
+      - Ticket store. A SQLite file path or C(sqlite:///relative.db) / C(sqlite:////absolute.db).
+    type: str
+    required: true
+  state:
+    description:
+      - C(present) opens a ticket (when O(ticket) is not given) or makes sure it exists and applies the note.
+      - Any other value is the ticket state to move O(ticket) to.
+    type: str
+    default: present
+    choices: [present, received, observations, folio_issued, requester_validated, rejected, certificate_received,
+              deploying, deployed, rolled_back, notified, closed]
+  ticket:
+    description:
+      - Ticket id or folio. Required unless O(state=present) opens a new ticket.
+    type: str
+  service:
+    description:
+      - Provider the request is about. Required to open a ticket.
+    type: str
+    choices: [renapo, sat]
+  requester:
+    description: Who asks for the renewal.
+    type: dict
+    suboptions:
+      name:
+        description: Full name.
+        type: str
+      email:
+        description: E-mail address replies go to.
+        type: str
+      unit:
+        description: Administrative unit.
+        type: str
+      system:
+        description: System or application that consults the service.
+        type: str
+  forwarded_by:
+    description: Who turned the request to the Mesa de Servicios (Director de Área or higher).
+    type: dict
+    suboptions:
+      name:
+        description: Full name.
+        type: str
+      rank:
+        description: Rank, for example C(Director de Área).
+        type: str
+  source:
+    description: How the request arrived.
+    type: str
+    choices: [mail, monitor, manual]
+    default: manual
+  message_id:
+    description: Message-ID of the request e-mail; opening twice with the same one returns the first ticket.
+    type: str
+  received_at:
+    description: When the request was received (ISO 8601); defaults to O(now). Starts the first-contact clock.
+    type: str
+  actor:
+    description: Who makes the change, recorded in the audit log.
+    type: str
+    default: ansible
+  reason:
+    description: Why, recorded in the audit log.
+    type: str
+  serial:
+    description: Serial number (hex) of the certificate received or deployed.
+    type: str
+  hosts:
+    description: Hosts the deployment targets; added to those already recorded.
+    type: list
+    elements: str
+  verified_hosts:
+    description: Hosts whose post-deploy consultation passed; added to those already recorded.
+    type: list
+    elements: str
+  cause:
+    description: Cause of a rollback or a rejection.
+    type: str
+  annotate:
+    description: Note appended to the ticket's observations (a note already recorded is not repeated).
+    type: str
+  now:
+    description: The current time (ISO 8601) for the SLA clocks and the audit log; defaults to the clock.
+    type: str
+  non_working_days:
+    description: Extra non-working days (DOF suspension days), C(YYYY-MM-DD), on top of Mexican holidays.
+    type: list
+    elements: str
+    default: []
+  sla_days:
+    description:
+      - Business days per service and clock, overriding the defaults (first contact 5, attention 1).
+      - 'For example C({sat: {attention: 2}}).'
+    type: dict
+notes:
+  - Check mode runs the change in a transaction that is rolled back, so it reports exactly what would change.
+  - Diff mode returns the ticket before and after.
+"""
+
+EXAMPLES = r"""
+- name: Open a ticket for a RENAPO renewal request
+  service_ticket:
+    store: /var/lib/renovacion/tickets.db
+    service: renapo
+    source: mail
+    message_id: "<20260130.1@agricultura.gob.mx>"
+    requester:
+      name: Ana López
+      email: ana.lopez@agricultura.gob.mx
+      unit: Dirección General de Padrones
+      system: Padrón de Productores
+    forwarded_by:
+      name: Luis Pérez
+      rank: Director de Área
+    actor: mesa.servicios
+  register: opened
+
+- name: Issue the folio
+  service_ticket:
+    store: /var/lib/renovacion/tickets.db
+    ticket: "{{ opened.ticket.id }}"
+    state: folio_issued
+    actor: mesa.servicios
+  register: issued
+
+- name: The folio follows the DGTIC format
+  ansible.builtin.assert:
+    that:
+      - issued.ticket.folio is match('DGTIC-RENAPO-[0-9]{4}-[0-9]{6}$')
+      - issued.allowed_next == ['requester_validated', 'rejected']
+
+- name: Record a host verified after the rollout
+  service_ticket:
+    store: /var/lib/renovacion/tickets.db
+    ticket: "{{ issued.ticket.folio }}"
+    state: deploying
+    verified_hosts: [web01]
+    actor: rollout
+"""
+
+RETURN = r"""
+ticket:
+  description: The ticket after the change (as it would be, in check mode).
+  returned: success
+  type: dict
+  sample:
+    id: 1
+    service: renapo
+    state: folio_issued
+    folio: DGTIC-RENAPO-2026-000001
+    requester: {name: Ana López, email: ana.lopez@agricultura.gob.mx, unit: DGP, system: Padrón}
+    forwarded_by: {name: Luis Pérez, rank: Director de Área}
+    source: mail
+    message_id: "<20260130.1@agricultura.gob.mx>"
+    received_at: "2026-01-30T10:00:00-06:00"
+    first_contact_due: "2026-02-09T10:00:00-06:00"
+    first_contact_at: "2026-01-30T11:00:00-06:00"
+    certificate_received_at: null
+    attention_due: null
+    attended_at: null
+    sla_first_contact_breached: false
+    sla_attention_breached: false
+    deployed_serial: null
+    hosts: []
+    verified_hosts: []
+    cause: null
+    observations: []
+    allowed_next: [requester_validated, rejected]
+allowed_next:
+  description: States the ticket may move to next.
+  returned: always
+  type: list
+  elements: str
+  sample: [requester_validated, rejected]
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.sla import SlaPolicy
+from ansible.module_utils.ticket_store import STATES, InvalidTransition, TicketStoreError, open_store
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            store=dict(type="str", required=True),
+            state=dict(type="str", default="present", choices=["present", *STATES]),
+            ticket=dict(type="str"),
+            service=dict(type="str", choices=["renapo", "sat"]),
+            requester=dict(type="dict", options=dict(name=dict(type="str"), email=dict(type="str"),
+                                                     unit=dict(type="str"), system=dict(type="str"))),
+            forwarded_by=dict(type="dict", options=dict(name=dict(type="str"), rank=dict(type="str"))),
+            source=dict(type="str", default="manual", choices=["mail", "monitor", "manual"]),
+            message_id=dict(type="str"),
+            received_at=dict(type="str"),
+            actor=dict(type="str", default="ansible"),
+            reason=dict(type="str"),
+            serial=dict(type="str"),
+            hosts=dict(type="list", elements="str"),
+            verified_hosts=dict(type="list", elements="str"),
+            cause=dict(type="str"),
+            annotate=dict(type="str"),
+            now=dict(type="str"),
+            non_working_days=dict(type="list", elements="str", default=[]),
+            sla_days=dict(type="dict"),
+        ),
+        required_one_of=[("ticket", "service")],
+        supports_check_mode=True,
+    )
+    p = module.params
+    if p["state"] != "present" and not p["ticket"]:
+        module.fail_json(msg=f"state={p['state']} moves an existing ticket: give its id or folio in 'ticket'")
+    try:
+        policy = SlaPolicy.from_options(p["sla_days"], p["non_working_days"])
+    except ValueError as e:
+        module.fail_json(msg=f"invalid SLA settings: {e}")
+    common = dict(actor=p["actor"], now=p["now"], dry_run=module.check_mode)
+    data = dict(reason=p["reason"], serial=p["serial"], hosts=p["hosts"], verified_hosts=p["verified_hosts"],
+                cause=p["cause"], note=p["annotate"])
+    try:
+        with open_store(p["store"], policy, create=not module.check_mode) as store:
+            if p["ticket"]:
+                target = None if p["state"] == "present" else p["state"]
+                result = store.transition(p["ticket"], target, **data, **common)
+            else:
+                result = store.create(p["service"], requester=p["requester"], forwarded_by=p["forwarded_by"],
+                                      source=p["source"], message_id=p["message_id"], hosts=p["hosts"] or (),
+                                      received_at=p["received_at"], reason=p["reason"], note=p["annotate"],
+                                      **common)
+    except InvalidTransition as e:
+        module.fail_json(msg=str(e), allowed_next=e.allowed)
+    except (TicketStoreError, ValueError) as e:
+        module.fail_json(msg=str(e))
+    output = dict(changed=result.changed, ticket=result.ticket, allowed_next=result.ticket["allowed_next"])
+    if module._diff:
+        output["diff"] = dict(before=result.before or {}, after=result.ticket)
+    module.exit_json(**output)
+
+
+if __name__ == "__main__":
+    main()
