@@ -137,7 +137,7 @@ def _decode_bytes(data: bytes, charset: str | None) -> str:
             continue
         try:
             return data.decode(cs)
-        except (LookupError, UnicodeDecodeError):
+        except (LookupError, ValueError):  # unknown, undecodable or NUL-bearing charset name
             continue
     return data.decode("latin-1")
 
@@ -199,7 +199,9 @@ def _part_filename(part: Message) -> str | None:
     name = part.get_param("filename", header="content-disposition") or part.get_param("name")
     if name is None:
         return None
-    return decode_header_value(email.utils.collapse_rfc2231_value(name)) or None
+    if isinstance(name, tuple):  # RFC 2231 (charset, language, value); the charset may be garbage
+        name = _decode_bytes(name[2].encode("raw-unicode-escape"), name[0])
+    return decode_header_value(name) or None
 
 
 def _part_text(part: Message) -> str:
@@ -294,7 +296,7 @@ def _zip_members(filename: str, data: bytes, max_total: int, max_entries: int) -
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         infos = archive.infolist()
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError) as exc:
+    except Exception as exc:  # BadZipFile, NotImplementedError (zip version), struct.error...: all mean corrupt
         return [], f"zip corrupto {filename}: {exc}"
     if len(infos) > max_entries:
         return [], f"zip con demasiadas entradas ({len(infos)} > {max_entries}): {filename}"
@@ -310,7 +312,7 @@ def _zip_members(filename: str, data: bytes, max_total: int, max_entries: int) -
         try:
             with archive.open(info) as fh:
                 content = fh.read(max_total - total + 1)  # declared sizes can lie: bound the real read
-        except (zipfile.BadZipFile, RuntimeError, ValueError, OSError, EOFError) as exc:
+        except Exception as exc:  # zipfile surfaces zlib/bz2/lzma/struct errors of a damaged member as they come
             return [], f"zip corrupto {filename}!{info.filename}: {exc}"
         total += len(content)
         if total > max_total:
@@ -336,9 +338,14 @@ def parse_message(
     """Classify one raw message as request, delivery, reply or unknown. Never raises on malformed input."""
     provider_domains = DEFAULT_PROVIDER_DOMAINS if provider_domains is None else provider_domains
     try:
-        msg = email.message_from_bytes(raw)
-    except Exception as exc:  # the stdlib parser is lenient; anything else is quarantined
-        return ParsedMessage("unknown", _fallback_id(raw), reason=f"mensaje ilegible: {exc}", quarantine=True)
+        return _parse(raw, max_attachment_bytes, max_zip_entries, provider_domains)
+    except Exception as exc:  # a defect the parser did not foresee still ends in quarantine, not in a crash
+        return ParsedMessage("unknown", _fallback_id(raw), reason=f"mensaje ilegible ({type(exc).__name__}: {exc})",
+                             quarantine=True)
+
+
+def _parse(raw: bytes, max_attachment_bytes: int, max_zip_entries: int, provider_domains: dict) -> ParsedMessage:
+    msg = email.message_from_bytes(raw)
     message_id = decode_header_value(msg.get("Message-ID")).strip() or _fallback_id(raw)
     subject = decode_header_value(msg.get("Subject"))
     sender_name, sender = email.utils.parseaddr(decode_header_value(msg.get("From")))

@@ -405,3 +405,34 @@ def test_extract_attachments_atomic_modes_and_sanitised_names(tmp_path, cert):
 ])
 def test_sanitise_filename(name, safe):
     assert sanitise_filename(name) == safe
+
+
+def test_rfc2231_filenames_decode_and_a_garbage_charset_does_not_crash(cert):
+    import base64
+
+    b64 = base64.b64encode(cert["pem"]).decode()
+    for charset, expected in (("utf-8", "certificado_renapo_n.pem"), ("x\0bogus", None)):
+        raw = (f"From: a@renapo.gob.mx\nSubject: Folio {FOLIO}\nMIME-Version: 1.0\n"
+               "Content-Type: multipart/mixed; boundary=zz\n\n--zz\nContent-Type: text/plain\n\nCertificado\n--zz\n"
+               f"Content-Disposition: attachment; filename*={charset}''certificado%20renapo%20%C3%B1.pem\n"
+               f"Content-Transfer-Encoding: base64\n\n{b64}\n--zz--\n").encode()
+        parsed = parse_message(raw)
+        assert parsed.kind == "delivery" and not parsed.quarantine, parsed.reason
+        if expected:
+            assert sanitise_filename(parsed.attachments[0].filename) == expected
+
+
+def test_mutated_messages_never_raise(cert):
+    import random
+
+    rnd = random.Random(20261128)
+    seeds = [make("Solicitud", REQUEST_BODY, cte="base64"), make("s", html="<p>Solicitante: x</p>"),
+             delivery(cert, attachments=[("a.pem", cert["pem"]), ("b.zip", zip_of([("c.cer", cert["der"])]))])]
+    for _ in range(400):
+        raw = bytearray(rnd.choice(seeds))
+        for _ in range(rnd.randint(1, 20)):
+            pos = rnd.randrange(len(raw))
+            raw[pos:pos + rnd.choice((0, 1, 8))] = bytes(rnd.randrange(256) for _ in range(rnd.choice((0, 1, 4))))
+        parsed = parse_message(bytes(raw))
+        assert parsed.kind in ("request", "delivery", "reply", "unknown")
+        assert parsed.quarantine == bool(parsed.reason) or parsed.kind != "unknown"
