@@ -93,6 +93,26 @@ class ServiceRequest:
     def supplied(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
+    def merged(self, update: ServiceRequest) -> ServiceRequest:
+        """This request with the fields a reply supplies (non-None) taking precedence."""
+        return ServiceRequest(**{**self.__dict__, **update.supplied()})
+
+    def ticket_fields(self) -> dict:
+        """The nested shape the ticket store keeps: service, requester {name, email, unit, system}, forwarded_by."""
+        return {
+            "service": self.service,
+            "requester": {"name": self.requester, "email": self.requester_email, "unit": self.administrative_unit,
+                          "system": self.system},
+            "forwarded_by": {"name": self.forwarded_by, "rank": self.forwarded_by_rank},
+        }
+
+    @classmethod
+    def from_ticket(cls, ticket: dict) -> ServiceRequest:
+        """Inverse of ticket_fields(), from a stored ticket dict (missing parts become None)."""
+        requester, forwarded = ticket.get("requester") or {}, ticket.get("forwarded_by") or {}
+        return cls(requester.get("name"), requester.get("email"), requester.get("unit"), requester.get("system"),
+                   ticket.get("service"), forwarded.get("name"), forwarded.get("rank"))
+
 
 @dataclass
 class Attachment:

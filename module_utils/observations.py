@@ -2,7 +2,8 @@
 
 Pure code: no Ansible import. `evaluate(request, catalog)` returns a list of Observation; empty = no observations.
 
-`request` is a `mail_intake.ServiceRequest` or any mapping/object with its field names (a ticket row works).
+`request` is a `mail_intake.ServiceRequest` (a stored ticket: `ServiceRequest.from_ticket(ticket)`) or a flat
+mapping with its field names.
 `catalog` maps each system the DGTIC administers to the services it has a convenio for, e.g.
 `{"Padrón de Productores": ["renapo", "sat"], "SIAP Apoyos": ["renapo"]}` (names compared accent/case-insensitively).
 """

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from ansible.module_utils.mail_intake import (
     QuarantineMessage,
+    ServiceRequest,
     extract_attachments,
     parse_message,
     process_maildir,
@@ -436,3 +437,13 @@ def test_mutated_messages_never_raise(cert):
         parsed = parse_message(bytes(raw))
         assert parsed.kind in ("request", "delivery", "reply", "unknown")
         assert parsed.quarantine == bool(parsed.reason) or parsed.kind != "unknown"
+
+
+def test_reply_merges_into_the_stored_request_and_round_trips_the_ticket_shape():
+    stored = parse_message(make("Solicitud", REQUEST_BODY.replace("Directora de Área", "Subdirectora"))).request
+    ticket = stored.ticket_fields()
+    assert ticket["requester"]["email"] == "juan.perez@agricultura.gob.mx" and ticket["service"] == "renapo"
+    assert ServiceRequest.from_ticket(ticket) == stored
+    reply = parse_message(make("RE: [Ticket #4] Observaciones", "Cargo: Director General\n> Cargo: Subdirectora\n"))
+    merged = ServiceRequest.from_ticket(ticket).merged(reply.request)
+    assert merged.forwarded_by_rank == "Director General" and merged.requester == "Juan Pérez López"
