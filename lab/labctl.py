@@ -30,6 +30,7 @@ INVENTORY = ROOT / "inventories" / "lab" / "hosts.yml"
 sys.path.insert(0, str(ROOT / "lab"))
 
 import pki  # noqa: E402  (lab/pki.py: the lab's certificate authorities)
+from sim import padron  # noqa: E402
 
 RENAPO = ("127.0.0.1", 9443)
 SAT = ("127.0.0.1", 9444)
@@ -352,7 +353,8 @@ def write_inventory(n: int) -> None:
              for i in range(1, n + 1)}
     inv = {
         "all": {
-            "vars": {"lab_state_dir": str(STATE)},
+            "vars": {"lab_state_dir": str(STATE), "lab_check_curp": padron.check_curp(STATE),
+                     "lab_check_rfc": padron.check_rfc(STATE)},
             "children": {
                 "consulta_hosts": {
                     "hosts": hosts,
