@@ -153,6 +153,26 @@ def _spki(public_key):
     return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
+def key_signs_for(key, public_key):
+    """True when a signature made with key verifies with public_key: the pair matches and the key is sound."""
+    if _spki(key.public_key()) != _spki(public_key):
+        return False
+    message = b"cert_validate key check"
+    try:
+        if isinstance(key, rsa.RSAPrivateKey):
+            public_key.verify(key.sign(message, padding.PKCS1v15(), hashes.SHA256()), message, padding.PKCS1v15(),
+                              hashes.SHA256())
+        elif isinstance(key, ec.EllipticCurvePrivateKey):
+            public_key.verify(key.sign(message, ec.ECDSA(hashes.SHA256())), message, ec.ECDSA(hashes.SHA256()))
+        elif isinstance(key, dsa.DSAPrivateKey):
+            public_key.verify(key.sign(message, hashes.SHA256()), message, hashes.SHA256())
+        else:  # Ed25519 / Ed448
+            public_key.verify(key.sign(message), message)
+    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
+        return False
+    return True
+
+
 def _key_type_and_size(public_key):
     if isinstance(public_key, rsa.RSAPublicKey):
         return "RSA", public_key.key_size
@@ -469,7 +489,7 @@ def validate(kind, certificate=None, private_key=None, private_key_passphrase=No
     _check_names(report, leaf, expected_subject, expected_issuer)
 
     if kind == "identity":
-        if key is not None and _spki(key.public_key()) != _spki(leaf.public_key()):
+        if key is not None and not key_signs_for(key, leaf.public_key()):
             report.defect("KEY_MISMATCH", f"the private key does not belong to '{name_of(leaf)}'")
         report.key = key
         _check_identity_chain(report, path, unused, roots)

@@ -42,6 +42,7 @@ BAD = {
     "sat_key_wrong_password": ["WRONG_PASSWORD"],
     "encrypted_key_no_password": ["WRONG_PASSWORD"],
     "key_mismatch": ["KEY_MISMATCH"],
+    "corrupt_key": ["KEY_MISMATCH"],
     "not_yet_valid": ["NOT_YET_VALID"],
     "expired": ["EXPIRED"],
     "expires_soon": ["EXPIRES_SOON"],
@@ -224,6 +225,11 @@ def build(root):
     c.add("encrypted_key_no_password", "identity", certificate=sat_cer, private_key=sat_key, trusted_roots=sat_roots)
     c.add("key_mismatch", "identity", certificate=str(root / "fullchain.pem"),
           private_key=f("other.key", key_bytes(key("other"))), trusted_roots=roots)
+    n = client.key.private_numbers()
+    corrupt = rsa.RSAPrivateNumbers(n.p, n.q, n.d + 2, n.dmp1 + 2, n.dmq1, n.iqmp, n.public_numbers).private_key(
+        unsafe_skip_rsa_key_validation=True)  # right public half, broken private half
+    c.add("corrupt_key", "identity", certificate=str(root / "fullchain.pem"),
+          private_key=f("corrupt.key", key_bytes(corrupt)), trusted_roots=roots)
     for name, kwargs in (("not_yet_valid", dict(start=3 * DAY)), ("expired", dict(start=-400 * DAY, days=-1)),
                          ("expires_soon", dict(days=10))):
         leaf = issue(f"consulta-{name}", inter, k=client.key, ekus=(CLIENT_AUTH,), **kwargs)
