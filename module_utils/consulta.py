@@ -177,9 +177,11 @@ def http_call(url: str, method: str = "GET", body: bytes | None = None, headers:
     except TimeoutError:
         raise ConsultaError("timeout", f"timeout: {where} did not answer within {timeout} s") from None
     except (ssl.SSLError, ConnectionResetError) as e:
-        # With TLS 1.3 a server that refuses our client certificate says so in an alert after the handshake.
-        hint = ("; the server requires a client certificate (mutual TLS) and got none it accepts"
-                if re.search(r"CERTIFICATE_REQUIRED|UNKNOWN_CA|BAD_CERTIFICATE|reset", str(e), re.I) else "")
+        # With TLS 1.3 a server refusing the client certificate alerts after our handshake: we see an alert or EOF.
+        hint = ""
+        if re.search(r"CERTIFICATE_REQUIRED|UNKNOWN_CA|BAD_CERTIFICATE|EOF|reset", str(e), re.I):
+            hint = ("; the server did not accept the client certificate (mutual TLS)" if client_cert else
+                    "; the server requires a client certificate (mutual TLS) and none was presented")
         raise ConsultaError("tls", f"TLS handshake with {where} failed: {e}{hint}") from None
     except (OSError, http.client.HTTPException) as e:
         raise ConsultaError("unreachable", f"cannot reach {where}: {e}") from None
