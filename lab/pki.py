@@ -10,7 +10,9 @@ RENAPO's renewal comes in two steps, as RENAPO does it: publish() (new anchor, m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import fcntl
 import ipaddress
 import json
 import os
@@ -29,6 +31,16 @@ CA_DAYS = 3650
 LEAF_DAYS = 365
 # A file is reused only while it stays valid at least this long: a lab up today still works next week.
 MIN_LEFT = dt.timedelta(days=7)
+
+
+@contextlib.contextmanager
+def _lock(state: Path):
+    """One writer at a time: labctl and the simulators' process may both create the PKI of the same state."""
+    d = Path(state) / "pki"
+    d.mkdir(parents=True, exist_ok=True)
+    with open(d / ".lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
 
 
 def _now() -> dt.datetime:
@@ -174,7 +186,11 @@ def current_generation(state: Path) -> str:
 
 def ensure(state: Path) -> dict:
     """Creates what is missing (RENAPO gen1 presented, SAT CA + server) and returns the paths."""
-    state = Path(state)
+    with _lock(state):
+        return _ensure(Path(state))
+
+
+def _ensure(state: Path) -> dict:
     g1 = _renapo(state) / "gen1"
     if not _usable(g1 / "ca.pem", g1 / "server.pem", g1 / "server.key"):
         _make_generation(state, 1, "ca")
@@ -199,7 +215,12 @@ def ensure(state: Path) -> dict:
 def issue_sat_client(state: Path, name: str, days: int = LEAF_DAYS) -> tuple[Path, Path]:
     """A client identity from the lab SAT CA (clientAuth): clients/<name>.pem (leaf + CA) and <name>.key (0600)."""
     state = Path(state)
-    ensure(state)
+    with _lock(state):
+        _ensure(state)
+        return _issue_sat_client(state, name, days)
+
+
+def _issue_sat_client(state: Path, name: str, days: int) -> tuple[Path, Path]:
     sat = state / "pki" / "sat"
     cert_path, key_path = sat / "clients" / f"{name}.pem", sat / "clients" / f"{name}.key"
     if _usable(cert_path, key_path):
@@ -248,7 +269,12 @@ def publish(state: Path, mode: str = "ca") -> dict:
     returns that pending publication (RENAPO announces one renewal at a time).
     """
     state = Path(state)
-    ensure(state)
+    with _lock(state):
+        _ensure(state)
+        return _publish(state, mode)
+
+
+def _publish(state: Path, mode: str) -> dict:
     gens = _generations(state)
     latest, presented = gens[-1], current_generation(state)
     n = int(latest[3:])
@@ -281,11 +307,12 @@ def publish(state: Path, mode: str = "ca") -> dict:
 def switch(state: Path) -> str:
     """RENAPO's renewal, step 2: present the latest published generation (the simulator reloads per handshake)."""
     state = Path(state)
-    ensure(state)
-    latest = _generations(state)[-1]
-    if current_generation(state) != latest:
-        _write(_renapo(state) / "presented", f"{latest}\n".encode())
-    return latest
+    with _lock(state):
+        _ensure(state)
+        latest = _generations(state)[-1]
+        if current_generation(state) != latest:
+            _write(_renapo(state) / "presented", f"{latest}\n".encode())
+        return latest
 
 
 def main(argv: list[str] | None = None) -> int:

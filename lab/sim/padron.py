@@ -14,6 +14,7 @@ import csv
 import datetime as dt
 import hashlib
 import json
+import os
 import random
 import sys
 from collections import Counter
@@ -164,8 +165,13 @@ def _dir(state: Path) -> Path:
     return Path(state) / "padron"
 
 
+def _tmp(path: Path) -> Path:
+    """A temp name of this process only: labctl and the simulators may generate the same (identical) files at once."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
 def _write_csv(path: Path, fields: tuple, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
+    tmp = _tmp(path)
     with tmp.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
@@ -174,7 +180,7 @@ def _write_csv(path: Path, fields: tuple, rows: list[dict]) -> None:
 
 
 def _write_json(path: Path, data) -> None:
-    tmp = path.with_suffix(".tmp")
+    tmp = _tmp(path)
     tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1))
     tmp.replace(path)
 

@@ -214,6 +214,18 @@ def test_pki_is_idempotent_and_keys_are_private(tmp_path):
         x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]
 
 
+def test_concurrent_ensure_gives_one_consistent_pki(tmp_path):
+    """labctl and the simulators' process may both create the PKI of a fresh state at the same moment."""
+    procs = [subprocess.Popen([sys.executable, str(ROOT / "lab" / "pki.py"), "--state", str(tmp_path), "ensure"],
+                              stdout=subprocess.DEVNULL) for _ in range(3)]
+    assert [p.wait(60) for p in procs] == [0, 0, 0]
+    paths = pki.ensure(tmp_path)
+    for chain, ca in ((paths["renapo_server_cert"], paths["renapo_anchor"]),
+                      (paths["sat_server_cert"], paths["sat_ca"])):
+        leaf = x509.load_pem_x509_certificates(chain.read_bytes())[0]
+        leaf.verify_directly_issued_by(x509.load_pem_x509_certificate(ca.read_bytes()))
+
+
 # ---------------------------------------------------------------- SAT: mutual TLS
 
 def test_sat_requires_a_client_certificate_from_the_sat_ca(lab):
