@@ -1,7 +1,6 @@
 """The lab as a pytest fixture: real hosts (sshd + nginx), real simulators, real SMTP sink."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -34,19 +33,6 @@ def run(cmd: list[str], check: bool = True, timeout: int = 300, env: dict | None
         raise AssertionError(f"{' '.join(cmd)} exited {p.returncode}\n"
                              f"STDOUT:\n{p.stdout[-4000:]}\nSTDERR:\n{p.stderr[-4000:]}")
     return p
-
-
-def ansible_json(args: list[str], check: bool = True) -> tuple[int, dict]:
-    """Ad-hoc `ansible` with the JSON callback: (rc, {host: result})."""
-    env = ansible_env()
-    env.update(ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json")
-    p = run([str(ROOT / ".venv/bin/ansible"), *args], check=check, env=env)
-    data = json.loads(p.stdout[p.stdout.index("{"):])
-    hosts = {}
-    for play in data["plays"]:
-        for task in play["tasks"]:
-            hosts.update(task["hosts"])
-    return p.returncode, hosts
 
 
 @pytest.fixture(scope="session")
