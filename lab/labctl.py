@@ -191,6 +191,7 @@ server {{
         proxy_ssl_server_name on;
         proxy_ssl_session_reuse off;
         proxy_set_header Host renapo.lab;
+        proxy_set_header X-Forwarded-For $server_addr;  # lets the simulator count requests per host
     }}
 
     # SAT: mutual TLS, the host presents its own client identity.
