@@ -233,7 +233,7 @@ anchor:
   returned: kind=trust and a certificate was read
   type: dict
   sample: {"subject": "CN=RENAPO Root G2", "fingerprint_sha256": "3f:2a:...", "not_after": "20360101000000Z",
-           "confirmed_by": "fingerprint of 'CN=RENAPO Root G2' matches expected_fingerprint"}
+           "confirmed_by": "confirmed by expected_fingerprint"}
 bundle_fingerprints:
   description: SHA-256 fingerprints of what the staged bundle holds (valid current entries first, new anchor last).
   returned: kind=trust and a certificate was read

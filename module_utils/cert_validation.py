@@ -436,7 +436,7 @@ def _confirm_anchor(report, anchor, path, pool, expected_fingerprint, confirm_en
             report.defect("FINGERPRINT_MISMATCH", f"the anchor '{name_of(anchor)}' has SHA-256 {anchor_fp}, "
                                                   f"not the expected {wanted}")
             return None
-        return f"fingerprint of '{name_of(matched)}' matches expected_fingerprint"
+        return "confirmed by expected_fingerprint" + ("" if matched is anchor else f" of '{name_of(matched)}'")
     if confirm_endpoint:
         try:
             presented = fetch_endpoint_chain(confirm_endpoint, endpoint_timeout)
@@ -445,7 +445,7 @@ def _confirm_anchor(report, anchor, path, pool, expected_fingerprint, confirm_en
                                                 f" {confirm_endpoint} unreachable ({e})")
             return None
         if endpoint_confirms(presented, anchor, path):
-            return f"presented by {confirm_endpoint}"
+            return f"confirmed by the live endpoint {confirm_endpoint}"
         report.defect("UNCONFIRMED_ANCHOR", f"{confirm_endpoint} does not present a certificate chaining to the new "
                                             f"anchor '{name_of(anchor)}' ({anchor_fp})")
         return None
@@ -511,10 +511,13 @@ def validate(kind, certificate=None, private_key=None, private_key_passphrase=No
                                   "not_after": anchor.not_valid_after_utc.strftime(_ASN1_TIME),
                                   "confirmed_by": how}
         report.facts["bundle_fingerprints"] = [sha256_fp(c) for c in report.bundle]
-        what = f"anchor '{name_of(anchor)}' ({sha256_fp(anchor)})"
+        if not issued_by(anchor, anchor):
+            report.warnings.append(f"anchor '{name_of(anchor)}' is not self-signed: OpenSSL clients such as nginx "
+                                   "verify only up to a self-signed root unless partial-chain checking is on")
+        what = f"anchor '{name_of(anchor)}' ({sha256_fp(anchor)}, {how})"
     report.message = (f"{what} is already deployed: nothing to change" if report.already_deployed
-                      else f"{what} is valid, expires {leaf.not_valid_after_utc:%Y-%m-%d} "
-                           f"({report.facts['days_left']} days left)")
+                      else f"{what} is accepted; " + ("it" if kind == "identity" else f"'{name_of(leaf)}'")
+                      + f" expires {leaf.not_valid_after_utc:%Y-%m-%d} ({report.facts['days_left']} days left)")
     return report
 
 

@@ -104,7 +104,7 @@ def test_anchor_confirmed_by_live_endpoint(catalogue, tls_server):
     kwargs = dict(catalogue.cases["trust_unconfirmed"], confirm_endpoint=endpoint)
     report = validate(**kwargs)
     assert report.defects == [], report.error_text()
-    assert report.facts["anchor"]["confirmed_by"] == f"presented by {endpoint}"
+    assert report.facts["anchor"]["confirmed_by"] == f"confirmed by the live endpoint {endpoint}"
 
 
 def test_endpoint_presenting_another_anchor_does_not_confirm(catalogue, tls_server):
@@ -193,3 +193,11 @@ def test_pkcs1_key_pem_is_read(catalogue, tmp_path):
     report = validate("identity", certificate=catalogue.cases["identity_pem_fullchain"]["certificate"],
                       private_key=str(path), trusted_roots=catalogue.cases["identity_pem_fullchain"]["trusted_roots"])
     assert report.defects == []
+
+
+def test_bare_leaf_as_anchor_is_accepted_with_a_warning(catalogue):
+    leaf = catalogue.pki["renapo_leaf"]
+    report = validate("trust", certificate=catalogue.cases["trust_already_trusted_root"]["certificate"],
+                      expected_fingerprint=leaf.cert.fingerprint(hashes.SHA256()).hex())
+    assert report.defects == [] and report.anchor == leaf.cert
+    assert any("not self-signed" in w for w in report.warnings)
