@@ -8,8 +8,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-import socket
-import ssl
 import tempfile
 from dataclasses import dataclass, field
 
@@ -270,6 +268,9 @@ def find_issuer(cert, pool):
 
 def fetch_endpoint_chain(endpoint, timeout=5.0):
     """Certificates the live endpoint presents (unverified handshake: only used to confirm an anchor)."""
+    import socket  # imported here: most runs never open a connection, and ssl costs ~6 ms to import
+    import ssl
+
     host, sep, port = endpoint.strip().rpartition(":")
     if not sep or not host or not port.isdigit():
         raise ValueError(f"confirm_endpoint '{endpoint}' is not host:port")

@@ -10,7 +10,7 @@ import re
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
+from cryptography.hazmat.primitives.serialization import pkcs12
 
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----.*?-----END \1-----", re.DOTALL)
 _KEY_LABELS = (b"PRIVATE KEY", b"RSA PRIVATE KEY", b"EC PRIVATE KEY", b"ENCRYPTED PRIVATE KEY", b"DSA PRIVATE KEY")
@@ -52,7 +52,7 @@ def parse_certificates(data, source):
                 if label in (b"CERTIFICATE", b"X509 CERTIFICATE", b"TRUSTED CERTIFICATE"):
                     certs.append(x509.load_pem_x509_certificate(block))
                 elif label in (b"PKCS7", b"CMS"):
-                    certs.extend(pkcs7.load_pem_pkcs7_certificates(block))
+                    certs.extend(_pkcs7().load_pem_pkcs7_certificates(block))
             if not blocks:
                 raise ValueError("no complete PEM block")
             return certs
@@ -62,11 +62,17 @@ def parse_certificates(data, source):
             return [x509.load_der_x509_certificate(data)]
         except ValueError as der_error:
             try:
-                return list(pkcs7.load_der_pkcs7_certificates(data))
+                return list(_pkcs7().load_der_pkcs7_certificates(data))
             except ValueError:
                 raise der_error from None
     except (ValueError, UnsupportedAlgorithm) as e:
         raise LoadError("UNREADABLE", f"{source}: not a readable PEM/DER certificate file ({_short(e)})") from None
+
+
+def _pkcs7():
+    from cryptography.hazmat.primitives.serialization import pkcs7  # ~7 ms to import and rarely needed
+
+    return pkcs7
 
 
 def _short(exc):

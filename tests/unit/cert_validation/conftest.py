@@ -16,7 +16,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.serialization import pkcs12
+from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
 from cryptography.hazmat.primitives.serialization.pkcs12 import PBES
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -207,7 +207,7 @@ def build(root):
           current=current_bundle)
     c.add("trust_already_trusted_root", "trust", certificate=f("renapo-leaf.pem", pem(renapo_leaf)),
           trusted_roots=[f("renapo-new.pem", pem(renapo_new))], current=current_bundle)
-    c.add("trust_p7b", "trust", certificate=f("renapo.p7b", serialization.pkcs7.serialize_certificates(
+    c.add("trust_p7b", "trust", certificate=f("renapo.p7b", pkcs7.serialize_certificates(
         [renapo_leaf.cert, renapo_new.cert], DER)), expected_fingerprint=fingerprint(renapo_new))
 
     # ---- bad deliveries, one code each (and one with several)

@@ -8,10 +8,13 @@ from cryptography import x509
 from .conftest import PASSPHRASE, key_bytes, pem
 from .test_cert_validate_module import ENV, ROOT
 
+# The lab inventory carries its own per-service settings (roots, live endpoint, subject): the tests bring theirs.
+SERVICES = {"delivery_validate_services": {"renapo": {"kind": "trust"}, "sat": {"kind": "identity"}}}
+
 
 def playbook(path, *extra):
-    return subprocess.run([str(ROOT / ".venv/bin/ansible-playbook"), str(path), *extra], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run([str(ROOT / ".venv/bin/ansible-playbook"), str(path), "-e", json.dumps(SERVICES), *extra],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
 
 
 def run_role(tmp_path, role_vars):
