@@ -1,0 +1,348 @@
+"""The rollout on the lab: what each host serves and trusts after every fault issue 4 names."""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from ansible.module_utils.consulta import ConsultaError, consult
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from labtools import ROOT, ansible_env, run
+from sim import padron
+
+pytestmark = pytest.mark.lab
+PLAYBOOK = [str(ROOT / ".venv/bin/ansible-playbook"), "playbooks/rollout.yml"]
+BUNDLE = Path("etc-consulta/trust/renapo-bundle.pem")
+SAT_CERT = Path("etc-consulta/identity/sat/cert.pem")
+SAT_KEY = Path("etc-consulta/identity/sat/key.pem")
+
+
+# ------------------------------------------------------------------ helpers
+
+def hosts(lab) -> list[str]:
+    return sorted(p.name for p in (lab.STATE / "hosts").glob("consulta-*") if lab._read_pid(p.name))
+
+
+def host_file(lab, host: str, rel: Path) -> Path:
+    return lab.STATE / "hosts" / host / rel
+
+
+def url(lab, host: str) -> str:
+    return f"http://{lab.host_ip(int(host.rsplit('-', 1)[1]))}:{lab.GATEWAY_PORT}"
+
+
+def serves(lab, host: str, service: str = "renapo") -> dict:
+    """A real consultation through the host's gateway; raises ConsultaError naming the cause."""
+    if service == "sat":
+        return consult("sat", url(lab, host), rfc=padron.check_rfc(lab.STATE), timeout=5)
+    return consult("renapo", url(lab, host), curp=padron.check_curp(lab.STATE), usuario="DGTIC_LAB",
+                   password="lab-renapo-pass", timeout=5)
+
+
+def fingerprints(path: Path) -> list[str]:
+    return [c.fingerprint(hashes.SHA256()).hex() for c in x509.load_pem_x509_certificates(path.read_bytes())]
+
+
+def tree_checksums(lab) -> dict[str, str]:
+    """sha256 of every file under every host's tree that the rollout may touch (certs, nginx config, backups)."""
+    sums = {}
+    for h in hosts(lab):
+        base = lab.STATE / "hosts" / h
+        for sub in ("etc-consulta", "etc-nginx", "backups"):
+            for p in sorted((base / sub).rglob("*")):
+                if p.is_file():
+                    sums[str(p.relative_to(lab.STATE))] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return sums
+
+
+def publish(lab) -> tuple[Path, str, str]:
+    """RENAPO publishes: (mailed certificate, fingerprint stated in its letter, new anchor's sha256 hex)."""
+    pub = lab.pki.publish(lab.STATE)
+    letter = (Path(pub["outbox"]) / "oficio.txt").read_text(encoding="utf-8")
+    fp = re.search(r"((?:[0-9A-F]{2}:){31}[0-9A-F]{2})", letter).group(1)
+    return Path(pub["outbox"]) / f"renapo_ws_{pub['generation']}.pem", fp, fp.replace(":", "").lower()
+
+
+def rollout(*extra: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    return run([*PLAYBOOK, *extra], check=check, env=env)
+
+
+def renapo_args(cert: Path, fp: str) -> list[str]:
+    return ["-e", "rollout_service=renapo", "-e", f"rollout_certificate={cert}",
+            "-e", f"rollout_expected_fingerprint={fp}"]
+
+
+def recap(stdout: str) -> dict[str, dict[str, int]]:
+    return {m.group(1): {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2))}
+            for m in re.finditer(r"^(\S+)\s+: (ok=.*)$", stdout, re.M)}
+
+
+def self_signed(path: Path, cn: str, days: int, not_before_days: int = 0) -> x509.Certificate:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    now = dt.datetime.now(dt.UTC) + dt.timedelta(days=not_before_days)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=max(1, 30 - days)))
+            .not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(cn)]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(key, hashes.SHA256()))
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return cert
+
+
+# ------------------------------------------------------------------ the promise
+
+def test_rollout_before_the_switch_means_zero_failed_consultations(fresh_lab):
+    lab = fresh_lab
+    cert, fp, anchor = publish(lab)
+    old = {h: fingerprints(host_file(lab, h, BUNDLE)) for h in hosts(lab)}
+
+    first = rollout(*renapo_args(cert, fp))
+    for h in hosts(lab):
+        now = fingerprints(host_file(lab, h, BUNDLE))
+        assert now == old[h] + [anchor], f"{h} must keep today's anchor and add the new one"
+        assert serves(lab, h)["status_oper"] == "EXITOSO"
+        manifests = list(host_file(lab, h, Path("backups")).glob("*/manifest.json"))
+        assert len(manifests) == 1
+        assert "PRIVATE KEY" not in manifests[0].read_text()
+    assert "BEGIN" not in first.stdout and "PRIVATE" not in first.stdout
+
+    rerun = rollout(*renapo_args(cert, fp))
+    assert all(r["changed"] == 0 for r in recap(rerun.stdout).values()), rerun.stdout[-2500:]
+
+    # RENAPO switches under a continuous probe of every host: not one consultation may fail.
+    failures, done, count = [], threading.Event(), [0]
+
+    def probe():
+        while not done.is_set():
+            for h in hosts(lab):
+                try:
+                    serves(lab, h)
+                    count[0] += 1
+                except ConsultaError as e:
+                    failures.append((h, str(e)))
+
+    t = threading.Thread(target=probe)
+    t.start()
+    time.sleep(0.5)
+    assert lab.pki.switch(lab.STATE) == "gen2"
+    time.sleep(1.5)
+    done.set()
+    t.join()
+    assert failures == []
+    assert count[0] > 20
+    for h in hosts(lab):
+        assert serves(lab, h)["peer_serial"] is None  # through the gateway: nginx verified RENAPO, not us
+
+
+def test_a_host_that_missed_the_rollout_fails_after_the_switch_and_a_rollout_fixes_it(fresh_lab):
+    lab = fresh_lab
+    cert, fp, _ = publish(lab)
+    left_out = hosts(lab)[-1]
+    rollout(*renapo_args(cert, fp), "--limit", f"consulta_hosts:!{left_out}")
+    lab.pki.switch(lab.STATE)
+    with pytest.raises(ConsultaError) as err:
+        serves(lab, left_out)
+    assert err.value.kind == "gateway"
+    log = host_file(lab, left_out, Path("log-nginx/error.log")).read_text()
+    assert "upstream SSL certificate verify error" in log
+    # After the switch the live endpoint confirms the anchor, even without the letter's fingerprint.
+    rollout("-e", "rollout_service=renapo", "-e", f"rollout_certificate={cert}", "--limit", left_out)
+    assert serves(lab, left_out)["status_oper"] == "EXITOSO"
+
+
+# ------------------------------------------------------------------ fault 1: bad deliveries touch nothing
+
+@pytest.mark.parametrize("case", ["expired", "unconfirmed", "fingerprint_mismatch", "sat_key_mismatch"])
+def test_a_bad_delivery_touches_no_host(fresh_lab, tmp_path, case):
+    lab = fresh_lab
+    cert, fp, _ = publish(lab)
+    before = tree_checksums(lab)
+    if case == "expired":
+        bad = tmp_path / "expired.pem"
+        self_signed(bad, "renapo.lab", days=-2)
+        args, code = ["-e", "rollout_service=renapo", "-e", f"rollout_certificate={bad}"], "EXPIRED"
+    elif case == "unconfirmed":  # an e-mailed anchor nobody vouches for: no letter, RENAPO does not present it
+        args, code = ["-e", "rollout_service=renapo", "-e", f"rollout_certificate={cert}"], "UNCONFIRMED_ANCHOR"
+    elif case == "fingerprint_mismatch":
+        rogue = tmp_path / "rogue.pem"
+        self_signed(rogue, "renapo.lab", days=365)
+        args, code = renapo_args(rogue, fp), "FINGERPRINT_MISMATCH"
+    else:
+        c1, _ = lab.pki.issue_sat_client(lab.STATE, "renewal-a")
+        _, k2 = lab.pki.issue_sat_client(lab.STATE, "renewal-b")
+        args = ["-e", "rollout_service=sat", "-e", f"rollout_certificate={c1}", "-e", f"rollout_private_key={k2}"]
+        code = "KEY_MISMATCH"
+    p = rollout(*args, check=False)
+    assert p.returncode != 0
+    assert code in p.stdout, p.stdout[-3000:]
+    assert tree_checksums(lab) == before
+    for h in hosts(lab):
+        assert serves(lab, h)["status_oper"] == "EXITOSO"
+
+
+# ------------------------------------------------------------------ fault 2: config test fails on one host
+
+def test_config_test_failure_restores_that_host_and_halts(fresh_lab):
+    lab = fresh_lab
+    cert, fp, anchor = publish(lab)
+    h1, h2, h3 = hosts(lab)[:3]
+    originals = {h: host_file(lab, h, BUNDLE).read_bytes() for h in (h1, h2, h3)}
+    # A broken include planted on the second host: nginx keeps serving its loaded config, but `nginx -t` fails.
+    host_file(lab, h2, Path("etc-nginx/conf.d/zz-broken.conf")).write_text("this is not nginx syntax;\n")
+    p = rollout(*renapo_args(cert, fp), check=False)
+    assert p.returncode != 0
+    assert re.search(rf"{h2}: step .* failed: config test failed", p.stdout), p.stdout[-3000:]
+    assert "hosts not yet reached are untouched" in p.stdout
+    assert anchor in fingerprints(host_file(lab, h1, BUNDLE))  # the canary went through
+    assert host_file(lab, h2, BUNDLE).read_bytes() == originals[h2]  # restored byte for byte
+    assert host_file(lab, h3, BUNDLE).read_bytes() == originals[h3]  # never reached
+    assert not list(host_file(lab, h3, Path("backups")).iterdir())
+    assert serves(lab, h2)["status_oper"] == "EXITOSO"
+
+
+# ------------------------------------------------------------------ fault 3: consultation fails after reload
+
+def test_consultation_failure_after_reload_rolls_the_host_back(fresh_lab, tmp_path):
+    """A SAT identity from a CA that SAT does not accept: nginx loads it fine, SAT refuses it, the canary restores."""
+    lab = fresh_lab
+    rogue_ca = tmp_path / "rogue-ca.pem"
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Not SAT CA")])
+    now = dt.datetime.now(dt.UTC)
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
+          .not_valid_after(now + dt.timedelta(days=800))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    rogue_ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "consulta-client")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=365))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / "client.pem", tmp_path / "client.key"
+    cert_file.write_bytes(leaf.public_bytes(serialization.Encoding.PEM) + rogue_ca.read_bytes())
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    canary = hosts(lab)[0]
+    before = {h: (host_file(lab, h, SAT_CERT).read_bytes(), host_file(lab, h, SAT_KEY).read_bytes())
+              for h in hosts(lab)}
+    serial_before = serves(lab, canary, "sat")["client_serial"]
+    p = rollout("-e", "rollout_service=sat", "-e", f"rollout_certificate={cert_file}",
+                "-e", f"rollout_private_key={key_file}",
+                "-e", json.dumps({"delivery_validate_trusted_roots": [str(rogue_ca)]}),
+                check=False)
+    assert p.returncode != 0
+    assert re.search(rf"{canary}: step .*Consult.* failed", p.stdout), p.stdout[-3000:]
+    assert "consultation after that: ok" in p.stdout
+    for h in hosts(lab):
+        assert (host_file(lab, h, SAT_CERT).read_bytes(), host_file(lab, h, SAT_KEY).read_bytes()) == before[h]
+    assert serves(lab, canary, "sat")["client_serial"] == serial_before
+    assert key_file.read_text().split("\n")[1][:40] not in p.stdout + p.stderr
+
+
+# ------------------------------------------------------------------ fault 6: the SAT identity path
+
+def test_sat_identity_is_presented_by_every_host(fresh_lab):
+    lab = fresh_lab
+    cert, key = lab.pki.issue_sat_client(lab.STATE, "renewed-identity")
+    serial = format(x509.load_pem_x509_certificate(cert.read_bytes()).serial_number, "X")
+    p = rollout("-e", "rollout_service=sat", "-e", f"rollout_certificate={cert}", "-e", f"rollout_private_key={key}",
+                "--diff")
+    key_line = key.read_text().splitlines()[1]
+    assert key_line not in p.stdout + p.stderr
+    for h in hosts(lab):
+        assert serves(lab, h, "sat")["client_serial"].lstrip("0") == serial.lstrip("0")
+        assert oct(host_file(lab, h, SAT_KEY).stat().st_mode & 0o777) == "0o600"
+
+
+# ------------------------------------------------------------------ check mode
+
+def test_check_diff_touches_nothing_and_shows_fingerprints(fresh_lab):
+    lab = fresh_lab
+    cert, fp, anchor = publish(lab)
+    before = tree_checksums(lab)
+    p = rollout(*renapo_args(cert, fp), "--check", "--diff")
+    assert tree_checksums(lab) == before
+    colon_fp = ":".join(anchor[i:i + 2] for i in range(0, 64, 2)).upper()
+    assert colon_fp in p.stdout
+    assert "BEGIN CERTIFICATE" not in p.stdout
+
+
+# ------------------------------------------------------------------ faults 4 and 5: hosts and controller die
+
+def _start_rollout(args: list[str]) -> subprocess.Popen:
+    env = ansible_env()
+    return subprocess.Popen([*PLAYBOOK, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+
+
+def _wait_for(pred, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_a_host_going_down_mid_rollout_stops_the_play_cleanly(fresh_lab):
+    lab = fresh_lab
+    cert, fp, anchor = publish(lab)
+    names = hosts(lab)
+    originals = {h: host_file(lab, h, BUNDLE).read_bytes() for h in names}
+    proc = _start_rollout(renapo_args(cert, fp))
+    # As soon as the canary has its new bundle, the last host dies.
+    assert _wait_for(lambda: anchor in fingerprints(host_file(lab, names[0], BUNDLE)))
+    lab.stop_host(names[-1])
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0, out[-2000:]
+    assert "UNREACHABLE" in out or "unreachable=1" in out
+    for h in names[:-1]:
+        data = host_file(lab, h, BUNDLE).read_bytes()
+        if data != originals[h]:  # fully done means: new bundle, and it answers
+            assert anchor in fingerprints(host_file(lab, h, BUNDLE))
+        assert serves(lab, h)["status_oper"] == "EXITOSO"
+
+
+def test_sigkill_of_ansible_leaves_every_host_old_or_new_and_a_rerun_converges(fresh_lab):
+    lab = fresh_lab
+    cert, fp, anchor = publish(lab)
+    names = hosts(lab)
+    originals = {h: host_file(lab, h, BUNDLE).read_bytes() for h in names}
+    proc = _start_rollout(renapo_args(cert, fp))
+    assert _wait_for(lambda: any(host_file(lab, h, Path("backups")).iterdir() for h in names))
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    new_bytes = None
+    for h in names:
+        data = host_file(lab, h, BUNDLE).read_bytes()
+        if data != originals[h]:
+            new_bytes = new_bytes or data
+            assert data == new_bytes and anchor in fingerprints(host_file(lab, h, BUNDLE))
+        leftovers = [p.name for p in host_file(lab, h, BUNDLE).parent.iterdir() if p.name != BUNDLE.name
+                     and p.name != "sat-ca.pem"]
+        assert leftovers == [], f"{h} has half-written files: {leftovers}"
+        assert serves(lab, h)["status_oper"] == "EXITOSO"
+    rollout(*renapo_args(cert, fp))
+    for h in names:
+        assert anchor in fingerprints(host_file(lab, h, BUNDLE))
