@@ -346,3 +346,26 @@ def test_sigkill_of_ansible_leaves_every_host_old_or_new_and_a_rerun_converges(f
     rollout(*renapo_args(cert, fp))
     for h in names:
         assert anchor in fingerprints(host_file(lab, h, BUNDLE))
+
+
+# ------------------------------------------------------------------ rollback.yml
+
+def test_rollback_returns_hosts_to_the_backup_byte_for_byte(fresh_lab):
+    lab = fresh_lab
+    cert, fp, anchor = publish(lab)
+    names = hosts(lab)
+    originals = {h: host_file(lab, h, BUNDLE).read_bytes() for h in names}
+    rollout(*renapo_args(cert, fp))
+    target = names[1]
+    label = next(host_file(lab, target, Path("backups")).glob("*/manifest.json")).parent.name
+    rollback = [str(ROOT / ".venv/bin/ansible-playbook"), "playbooks/rollback.yml"]
+    run([*rollback, "--limit", target, "-e", f"rollback_backup={label}"])
+    assert host_file(lab, target, BUNDLE).read_bytes() == originals[target]
+    assert serves(lab, target)["status_oper"] == "EXITOSO"
+    for h in names:
+        if h != target:
+            assert anchor in fingerprints(host_file(lab, h, BUNDLE))
+    p = run([*rollback, "--limit", names[0], "-e", "rollback_backup=19990101T000000Z-nothere"], check=False)
+    assert p.returncode != 0
+    assert "19990101T000000Z-nothere" in p.stdout
+    assert anchor in fingerprints(host_file(lab, names[0], BUNDLE))
