@@ -170,14 +170,16 @@ class TicketStore:
             return Result(self._ticket(row), True, None)
 
     def transition(self, ref, to_state, *, actor, reason=None, serial=None, hosts=None, verified_hosts=None,
-                   cause=None, note=None, now=None, dry_run=False):
+                   cause=None, note=None, request=None, now=None, dry_run=False):
         """Move a ticket to `to_state` (None: stay) recording data; asking again for the current state with
         nothing new is a no-op (changed=False). Hosts only accumulate; a new serial on `deploying` restarts
-        verification."""
+        verification. `request` ({service, requester, forwarded_by}, as create() takes them) corrects the
+        request's data while the ticket is in `received` or `observations` (the requester's reply, step 2.2)."""
         if to_state is not None and to_state not in TRANSITIONS:
             raise InvalidTransition(f"unknown ticket state {to_state!r}; states are {', '.join(STATES)}")
         reject_secrets({"reason": reason, "serial": serial, "hosts": hosts or [], "cause": cause,
-                        "verified_hosts": verified_hosts or [], "note": note, "actor": actor})
+                        "verified_hosts": verified_hosts or [], "note": note, "actor": actor,
+                        "request": request or {}})
         now = to_datetime(now) if now else now_local()
         with self._tx(dry_run) as query:
             row = self._load(query, ref, lock=True)
@@ -189,6 +191,7 @@ class TicketStore:
                     f"ticket {self._name(row)} is '{current}': cannot go to '{to_state}'; allowed next: "
                     + (", ".join(TRANSITIONS[current]) or "none (final state)"), TRANSITIONS[current])
             changes = self._data_changes(row, to_state, serial, hosts, verified_hosts, cause, note, actor, now)
+            changes.update(self._request_changes(row, request))
             if to_state == current and not changes:
                 return Result(before, False, before)
             if to_state != current:
@@ -231,6 +234,21 @@ class TicketStore:
         observations = json.loads(row["observations"])
         if note and note not in (o["note"] for o in observations):
             changes["observations"] = json.dumps(observations + [self._note(now, actor, note)])
+        return changes
+
+    def _request_changes(self, row, request):
+        """Column changes for corrected request data; refused once the folio is issued (the folio names the service)."""
+        if not request:
+            return {}
+        flat = {"service": request.get("service")}
+        for part, keys in (("requester", ("name", "email", "unit", "system")), ("forwarded_by", ("name", "rank"))):
+            flat.update({f"{part}_{k}": v for k, v in (request.get(part) or {}).items() if k in keys})
+        changes = {k: v for k, v in flat.items() if v is not None and v != row[k]}
+        if changes and row["state"] not in ("received", "observations"):
+            raise TicketConflict(f"ticket {self._name(row)} is '{row['state']}': its request data can only be "
+                                 "corrected in 'received' or 'observations'")
+        if changes.get("service", "renapo") not in SERVICES:
+            raise TicketStoreError(f"unknown service {changes['service']!r}; services are {', '.join(SERVICES)}")
         return changes
 
     def _entering(self, query, row, to_state, changes, now):

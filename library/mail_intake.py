@@ -1,0 +1,233 @@
+#!/usr/bin/python
+"""Ansible module: read the Mesa de Servicios mailbox and take each e-mail through its steps of the procedure."""
+
+DOCUMENTATION = r"""
+---
+module: mail_intake
+short_description: Process the Mesa de Servicios mailbox of the certificate renewal procedure
+description:
+  - Reads every message in the C(new/) folder of the Mesa de Servicios Maildir, oldest first, and applies the
+    procedure's steps 1.2 to 4.2 to it.
+  - A request opens a ticket (C(received)). With observations it goes to C(observations) and the requester gets a
+    Spanish notice listing each one; without, it gets a folio (C(folio_issued)), notified to the requester and the
+    enlace administrativo. The requester is then looked up in the staff directory; staff goes to
+    C(requester_validated), anyone else to C(rejected) with an oficio de respuesta written to O(oficios_dir) and
+    mailed (Cc the Mesa de Servicios), and the ticket is notified and closed.
+  - A reply quoting C([Ticket #N]) or the folio corrects the data of a ticket in C(observations) and re-evaluates it.
+  - A RENAPO/SAT delivery is matched by the folio in its subject or body to a ticket in C(requester_validated).
+    When the letter states a SHA-256 fingerprint, one attached certificate must have it. The attachments (also
+    inside a .zip) are written to C(<deliveries_dir>/<folio>/) with a C(delivery.json) manifest (paths, letter
+    fingerprint, serial) and the ticket goes to C(certificate_received). Key bytes and passphrases never reach the
+    ticket.
+  - A message that cannot be understood, or a delivery that does not fit its ticket, is moved untouched to
+    O(quarantine_dir) with an C(X-Quarantine-Reason) header, and the Mesa de Servicios gets a notice.
+  - A message leaves C(new/) only after its ticket is committed; a run killed at any point is finished by the
+    next one, and a Message-ID already processed is skipped.
+version_added: "0.1.0"
+author: DGTIC automation team
+options:
+  inbox:
+    description: The Mesa de Servicios Maildir (with C(new/), C(cur/), C(tmp/)).
+    type: path
+    required: true
+  quarantine_dir:
+    description: Maildir where messages that cannot be processed are kept, each with the reason.
+    type: path
+    required: true
+  store:
+    description: Ticket store, a SQLite file path or C(sqlite:///relative.db) / C(sqlite:////absolute.db).
+    type: str
+    required: true
+  staff_directory:
+    description:
+      - The Secretaría's staff directory, a C(.yml), C(.yaml) or C(.csv) file, or a C(scheme://) URL of a backend
+        registered in C(staff_directory.BACKENDS) (for example LDAP).
+    type: str
+    required: true
+  catalog:
+    description:
+      - Systems the DGTIC administers, each with the services it has a convenio for.
+      - 'For example C({"Padrón de Productores": [renapo, sat]}).'
+    type: dict
+    required: true
+  deliveries_dir:
+    description: Directory under which each ticket's delivery is extracted, one C(<folio>/) directory per ticket.
+    type: path
+    required: true
+  oficios_dir:
+    description: Directory where each oficio de respuesta is written as C(<folio>.txt) and C(<folio>.html).
+    type: path
+    required: true
+  mesa_address:
+    description: E-mail address of the Mesa de Servicios (quarantine notices, Cc of the oficios).
+    type: str
+    required: true
+  enlace_address:
+    description: E-mail address of the enlace administrativo, copied on the folio notice.
+    type: str
+    required: true
+  enlace_name:
+    description: Name of the enlace administrativo, quoted in the folio notice.
+    type: str
+  sender:
+    description: From address of every notice.
+    type: str
+    required: true
+  firmante:
+    description: Name that signs the oficio de respuesta.
+    type: str
+  smtp_host:
+    description: SMTP server the notices go through.
+    type: str
+    default: localhost
+  smtp_port:
+    description: Port of the SMTP server.
+    type: int
+    default: 25
+  template_dir:
+    description:
+      - Directory holding C(notices/) and C(oficio/) Jinja2 templates; a playbook passes
+        C({{ playbook_dir }}/../templates).
+    type: path
+  institutional_domains:
+    description: E-mail domains accepted as institutional for the requester.
+    type: list
+    elements: str
+    default: [agricultura.gob.mx]
+  max_attachment_bytes:
+    description: Larger attachments (or zip contents) send the message to quarantine.
+    type: int
+    default: 10485760
+  actor:
+    description: Who the audit log records for the Mesa de Servicios' steps.
+    type: str
+    default: mesa.servicios
+  non_working_days:
+    description: Extra non-working days (DOF suspension days), C(YYYY-MM-DD), for the SLA clocks.
+    type: list
+    elements: str
+    default: []
+notes:
+  - Check mode reads and classifies every message and reports what would happen; it writes and sends nothing.
+seealso:
+  - module: service_ticket
+  - module: service_ticket_info
+"""
+
+EXAMPLES = r"""
+- name: Process the Mesa de Servicios mailbox
+  mail_intake:
+    inbox: /var/mail/mesa
+    quarantine_dir: /var/mail/mesa-cuarentena
+    store: /var/lib/renovacion/tickets.db
+    staff_directory: /etc/renovacion/personal.yml
+    catalog:
+      Padrón de Productores: [renapo, sat]
+    deliveries_dir: /var/lib/renovacion/entregas
+    oficios_dir: /var/lib/renovacion/oficios
+    mesa_address: mesa.servicios@agricultura.gob.mx
+    enlace_address: enlace.soas@agricultura.gob.mx
+    sender: mesa.servicios@agricultura.gob.mx
+    smtp_host: smtp.agricultura.gob.mx
+    template_dir: "{{ playbook_dir }}/../templates"
+  register: intake
+
+- name: Nothing was lost
+  ansible.builtin.assert:
+    that:
+      - intake.outcomes | selectattr('outcome', 'equalto', 'error') | list | length == 0
+"""
+
+RETURN = r"""
+outcomes:
+  description:
+    - One entry per message, in the order processed. C(outcome) is the ticket's state after the message,
+      C(skipped) (Message-ID already processed), C(quarantined), or in check mode C(would_process) /
+      C(would_quarantine).
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - {message_id: "<a1@agricultura.gob.mx>", kind: request, outcome: requester_validated, ticket: 1,
+       folio: DGTIC-RENAPO-2026-000001, state: requester_validated, notices: [folio_issued]}
+    - {message_id: "<r9@renapo.gob.mx>", kind: delivery, outcome: quarantined, notices: [quarantine],
+       reason: "FINGERPRINT_MISMATCH: ...", quarantine_file: /var/mail/mesa-cuarentena/new/1767.M1.host}
+processed:
+  description: How many messages reached a ticket.
+  returned: always
+  type: int
+  sample: 2
+quarantined:
+  description: How many messages went to quarantine.
+  returned: always
+  type: int
+  sample: 1
+skipped:
+  description: How many messages were duplicates of a processed Message-ID.
+  returned: always
+  type: int
+  sample: 0
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.procedure import Intake, Mailer
+from ansible.module_utils.sla import SlaPolicy
+from ansible.module_utils.staff_directory import DirectoryError, open_directory
+from ansible.module_utils.ticket_store import TicketStoreError, open_store
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            inbox=dict(type="path", required=True),
+            quarantine_dir=dict(type="path", required=True),
+            store=dict(type="str", required=True),
+            staff_directory=dict(type="str", required=True),
+            catalog=dict(type="dict", required=True),
+            deliveries_dir=dict(type="path", required=True),
+            oficios_dir=dict(type="path", required=True),
+            mesa_address=dict(type="str", required=True),
+            enlace_address=dict(type="str", required=True),
+            enlace_name=dict(type="str"),
+            sender=dict(type="str", required=True),
+            firmante=dict(type="str"),
+            smtp_host=dict(type="str", default="localhost"),
+            smtp_port=dict(type="int", default=25),
+            template_dir=dict(type="path"),
+            institutional_domains=dict(type="list", elements="str", default=["agricultura.gob.mx"]),
+            max_attachment_bytes=dict(type="int", default=10 * 1024 * 1024),
+            actor=dict(type="str", default="mesa.servicios"),
+            non_working_days=dict(type="list", elements="str", default=[]),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    try:
+        directory = open_directory(p["staff_directory"])
+        store = open_store(p["store"], SlaPolicy.from_options(None, p["non_working_days"]),
+                           create=not module.check_mode)
+    except (DirectoryError, TicketStoreError, ValueError) as e:
+        module.fail_json(msg=str(e))
+    intake = Intake(store, directory, p["catalog"], Mailer(p["smtp_host"], p["smtp_port"], p["sender"],
+                                                           p["template_dir"], reply_to=p["mesa_address"]),
+                    mesa_address=p["mesa_address"], enlace_address=p["enlace_address"],
+                    deliveries_dir=p["deliveries_dir"], oficios_dir=p["oficios_dir"], enlace_name=p["enlace_name"],
+                    firmante=p["firmante"], actor=p["actor"], institutional_domains=tuple(p["institutional_domains"]))
+    options = dict(max_attachment_bytes=p["max_attachment_bytes"])
+    try:
+        with store:
+            if module.check_mode:
+                outcomes = intake.preview(p["inbox"], **options)
+            else:
+                outcomes = intake.run(p["inbox"], p["quarantine_dir"], **options)
+    except Exception as e:  # noqa: BLE001 - SMTP down, disk full...: the message stays in new/ for the next run
+        module.fail_json(msg=f"intake stopped, the current message stays in new/ for the next run: "
+                             f"{type(e).__name__}: {e}", outcomes=intake.outcomes)
+    counts = {k: sum(1 for o in outcomes if o["outcome"] == k) for k in ("quarantined", "skipped")}
+    processed = len(outcomes) - counts["quarantined"] - counts["skipped"]
+    module.exit_json(changed=not module.check_mode and bool(outcomes), outcomes=outcomes,
+                     processed=0 if module.check_mode else processed, **counts)
+
+
+if __name__ == "__main__":
+    main()
