@@ -4,7 +4,9 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-APT_PACKAGES=(openssh-server nginx-light netcat-openbsd python3-venv util-linux procps iproute2)
+# lab hosts (sshd, nginx), the PostgreSQL ticket store's tests, the report's browser test, the load generator.
+APT_PACKAGES=(openssh-server nginx-light netcat-openbsd python3-venv util-linux procps iproute2
+              postgresql chromium fonts-dejavu-core wrk)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
