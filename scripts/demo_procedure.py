@@ -28,8 +28,10 @@ from email.message import EmailMessage
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "lab"))
 sys.path.insert(0, str(ROOT))
+import conftest  # noqa: E402,F401  (ansible.module_utils.<project module> importable)
+
+sys.path.insert(0, str(ROOT / "lab"))
 import labctl  # noqa: E402
 from ansible.module_utils.consulta import ConsultaError, consult  # noqa: E402
 from ansible.module_utils.ticket_store import open_store  # noqa: E402
@@ -37,8 +39,6 @@ from cryptography import x509  # noqa: E402
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
 from sim import padron  # noqa: E402
-
-import conftest  # noqa: E402,F401  (ansible.module_utils.<project module> importable)
 
 STAFF = {"name": "Ana López Ruiz", "email": "ana.lopez@agricultura.gob.mx",
          "unit": "Dirección General de Padrones y Registros"}
@@ -187,8 +187,8 @@ def timeline(ticket_id: int) -> None:
         t = s.get(ticket_id)
         print(f"\n   Ticket #{t['id']} {t['folio'] or '(sin folio)'} — {t['requester']['name']} — {t['state']}")
         for a in s.audit(ticket_id):
-            if a["from_state"] == a["to_state"]:
-                continue  # notes (notices sent, messages processed) are in the ticket, not the timeline
+            if a["from_state"] == a["to_state"] and not (a["reason"] or "").startswith("Entrega rechazada"):
+                continue  # bookkeeping notes (notices sent, messages processed) stay in the ticket
             print(f"     {a['at'][:19]}  {a['actor']:<22} {a['from_state'] or '—':>20} -> {a['to_state']:<20}"
                   f" {(a['reason'] or '')[:70]}")
 

@@ -81,6 +81,8 @@ def lab(tmp_path):
 
 def test_clean_request_gets_folio_and_is_validated(lab):
     mid = lab.deliver(request_mail(STAFF))
+    preview = Intake(lab.store, None, CATALOG, None, MESA, ENLACE, "", "").preview(lab.inbox)
+    assert [(o["kind"], o["outcome"]) for o in preview] == [("request", "would_process")] and not lab.store.find()
     [outcome] = lab.intake()
     ticket = lab.store.get(outcome["ticket"])
     assert outcome["outcome"] == "requester_validated"
