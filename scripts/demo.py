@@ -25,12 +25,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "lab"))
 sys.path.insert(0, str(ROOT))
-import conftest  # noqa: E402,F401  (ansible.module_utils.<project module> importable)
+sys.path.insert(0, str(ROOT / "scripts"))
+# isort: off
+import conftest  # noqa: E402,F401  (first: makes ansible.module_utils.<project module> importable)
+import demo_procedure  # noqa: E402
 import labctl  # noqa: E402
 from cryptography import x509  # noqa: E402
 from sim import padron  # noqa: E402
-
 from ansible.module_utils.consulta import ConsultaError, consult  # noqa: E402
+# isort: on
 
 LOGS = labctl.STATE / "demo"
 _step = 0
@@ -144,7 +147,8 @@ def act1(n: int) -> None:
                      "after the switch": what, "why (nginx error.log)": tls_cause(h) or "-"})
     table(rows, ["host", "trusts", "before the switch", "after the switch", "why (nginx error.log)"])
     failed = sum(1 for r in rows if r["after the switch"].startswith("FAIL"))
-    print(f"\n   {failed} of {len(rows)} hosts stopped answering consultations: this is the outage the product prevents.")
+    print(f"\n   {failed} of {len(rows)} hosts stopped answering consultations: "
+          "this is the outage the product prevents.")
 
 
 def act2(n: int) -> None:
@@ -202,6 +206,10 @@ def main() -> int:
     args = ap.parse_args()
     act1(args.hosts)
     act2(args.hosts)
+    say("Act 3 — the whole procedure: from the request e-mail to the closed ticket")
+    rc = demo_procedure.run(args.hosts)
+    if rc:
+        return rc
     say("Done. The lab keeps running for you to explore (`make lab-status`, `make lab-down`).")
     return 0
 
