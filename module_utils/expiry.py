@@ -1,0 +1,199 @@
+"""Expiry monitoring: days left of the certificates hosts trust and present and of what RENAPO/SAT present live,
+the alert thresholds each one crosses, the dedupe key of a crossing and the scan's summary table.
+
+Standard library only: the file scan runs on the managed hosts (Debian's /usr/bin/python3), next to cert_files.
+A crossing is identified by `expiry:<service>:<sha256 hex>:<threshold>`; the scan uses it as the ticket's
+message_id, so rerunning the scan finds the ticket it opened instead of opening another one.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import re
+import socket
+import ssl
+
+from ansible.module_utils.cert_files import parse_certificate, pem_certificates
+
+DEFAULT_THRESHOLDS = (30, 15, 7, 2)
+EXPIRED = 0  # the threshold of a certificate already past not_after
+ROLES = ("trusts", "presents", "live")
+_DAY = dt.timedelta(days=1)
+_ENDPOINT_RE = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\s\[\]]+)):(?P<port>\d{1,5})$")
+
+
+def thresholds(values=None):
+    """Thresholds in days, largest first, without duplicates; each a positive integer."""
+    values = DEFAULT_THRESHOLDS if values is None else values
+    out = set()
+    for v in values:
+        if isinstance(v, bool) or not str(v).strip().isdigit() or int(v) < 1:
+            raise ValueError("threshold %r is not a positive number of days" % (v,))
+        out.add(int(v))
+    if not out:
+        raise ValueError("at least one threshold is needed")
+    return sorted(out, reverse=True)
+
+
+def days_left(not_after, now):
+    """Whole days until not_after, rounded down: 9 days 23 hours is 9; one second past not_after is -1."""
+    return (not_after - now) // _DAY
+
+
+def crossed(days, limits):
+    """The most urgent threshold `days` has reached (EXPIRED below zero), or None while above every one."""
+    if days < 0:
+        return EXPIRED
+    reached = [t for t in limits if days <= t]
+    return min(reached) if reached else None
+
+
+def dedupe_key(service, sha256, threshold):
+    """Ticket message_id of one crossing: one per service, certificate and threshold."""
+    return "expiry:%s:%s:%d" % (service, sha256.replace(":", "").lower(), threshold)
+
+
+def parse_time(value):
+    """ISO 8601 (naive means UTC) or None for now."""
+    if not value:
+        return dt.datetime.now(dt.UTC)
+    t = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
+
+
+def record(info, now, limits, *, host, service, role, source, position):
+    """One certificate's row: where it is, what it is, how long it has left."""
+    days = days_left(info.not_after, now)
+    threshold = crossed(days, limits)
+    return {
+        "host": host, "service": service, "role": role, "source": source, "position": position,
+        "subject_cn": info.subject_cn, "issuer_cn": info.issuer_cn, "serial_number": info.serial_hex,
+        "sha256": info.fingerprint, "not_after": info.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "days_left": days, "threshold": threshold,
+        "status": "ok" if threshold is None else "expired" if threshold == EXPIRED else "expiring",
+    }
+
+
+# ---------------------------------------------------------------- reading certificates
+
+def file_certificates(path):
+    """CertInfo of each certificate in a PEM bundle or a DER file; other PEM blocks (keys) are never read out."""
+    with open(path, "rb") as fh:
+        data = fh.read()
+    if b"-----BEGIN " in data:
+        certs = [info for _block, info in pem_certificates(data)]
+        if not certs:
+            raise ValueError("no certificate in the PEM file")
+        return certs
+    return [parse_certificate(data)]
+
+
+def split_endpoint(endpoint):
+    m = _ENDPOINT_RE.match(str(endpoint).strip())
+    if not m or not 0 < int(m.group("port")) < 65536:
+        raise ValueError("endpoint %r is not host:port" % (endpoint,))
+    return m.group("v6") or m.group("host"), int(m.group("port"))
+
+
+def presented_chain(endpoint, server_name=None, timeout=10.0):
+    """DER certificates an endpoint presents in its TLS handshake (leaf first); nothing is verified, only read."""
+    host, port = split_endpoint(endpoint)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # reading what is presented, expired or untrusted included, is the point
+    with socket.create_connection((host, port), timeout=timeout) as raw, \
+            ctx.wrap_socket(raw, server_hostname=server_name) as tls:
+        public = getattr(tls, "get_unverified_chain", None)  # Python >= 3.13
+        if public:
+            return [bytes(c) for c in public()]
+        private = getattr(getattr(tls, "_sslobj", None), "get_unverified_chain", None)  # 3.10-3.12
+        chain = private() if private else None
+        if chain:
+            return [c.public_bytes(ssl._ssl.ENCODING_DER) for c in chain]
+        return [tls.getpeercert(binary_form=True)]
+
+
+# ---------------------------------------------------------------- scans
+
+def _problem(host, source, msg):
+    return {"host": host, "source": source, "problem": msg}
+
+
+def scan_files(files, host, now, limits):
+    """Rows for each certificate in each file; an unreadable file is a problem row, never an exception."""
+    rows, problems = [], []
+    for f in files:
+        try:
+            certs = file_certificates(f["path"])
+        except FileNotFoundError:
+            problems.append(_problem(host, f["path"], "file not found"))
+            continue
+        except (OSError, ValueError) as exc:
+            problems.append(_problem(host, f["path"], "unreadable: %s" % exc))
+            continue
+        rows += [record(c, now, limits, host=host, service=f["service"], role=f.get("role") or "trusts",
+                        source=f["path"], position=i) for i, c in enumerate(certs, 1)]
+    return rows, problems
+
+
+def scan_endpoints(endpoints, now, limits, timeout=10.0):
+    """Rows for each certificate each endpoint presents now; a failed handshake is a problem row."""
+    rows, problems = [], []
+    for e in endpoints:
+        try:
+            ders = presented_chain(e["endpoint"], e.get("server_name"), timeout)
+            certs = [parse_certificate(d) for d in ders]
+        except (OSError, ValueError) as exc:
+            problems.append(_problem(e["endpoint"], e["endpoint"], "TLS handshake failed: %s" % exc))
+            continue
+        rows += [record(c, now, limits, host=e["endpoint"], service=e["service"], role="live",
+                        source=e["endpoint"], position=i) for i, c in enumerate(certs, 1)]
+    return rows, problems
+
+
+# ---------------------------------------------------------------- summary
+
+def alerts(rows):
+    """One alert per crossing (service, certificate, threshold), naming every host and endpoint that holds it."""
+    grouped = {}
+    for r in sorted(rows, key=lambda r: (r["days_left"], r["host"], r["source"], r["position"])):
+        if r["threshold"] is None:
+            continue
+        key = dedupe_key(r["service"], r["sha256"], r["threshold"])
+        a = grouped.setdefault(key, {
+            "key": key, "service": r["service"], "threshold": r["threshold"], "status": r["status"],
+            "days_left": r["days_left"], "not_after": r["not_after"], "serial_number": r["serial_number"],
+            "sha256": r["sha256"], "subject_cn": r["subject_cn"], "hosts": [], "endpoints": [], "sources": []})
+        bucket = a["endpoints"] if r["role"] == "live" else a["hosts"]
+        if r["host"] not in bucket:
+            bucket.append(r["host"])
+        a["sources"].append("%s:%s" % (r["host"], r["source"]) if r["role"] != "live" else r["source"])
+    return list(grouped.values())
+
+
+_COLUMNS = ("HOST", "SERVICE", "ROLE", "DAYS", "ALERT", "NOT AFTER", "SUBJECT CN", "SHA256", "SOURCE")
+
+
+def table(rows, problems=()):
+    """Fixed-width text lines, most urgent first; problems (unreadable file, failed handshake) at the end."""
+    body = [(r["host"], r["service"], r["role"], str(r["days_left"]),
+             "-" if r["threshold"] is None else "EXPIRED" if r["threshold"] == EXPIRED else "<=%dd" % r["threshold"],
+             r["not_after"], r["subject_cn"] or "-", r["sha256"][:11], "%s#%d" % (r["source"], r["position"]))
+            for r in sorted(rows, key=lambda r: (r["days_left"], r["host"], r["source"], r["position"]))]
+    widths = [max(len(c[i]) for c in [_COLUMNS, *body]) for i in range(len(_COLUMNS))]
+    lines = ["  ".join(c[i].ljust(widths[i]) for i in range(len(c))).rstrip() for c in [_COLUMNS, *body]]
+    lines += ["PROBLEM %s %s: %s" % (p["host"], p["source"], p["problem"]) for p in problems]
+    return lines
+
+
+def summarize(rows, problems=(), expected_hosts=()):
+    """alerts, table and counts of a whole scan; an expected host with no row and no problem was not scanned."""
+    problems = list(problems)
+    seen = {r["host"] for r in rows} | {p["host"] for p in problems}
+    problems += [_problem(h, "-", "not scanned (unreachable or failed)") for h in expected_hosts if h not in seen]
+    found = alerts(rows)
+    return {
+        "alerts": found, "table": table(rows, problems), "problems": problems,
+        "counts": {"certificates": len(rows), "alerts": len(found),
+                   "expiring": sum(r["status"] == "expiring" for r in rows),
+                   "expired": sum(r["status"] == "expired" for r in rows), "problems": len(problems)},
+    }

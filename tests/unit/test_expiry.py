@@ -1,0 +1,266 @@
+"""expiry: thresholds, days left, crossings and their dedupe key, file and live TLS scans (real files, a real TLS
+server on an ephemeral port), the summary table, and cert_expiry_info run the way operators run it."""
+import datetime as dt
+import json
+import os
+import socket
+import ssl
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+from ansible.module_utils import expiry
+from ansible.module_utils.cert_files import parse_certificate
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+ROOT = Path(__file__).resolve().parents[2]
+NOW = dt.datetime(2026, 3, 2, 12, 0, tzinfo=dt.UTC)
+LIMITS = [30, 15, 7, 2]
+_KEY = ec.generate_private_key(ec.SECP256R1())
+
+
+def issue(cn, days, issuer=None, serial=0x1A2B):
+    """A certificate valid until NOW + days (issued by `issuer`=(cert, key), else self-signed)."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    signer_name, signer_key = (issuer[0].subject, issuer[1]) if issuer else (name, _KEY)
+    return (x509.CertificateBuilder().subject_name(name).issuer_name(signer_name).public_key(_KEY.public_key())
+            .serial_number(serial).not_valid_before(NOW - dt.timedelta(days=400))
+            .not_valid_after(NOW + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
+            .sign(signer_key, hashes.SHA256()))
+
+
+def pem(*certs):
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+
+
+def sha256(cert):
+    return cert.fingerprint(hashes.SHA256()).hex(":").upper()
+
+
+@pytest.mark.parametrize("given, expected", [
+    (None, [30, 15, 7, 2]),
+    ([2, 30, 7, 7, "15"], [30, 15, 7, 2]),
+    ([45], [45]),
+])
+def test_thresholds(given, expected):
+    assert expiry.thresholds(given) == expected
+
+
+@pytest.mark.parametrize("bad", [[0], [-1], ["x"], [], [True], [1.5]])
+def test_thresholds_refused(bad):
+    with pytest.raises(ValueError):
+        expiry.thresholds(bad)
+
+
+@pytest.mark.parametrize("delta, days", [
+    (dt.timedelta(days=10, hours=2), 10),
+    (dt.timedelta(days=9, hours=23), 9),
+    (dt.timedelta(seconds=1), 0),
+    (dt.timedelta(seconds=-1), -1),
+    (dt.timedelta(days=-3, hours=1), -3),
+])
+def test_days_left_rounds_down(delta, days):
+    assert expiry.days_left(NOW + delta, NOW) == days
+
+
+@pytest.mark.parametrize("days, threshold", [
+    (400, None), (31, None), (30, 30), (16, 30), (15, 15), (10, 15), (8, 15), (7, 7), (3, 7), (2, 2), (0, 2),
+    (-1, expiry.EXPIRED), (-90, expiry.EXPIRED),
+])
+def test_crossed_is_the_most_urgent_threshold_reached(days, threshold):
+    assert expiry.crossed(days, LIMITS) == threshold
+
+
+def test_dedupe_key_names_service_certificate_and_threshold():
+    fp = "AB:CD:" + "00:" * 29 + "EF"
+    assert expiry.dedupe_key("renapo", fp, 15) == "expiry:renapo:abcd" + "00" * 29 + "ef:15"
+    assert expiry.dedupe_key("renapo", fp, 15) != expiry.dedupe_key("renapo", fp, 7)
+    assert expiry.dedupe_key("renapo", fp, 15) != expiry.dedupe_key("sat", fp, 15)
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("2026-03-02T12:00:00Z", NOW),
+    ("2026-03-02T06:00:00-06:00", NOW),
+    ("2026-03-02T12:00:00", NOW),
+])
+def test_parse_time(value, expected):
+    assert expiry.parse_time(value) == expected
+
+
+# ---------------------------------------------------------------- file scan
+
+@pytest.fixture
+def files(tmp_path):
+    root, near, ident = issue("RENAPO Root", 3000, serial=1), issue("RENAPO Old", 10, serial=2), issue("host", 5)
+    (tmp_path / "bundle.pem").write_bytes(pem(root, near))
+    (tmp_path / "cert.der").write_bytes(ident.public_bytes(serialization.Encoding.DER))
+    (tmp_path / "key.pem").write_bytes(_KEY.private_bytes(serialization.Encoding.PEM,
+                                                          serialization.PrivateFormat.PKCS8,
+                                                          serialization.NoEncryption()))
+    (tmp_path / "garbage.pem").write_bytes(b"-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n")
+    return tmp_path, {"root": root, "near": near, "ident": ident}
+
+
+def test_scan_files_rows_and_problems(files):
+    d, certs = files
+    rows, problems = expiry.scan_files([
+        {"path": str(d / "bundle.pem"), "service": "renapo", "role": "trusts"},
+        {"path": str(d / "cert.der"), "service": "sat", "role": "presents"},
+        {"path": str(d / "key.pem"), "service": "sat", "role": "presents"},
+        {"path": str(d / "garbage.pem"), "service": "sat"},
+        {"path": str(d / "absent.pem"), "service": "sat"},
+    ], "web01", NOW, LIMITS)
+    assert [(r["source"].rsplit("/", 1)[1], r["position"], r["subject_cn"], r["days_left"], r["threshold"],
+             r["status"]) for r in rows] == [
+        ("bundle.pem", 1, "RENAPO Root", 3000, None, "ok"),
+        ("bundle.pem", 2, "RENAPO Old", 10, 15, "expiring"),
+        ("cert.der", 1, "host", 5, 7, "expiring")]
+    near = rows[1]
+    assert near["sha256"] == sha256(certs["near"]) and near["serial_number"] == "02"
+    assert near["not_after"] == "2026-03-12T12:00:00Z" and near["host"] == "web01" and near["role"] == "trusts"
+    assert [(p["source"].rsplit("/", 1)[1], p["problem"].split(":")[0]) for p in problems] == [
+        ("key.pem", "unreadable"), ("garbage.pem", "unreadable"), ("absent.pem", "file not found")]
+    assert "no certificate" in problems[0]["problem"]
+    assert "PRIVATE" not in json.dumps([rows, problems])
+
+
+# ---------------------------------------------------------------- live TLS scan (a real server)
+
+@pytest.fixture
+def tls_server(tmp_path):
+    """A TLS server on an ephemeral port presenting an expired leaf and its CA; serves handshakes until closed."""
+    ca = issue("Lab CA", 3000, serial=7)
+    leaf = issue("renapo.lab", -3, issuer=(ca, _KEY), serial=8)
+    (tmp_path / "chain.pem").write_bytes(pem(leaf, ca))
+    (tmp_path / "key.pem").write_bytes(_KEY.private_bytes(serialization.Encoding.PEM,
+                                                          serialization.PrivateFormat.PKCS8,
+                                                          serialization.NoEncryption()))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tmp_path / "chain.pem", tmp_path / "key.pem")
+    sock = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            try:
+                with ctx.wrap_socket(conn, server_side=True) as tls:
+                    tls.recv(1)
+            except (OSError, ssl.SSLError):
+                pass
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    yield "127.0.0.1:%d" % sock.getsockname()[1], leaf, ca
+    stop.set()
+    sock.close()
+
+
+def test_scan_endpoint_reads_the_presented_chain_even_expired(tls_server):
+    endpoint, leaf, ca = tls_server
+    rows, problems = expiry.scan_endpoints([{"endpoint": endpoint, "service": "renapo"}], NOW, LIMITS, 5)
+    assert problems == []
+    assert [(r["subject_cn"], r["sha256"], r["days_left"], r["threshold"], r["status"], r["role"], r["host"])
+            for r in rows] == [
+        ("renapo.lab", sha256(leaf), -3, expiry.EXPIRED, "expired", "live", endpoint),
+        ("Lab CA", sha256(ca), 3000, None, "ok", "live", endpoint)]
+
+
+def test_scan_endpoint_refused_is_a_problem():
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        port = s.getsockname()[1]
+    rows, problems = expiry.scan_endpoints([{"endpoint": "127.0.0.1:%d" % port, "service": "sat"}], NOW, LIMITS, 2)
+    assert rows == [] and problems[0]["problem"].startswith("TLS handshake failed")
+
+
+@pytest.mark.parametrize("endpoint, parts", [
+    ("renapo.gob.mx:443", ("renapo.gob.mx", 443)), ("[::1]:9443", ("::1", 9443)), ("127.0.0.1:1", ("127.0.0.1", 1)),
+])
+def test_split_endpoint(endpoint, parts):
+    assert expiry.split_endpoint(endpoint) == parts
+
+
+@pytest.mark.parametrize("endpoint", ["renapo.gob.mx", "host:0", "host:70000", ":443", "a b:1"])
+def test_split_endpoint_refused(endpoint):
+    with pytest.raises(ValueError):
+        expiry.split_endpoint(endpoint)
+
+
+# ---------------------------------------------------------------- summary
+
+def _row(host, cert, role="trusts", service="renapo", source="/etc/consulta/trust/renapo-bundle.pem"):
+    """A row built exactly as a scan builds it."""
+    info = parse_certificate(cert.public_bytes(serialization.Encoding.DER))
+    return expiry.record(info, NOW, LIMITS, host=host, service=service, role=role, source=source, position=1)
+
+
+def test_one_alert_per_crossing_naming_every_host_and_endpoint():
+    near, far = issue("RENAPO Old", 10), issue("RENAPO Root", 3000, serial=3)
+    rows = [_row("web02", near), _row("web01", near), _row("web01", far),
+            _row("127.0.0.1:9443", near, role="live", source="127.0.0.1:9443")]
+    summary = expiry.summarize(rows, expected_hosts=["web01", "web02"])
+    [alert] = summary["alerts"]
+    assert alert["key"] == expiry.dedupe_key("renapo", sha256(near), 15)
+    assert alert["hosts"] == ["web01", "web02"] and alert["endpoints"] == ["127.0.0.1:9443"]
+    assert alert["days_left"] == 10 and alert["threshold"] == 15 and alert["status"] == "expiring"
+    assert summary["counts"] == {"certificates": 4, "alerts": 1, "expiring": 3, "expired": 0, "problems": 0}
+    header, first, *_ = summary["table"]
+    assert header.split()[:5] == ["HOST", "SERVICE", "ROLE", "DAYS", "ALERT"]
+    assert first.split()[:5] == ["127.0.0.1:9443", "renapo", "live", "10", "<=15d"]
+    assert summary["table"][-1].split()[:5] == ["web01", "renapo", "trusts", "3000", "-"]
+
+
+def test_healthy_fleet_has_no_alert_and_a_missing_host_is_a_problem():
+    far = issue("RENAPO Root", 3000)
+    summary = expiry.summarize([_row("web01", far)],
+                               [{"host": "web02", "source": "/x.pem", "problem": "file not found"}],
+                               expected_hosts=["web01", "web02", "web03"])
+    assert summary["alerts"] == []
+    assert [p["host"] for p in summary["problems"]] == ["web02", "web03"]
+    assert summary["table"][-2:] == ["PROBLEM web02 /x.pem: file not found",
+                                     "PROBLEM web03 -: not scanned (unreachable or failed)"]
+
+
+# ---------------------------------------------------------------- the module, as operators run it
+
+def _ansible(module, args, *flags):
+    proc = subprocess.run([str(ROOT / ".venv" / "bin" / "ansible"), "localhost", "-m", module, "-a",
+                           json.dumps(args), *flags], cwd=ROOT,
+                          env={**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")},
+                          capture_output=True, text=True, timeout=120)
+    out = proc.stdout
+    return proc.returncode, json.loads(out[out.index("=>", out.index("localhost | ")) + 2:])
+
+
+def test_module_files_endpoints_and_merged_rows(files, tls_server):
+    d, certs = files
+    endpoint, leaf, _ca = tls_server
+    merged = _row("web09", certs["near"])
+    rc, res = _ansible("cert_expiry_info", {
+        "host": "web01", "now": "2026-03-02T12:00:00Z", "thresholds": [30, 15, 7, 2],
+        "files": [{"path": str(d / "bundle.pem"), "service": "renapo"}],
+        "endpoints": [{"endpoint": endpoint, "service": "renapo", "server_name": "renapo.lab"}],
+        "scanned": [merged], "expected_hosts": ["web01", "web09", "web10"]}, "--check")
+    assert rc == 0 and res["changed"] is False
+    assert [(r["host"], r["days_left"]) for r in res["certificates"]] == [
+        (endpoint, -3), ("web01", 10), ("web09", 10), (endpoint, 3000), ("web01", 3000)]
+    assert [(a["threshold"], a["hosts"], a["endpoints"]) for a in res["alerts"]] == [
+        (0, [], [endpoint]), (15, ["web01", "web09"], [])]
+    assert res["alerts"][0]["sha256"] == sha256(leaf)
+    assert res["problems"] == [{"host": "web10", "source": "-", "problem": "not scanned (unreachable or failed)"}]
+    assert res["thresholds"] == [30, 15, 7, 2]
+
+
+def test_module_doc_renders():
+    proc = subprocess.run([str(ROOT / ".venv" / "bin" / "ansible-doc"), "-M", "library", "cert_expiry_info"],
+                          cwd=ROOT, env={**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "expected_hosts" in proc.stdout and proc.stderr.strip() == ""
