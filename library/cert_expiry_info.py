@@ -1,0 +1,228 @@
+#!/usr/bin/python
+"""Ansible module: days left of the certificates a host trusts and presents, and of what endpoints present live."""
+
+DOCUMENTATION = r"""
+---
+module: cert_expiry_info
+short_description: Days left of certificate files and of the certificates live TLS endpoints present
+description:
+  - On a managed host, reads each file of O(files) (PEM bundle or DER certificate; never a key) and returns every
+    certificate in it with its subject CN, serial, SHA-256 fingerprint, C(not_after), days left and the alert
+    threshold it has crossed. Standard library only, so it runs under the host's own Python.
+  - On the controller, O(endpoints) opens a TLS handshake with each C(host:port) and returns what it presents now
+    (leaf first), without verifying it; O(scanned) merges the hosts' results so one task returns the whole scan.
+  - Thresholds (O(thresholds), days) decide when a certificate alerts; the most urgent threshold reached is the
+    one crossed (C(0) once expired). Each crossing has a dedupe C(key), C(expiry:<service>:<sha256>:<threshold>),
+    that a playbook uses as the ticket's message_id so a rerun never opens a second ticket.
+  - Only reads. An unreadable file or a failed handshake is reported in RV(problems), never fails the task.
+version_added: "0.1.0"
+author: DGTIC automation team
+options:
+  files:
+    description: Certificate files on the host (trust bundles, presented certificates).
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      path:
+        description: Absolute path of a PEM bundle or a DER certificate.
+        type: path
+        required: true
+      service:
+        description: Provider the file serves, for example C(renapo) or C(sat).
+        type: str
+        required: true
+      role:
+        description: Whether the host trusts the certificates (anchors) or presents them (its identity).
+        type: str
+        choices: [trusts, presents]
+        default: trusts
+  endpoints:
+    description: TLS endpoints whose presented certificates are read now (run these on the controller).
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      endpoint:
+        description: C(host:port) (C([v6]:port) for IPv6).
+        type: str
+        required: true
+      service:
+        description: Provider behind the endpoint.
+        type: str
+        required: true
+      server_name:
+        description: SNI name to send, when the endpoint serves several names.
+        type: str
+  host:
+    description: Name the rows of O(files) carry (a playbook passes C(inventory_hostname)); defaults to the node name.
+    type: str
+  scanned:
+    description: Rows already scanned elsewhere (the hosts' RV(certificates)), merged into the alerts and the table.
+    type: list
+    elements: dict
+    default: []
+  scanned_problems:
+    description: Problems reported elsewhere (the hosts' RV(problems)), shown in the table.
+    type: list
+    elements: dict
+    default: []
+  expected_hosts:
+    description: Hosts that should appear in O(scanned); one that does not is reported as not scanned.
+    type: list
+    elements: str
+    default: []
+  thresholds:
+    description: Alert thresholds in days left.
+    type: list
+    elements: int
+    default: [30, 15, 7, 2]
+  timeout:
+    description: Seconds to wait for each TLS endpoint.
+    type: float
+    default: 10
+  now:
+    description: The moment days are counted from (ISO 8601, UTC when no offset); defaults to the clock.
+    type: str
+notes:
+  - Supports check mode; it only reads, so it reports the same in check mode.
+seealso:
+  - module: service_ticket
+  - module: service_notify
+"""
+
+EXAMPLES = r"""
+- name: Read what a consultation host trusts and presents
+  cert_expiry_info:
+    host: "{{ inventory_hostname }}"
+    files:
+      - {path: /etc/consulta/trust/renapo-bundle.pem, service: renapo, role: trusts}
+      - {path: /etc/consulta/identity/sat/cert.pem, service: sat, role: presents}
+  register: host_scan
+
+- name: Read what RENAPO presents now and merge the hosts' rows
+  cert_expiry_info:
+    endpoints:
+      - {endpoint: "consultas.curp.gob.mx:443", service: renapo, server_name: consultas.curp.gob.mx}
+    scanned: "{{ groups['consulta_hosts'] | map('extract', hostvars, ['host_scan', 'certificates']) | flatten }}"
+    thresholds: [30, 15, 7, 2]
+  delegate_to: localhost
+  run_once: true
+  register: scan
+
+- name: Nothing expires within a month
+  ansible.builtin.assert:
+    that: scan.alerts | length == 0
+    fail_msg: "{{ scan.table | join('\n') }}"
+"""
+
+RETURN = r"""
+certificates:
+  description: One row per certificate, most urgent first (merged rows from O(scanned) included).
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - host: consulta-01
+      service: renapo
+      role: trusts
+      source: /etc/consulta/trust/renapo-bundle.pem
+      position: 1
+      subject_cn: RENAPO Lab Root G1
+      issuer_cn: RENAPO Lab Root G1
+      serial_number: 4F1A0C2B9D
+      sha256: "AB:CD:...:EF"
+      not_after: "2026-03-01T12:00:00Z"
+      days_left: 10
+      threshold: 15
+      status: expiring
+problems:
+  description: Files that could not be read, handshakes that failed, expected hosts that were not scanned.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{host: consulta-02, source: /etc/consulta/identity/sat/cert.pem, problem: file not found}]
+alerts:
+  description: One entry per crossing (service, certificate, threshold), with every host and endpoint holding it.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - key: "expiry:renapo:abcd...ef:15"
+      service: renapo
+      threshold: 15
+      status: expiring
+      days_left: 10
+      not_after: "2026-03-01T12:00:00Z"
+      serial_number: 4F1A0C2B9D
+      sha256: "AB:CD:...:EF"
+      subject_cn: RENAPO Lab Root G1
+      hosts: [consulta-01]
+      endpoints: []
+      sources: ["consulta-01:/etc/consulta/trust/renapo-bundle.pem"]
+table:
+  description: The scan as fixed-width text lines, most urgent first, problems last.
+  returned: always
+  type: list
+  elements: str
+  sample: ["HOST         SERVICE  ROLE    DAYS  ALERT  NOT AFTER ...", "consulta-01  renapo   trusts  10    <=15d ..."]
+counts:
+  description: Certificates, alerts, expiring and expired rows, problems.
+  returned: always
+  type: dict
+  sample: {certificates: 12, alerts: 1, expiring: 1, expired: 0, problems: 0}
+thresholds:
+  description: The thresholds applied, largest first.
+  returned: always
+  type: list
+  elements: int
+  sample: [30, 15, 7, 2]
+"""
+
+import socket
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.expiry import parse_time, scan_endpoints, scan_files, summarize, thresholds
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            files=dict(type="list", elements="dict", default=[], options=dict(
+                path=dict(type="path", required=True),
+                service=dict(type="str", required=True),
+                role=dict(type="str", choices=["trusts", "presents"], default="trusts"))),
+            endpoints=dict(type="list", elements="dict", default=[], options=dict(
+                endpoint=dict(type="str", required=True),
+                service=dict(type="str", required=True),
+                server_name=dict(type="str"))),
+            host=dict(type="str"),
+            scanned=dict(type="list", elements="dict", default=[]),
+            scanned_problems=dict(type="list", elements="dict", default=[]),
+            expected_hosts=dict(type="list", elements="str", default=[]),
+            thresholds=dict(type="list", elements="int", default=[30, 15, 7, 2]),
+            timeout=dict(type="float", default=10.0),
+            now=dict(type="str"),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    try:
+        limits = thresholds(p["thresholds"])
+        now = parse_time(p["now"])
+    except ValueError as e:
+        module.fail_json(msg="invalid thresholds or now: %s" % e)
+    rows, problems = scan_files(p["files"], p["host"] or socket.gethostname(), now, limits)
+    live_rows, live_problems = scan_endpoints(p["endpoints"], now, limits, p["timeout"])
+    rows = list(p["scanned"]) + rows + live_rows
+    problems = list(p["scanned_problems"]) + problems + live_problems
+    try:
+        summary = summarize(rows, problems, p["expected_hosts"])
+    except (KeyError, TypeError) as e:
+        module.fail_json(msg="a row in scanned is not a cert_expiry_info certificate row: missing %s" % e)
+    rows.sort(key=lambda r: (r["days_left"], r["host"], r["source"], r["position"]))
+    module.exit_json(changed=False, certificates=rows, thresholds=limits, **summary)
+
+
+if __name__ == "__main__":
+    main()
