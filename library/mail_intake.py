@@ -107,6 +107,27 @@ options:
     type: list
     elements: str
     default: []
+  awx_url:
+    description:
+      - URL of AWX / Ansible Automation Platform. With O(awx_token), a ticket that reaches C(certificate_received)
+        launches O(awx_renew_template) with its folio as extra var (once per ticket, noted on it).
+      - Without them nothing is launched and RV(renewals) gives the command an operator runs.
+      - Defaults to E(CONTROLLER_HOST) (or E(TOWER_HOST)), which AWX's own C(Red Hat Ansible Automation Platform)
+        credential injects into the job.
+    type: str
+  awx_token:
+    description:
+      - OAuth2 / personal access token for O(awx_url), sent as C(Authorization Bearer); never returned.
+      - Defaults to E(CONTROLLER_OAUTH_TOKEN) (or E(TOWER_OAUTH_TOKEN)), injected by the same credential.
+    type: str
+  awx_renew_template:
+    description: Id or name of the renew job template (C(playbooks/renew.yml), survey C(folio)).
+    type: str
+    default: Renovación de certificado (renew)
+  awx_validate_certs:
+    description: Verify AWX's TLS certificate (E(CONTROLLER_VERIFY_SSL) when set).
+    type: bool
+    default: true
 notes:
   - Check mode reads and classifies every message and reports what would happen; it writes and sends nothing.
 seealso:
@@ -167,9 +188,22 @@ skipped:
   returned: always
   type: int
   sample: 0
+renewals:
+  description:
+    - One entry per ticket that reached C(certificate_received) in this run (also in its outcome as C(renew)).
+    - C(launched) with C(job) and C(job_url) when AWX launched the renew job template; otherwise C(reason) and
+      the C(command) an operator runs.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - {folio: DGTIC-RENAPO-2026-000001, launched: true, template: "Renovación de certificado (renew)",
+       template_id: 12, job: 345, job_url: "https://awx.example.gob.mx/api/v2/jobs/345/",
+       command: "ansible-playbook playbooks/renew.yml -e folio=DGTIC-RENAPO-2026-000001"}
 """
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.awx_launch import AwxLauncher
+from ansible.module_utils.basic import AnsibleModule, env_fallback
 from ansible.module_utils.procedure import Intake, Mailer
 from ansible.module_utils.sla import SlaPolicy
 from ansible.module_utils.staff_directory import DirectoryError, open_directory
@@ -198,6 +232,11 @@ def main():
             max_attachment_bytes=dict(type="int", default=10 * 1024 * 1024),
             actor=dict(type="str", default="mesa.servicios"),
             non_working_days=dict(type="list", elements="str", default=[]),
+            awx_url=dict(type="str", fallback=(env_fallback, ["CONTROLLER_HOST", "TOWER_HOST"])),
+            awx_token=dict(type="str", no_log=True,
+                           fallback=(env_fallback, ["CONTROLLER_OAUTH_TOKEN", "TOWER_OAUTH_TOKEN"])),
+            awx_renew_template=dict(type="str", default="Renovación de certificado (renew)"),
+            awx_validate_certs=dict(type="bool", default=True, fallback=(env_fallback, ["CONTROLLER_VERIFY_SSL"])),
         ),
         supports_check_mode=True,
     )
@@ -212,7 +251,9 @@ def main():
                                                            p["template_dir"], reply_to=p["mesa_address"]),
                     mesa_address=p["mesa_address"], enlace_address=p["enlace_address"],
                     deliveries_dir=p["deliveries_dir"], oficios_dir=p["oficios_dir"], enlace_name=p["enlace_name"],
-                    firmante=p["firmante"], actor=p["actor"], institutional_domains=tuple(p["institutional_domains"]))
+                    firmante=p["firmante"], actor=p["actor"], institutional_domains=tuple(p["institutional_domains"]),
+                    on_certificate_received=AwxLauncher(p["awx_url"], p["awx_token"], p["awx_renew_template"],
+                                                        p["awx_validate_certs"]))
     options = dict(max_attachment_bytes=p["max_attachment_bytes"])
     try:
         with store:
@@ -226,7 +267,8 @@ def main():
     counts = {k: sum(1 for o in outcomes if o["outcome"] == k) for k in ("quarantined", "skipped")}
     processed = len(outcomes) - counts["quarantined"] - counts["skipped"]
     module.exit_json(changed=not module.check_mode and bool(outcomes), outcomes=outcomes,
-                     processed=0 if module.check_mode else processed, **counts)
+                     processed=0 if module.check_mode else processed,
+                     renewals=[o["renew"] for o in outcomes if "renew" in o], **counts)
 
 
 if __name__ == "__main__":

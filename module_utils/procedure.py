@@ -42,6 +42,7 @@ from ansible.module_utils.x509_load import LoadError, parse_certificates
 PROCESSED = "Correo procesado: "
 PROVISIONAL_SERVICE = "renapo"  # a ticket needs a service; a request that names none gets this until corrected
 MANIFEST = "delivery.json"
+RENEW_LAUNCHED = "Renovación lanzada en AWX"
 
 
 @dataclass
@@ -73,6 +74,9 @@ class Intake:
     enlace_name: str | None = None
     firmante: str | None = None
     actor: str = "mesa.servicios"
+    # Called with the ticket once it reaches certificate_received (awx_launch.AwxLauncher); its dict goes to the
+    # outcome as `renew` (the AWX job launched, or the command to run).
+    on_certificate_received: object = None
     institutional_domains: tuple = DEFAULT_INSTITUTIONAL_DOMAINS
     ranks: tuple = DEFAULT_RANKS
     outcomes: list = field(default_factory=list)
@@ -218,7 +222,7 @@ class Intake:
             raise QuarantineMessage(f"el folio {parsed.folio} no corresponde a ningún ticket") from None
         received_note = f"Entrega recibida ({parsed.message_id})"
         if ticket["state"] == "certificate_received" and _has_note(ticket, received_note):
-            return ticket  # a killed run had committed it: only the processed mark is missing
+            return self._launch_renew(ticket, outcome)  # a killed run had committed it: finish its steps
         if ticket["state"] != "requester_validated":
             self._refuse(ticket, parsed, f"el ticket {ticket['folio']} está en '{ticket['state']}' y no espera "
                                          "una entrega de certificado")
@@ -241,6 +245,16 @@ class Intake:
                  f"huella SHA-256 del oficio={letter or 'no declarada'}; archivos={', '.join(paths)}").ticket
         outcome.update(delivery_dir=str(dest), manifest=str(dest / MANIFEST), files=paths,
                        letter_fingerprint=letter, serial=manifest.get("serial_hex"))
+        return self._launch_renew(ticket, outcome)
+
+    def _launch_renew(self, ticket, outcome):
+        """Step 4.1 starts: the renew job is launched (once per ticket, noted on it) or its command reported."""
+        if not self.on_certificate_received or _has_note(ticket, RENEW_LAUNCHED):
+            return ticket
+        outcome["renew"] = self.on_certificate_received(ticket)
+        if outcome["renew"].get("launched"):
+            ticket = self.store.annotate(ticket["id"], f"{RENEW_LAUNCHED}: job {outcome['renew']['job']} "
+                                         f"({outcome['renew']['job_url']})", actor=self.actor).ticket
         return ticket
 
     def _refuse(self, ticket, parsed, reason):
