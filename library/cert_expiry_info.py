@@ -219,7 +219,7 @@ def main():
     try:
         summary = summarize(rows, problems, p["expected_hosts"])
     except (KeyError, TypeError) as e:
-        module.fail_json(msg="a row in scanned is not a cert_expiry_info certificate row: missing %s" % e)
+        module.fail_json(msg="a scanned row is not a cert_expiry_info row: %s %s" % (type(e).__name__, e))
     rows.sort(key=lambda r: (r["days_left"], r["host"], r["source"], r["position"]))
     module.exit_json(changed=False, certificates=rows, thresholds=limits, **summary)
 

@@ -16,7 +16,6 @@ from ansible.module_utils.cert_files import parse_certificate, pem_certificates
 
 DEFAULT_THRESHOLDS = (30, 15, 7, 2)
 EXPIRED = 0  # the threshold of a certificate already past not_after
-ROLES = ("trusts", "presents", "live")
 _DAY = dt.timedelta(days=1)
 _ENDPOINT_RE = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\s\[\]]+)):(?P<port>\d{1,5})$")
 
