@@ -38,9 +38,6 @@ DEFINITIONS = {
                         "hábil desde la recepción del certificado.",
 }
 
-_INACTIVE = ", ".join(f"'{s}'" for s in STATUS_INACTIVE)
-_INCONSISTENT = ("(category IN ('not_found', 'malformed', 'duplicate') OR mismatch_nombre OR "
-                 "mismatch_fecha_nacimiento OR mismatch_sexo)")
 _AGE_BAND = "CASE " + " ".join(f"WHEN edad BETWEEN {lo} AND {hi} THEN {i}"
                                for i, (_, lo, hi) in enumerate(AGE_BANDS)) + " END"
 
@@ -78,10 +75,10 @@ def padron_kpis(db_path: str, period_start=None, period_end=None) -> dict:
         runs = db.execute(
             "SELECT run_id, started_at, finished_at, padron_total FROM runs WHERE started_at >= ? AND started_at < ? "
             "ORDER BY started_at, run_id", (lo, hi)).fetchall()
+        # The flags are 0/1 columns set at write time (padron_batch): one pass of integer SUMs per run.
         per_run = {r[0]: r for r in db.execute(
-            f"SELECT run_id, SUM(category != 'error'), SUM(category != 'error' AND {_INCONSISTENT}), "  # noqa: S608
-            f"SUM(status_curp IN ({_INACTIVE})), SUM(status_curp = 'BD'), SUM(status_oper = 'EXITOSO'), "
-            "SUM(category = 'error'), MAX(consulted_at) FROM results GROUP BY run_id")}
+            "SELECT run_id, SUM(revisado), SUM(inconsistente), SUM(baja), SUM(defuncion), SUM(exitoso), "
+            "COUNT(*) - SUM(revisado), MAX(consulted_at) FROM results GROUP BY run_id")}
         trend = []
         for run_id, started, finished, total in runs:
             row = per_run.get(run_id) or (run_id, 0, 0, 0, 0, 0, 0, None)
@@ -92,10 +89,9 @@ def padron_kpis(db_path: str, period_start=None, period_end=None) -> dict:
                           "mortalidad": _kpi(bd, reviewed), "poblacion_actualizada": _kpi(exitoso, total)})
         latest = trend[-1] if trend else None
         breakdown = _breakdown(db, latest["run_id"]) if latest else {}
-        updated = db.execute("SELECT COUNT(DISTINCT curp) FROM results WHERE status_oper = 'EXITOSO' "
-                             "AND consulted_at >= ? AND consulted_at < ?", (lo, hi)).fetchone()[0]
-        data_at = db.execute("SELECT MAX(consulted_at) FROM results WHERE consulted_at >= ? AND consulted_at < ?",
-                             (lo, hi)).fetchone()[0]
+        # Distinct CURPs over every run of the period, read in CURP order from the partial index (no sort).
+        updated = db.execute("SELECT COUNT(*) FROM (SELECT curp FROM results WHERE exitoso = 1 AND consulted_at >= ? "
+                             "AND consulted_at < ? GROUP BY curp)", (lo, hi)).fetchone()[0]
     finally:
         db.close()
     headline = {}
@@ -103,14 +99,15 @@ def padron_kpis(db_path: str, period_start=None, period_end=None) -> dict:
         headline = {k: latest[k] for k in ("inconsistencias", "bajas", "mortalidad")}
         headline["poblacion_actualizada"] = _kpi(updated, latest["padron_total"])
     return {"periodo": {"desde": period_start and str(period_start), "hasta": period_end and str(period_end)},
-            "datos_al": data_at, "ultima_corrida": latest, "indicadores": headline, "corridas": trend, **breakdown}
+            "datos_al": max((r["ultima_consulta"] or "" for r in trend), default="") or None,
+            "ultima_corrida": latest, "indicadores": headline, "corridas": trend, **breakdown}
 
 
 def _breakdown(db: sqlite3.Connection, run_id: str) -> dict:
     """The latest run by statusCurp, age band, entidad and cause of inconsistency: one GROUP BY over its rows."""
     rows = db.execute(
-        f"SELECT status_curp, {_AGE_BAND}, entidad, COUNT(*), SUM(status_curp = 'BD') FROM results "  # noqa: S608
-        "WHERE run_id = ? AND category != 'error' GROUP BY 1, 2, 3", (run_id,)).fetchall()
+        f"SELECT status_curp, {_AGE_BAND}, entidad, COUNT(*), SUM(defuncion) FROM results "  # noqa: S608
+        "WHERE run_id = ? AND revisado = 1 GROUP BY 1, 2, 3", (run_id,)).fetchall()
     causes = db.execute(
         "SELECT SUM(mismatch_nombre), SUM(mismatch_fecha_nacimiento), SUM(mismatch_sexo), SUM(category = "
         "'not_found'), SUM(category = 'malformed'), SUM(category = 'duplicate') FROM results WHERE run_id = ?",

@@ -17,6 +17,8 @@ stored as an inconsistency without calling RENAPO.
 Results (SQLite, one file): table `runs` (one row per batch run) and table `results` (one row per padrón record
 per run: consulted_at, status_oper, status_curp, TipoError/CodigoError, mismatch_* flags, category, age, entidad).
 Categories: found, not_found, malformed, duplicate, error (gave up after retries; retried when the run is resumed).
+The 0/1 flags revisado (a definitive answer), exitoso, inconsistente (DESIGN §7), baja (inactive statusCurp) and
+defuncion (BD) are set when a result is stored, so the KPIs are plain SUMs over millions of rows.
 Checkpoint: results are committed as they arrive, a few at a time; a resumed run consults only the records that
 have no committed result, so a CURP whose result is committed is never consulted again in that run.
 """
@@ -70,12 +72,18 @@ CREATE TABLE IF NOT EXISTS results (
     edad INTEGER,
     entidad TEXT,
     error TEXT,
+    revisado INTEGER NOT NULL,
+    exitoso INTEGER NOT NULL,
+    inconsistente INTEGER NOT NULL,
+    baja INTEGER NOT NULL,
+    defuncion INTEGER NOT NULL,
     PRIMARY KEY (run_id, row_no)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS results_exitoso ON results (curp, consulted_at) WHERE exitoso = 1;
 """
 RESULT_COLUMNS = ("run_id", "row_no", "curp", "consulted_at", "attempts", "category", "status_oper", "status_curp",
                   "tipo_error", "codigo_error", "mismatch_nombre", "mismatch_fecha_nacimiento", "mismatch_sexo",
-                  "edad", "entidad", "error")
+                  "edad", "entidad", "error", "revisado", "exitoso", "inconsistente", "baja", "defuncion")
 _INSERT = "INSERT OR REPLACE INTO results (%s) VALUES (%s)" % (  # noqa: S608 - constant column names
     ", ".join(RESULT_COLUMNS), ", ".join("?" * len(RESULT_COLUMNS)))
 
@@ -168,9 +176,13 @@ def _result(rec: dict, now: dt.datetime, category: str, attempts: int = 0, answe
     mismatch = compare(fields, record) if category == "found" else {}
     born = _date(record.get("fechNac", "")) or _date(fields["fecha_nacimiento"])
     entidad = (fields["entidad"] or rec["curp"][11:13]).upper() or None
-    return {"row_no": rec["row_no"], "curp": rec["curp"], "consulted_at": now.isoformat(timespec="seconds"),
+    status = answer.get("status_curp") or None
+    flags = {"revisado": int(category != "error"), "exitoso": int(category == "found"),
+             "inconsistente": int(category in ("not_found", "malformed", "duplicate") or any(mismatch.values())),
+             "baja": int(status in STATUS_INACTIVE), "defuncion": int(status == "BD")}
+    return {**flags, "row_no": rec["row_no"], "curp": rec["curp"], "consulted_at": now.isoformat(timespec="seconds"),
             "attempts": attempts, "category": category, "status_oper": answer.get("status_oper"),
-            "status_curp": answer.get("status_curp") or None, "tipo_error": answer.get("tipo_error") or None,
+            "status_curp": status, "tipo_error": answer.get("tipo_error") or None,
             "codigo_error": answer.get("codigo_error") or None,
             **{f"mismatch_{f}": int(mismatch.get(f, False)) for f in MISMATCH_FIELDS},
             "edad": _age(born, now.date()), "entidad": entidad, "error": error}
@@ -340,11 +352,10 @@ def _consult_all(db, run_id, todo, conn, concurrency, retries, backoff) -> int:
 
 def run_summary(db: sqlite3.Connection, run_id: str) -> dict:
     """Counts of one run by category, plus bajas, deceased and mismatched records."""
-    inactive = ", ".join(f"'{s}'" for s in STATUS_INACTIVE)
     row = db.execute(
         "SELECT r.run_id, r.started_at, r.finished_at, r.padron, r.padron_total, r.endpoint, COUNT(x.row_no), "
         + ", ".join(f"COALESCE(SUM(x.category = '{c}'), 0)" for c in CATEGORIES) + ", "
-        f"COALESCE(SUM(x.status_curp IN ({inactive})), 0), COALESCE(SUM(x.status_curp = 'BD'), 0), "
+        "COALESCE(SUM(x.baja), 0), COALESCE(SUM(x.defuncion), 0), "
         "COALESCE(SUM(x.mismatch_nombre OR x.mismatch_fecha_nacimiento OR x.mismatch_sexo), 0) "
         "FROM runs r LEFT JOIN results x ON x.run_id = r.run_id WHERE r.run_id = ? GROUP BY r.run_id",
         (run_id,)).fetchone()
