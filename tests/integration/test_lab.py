@@ -95,6 +95,7 @@ def test_ansible_reaches_every_host(lab):
     assert out.count("SUCCESS") == LAB_HOSTS, out
 
 
+@pytest.mark.skipif(LAB_HOSTS < 2, reason="needs two hosts to compare")
 def test_each_host_has_its_own_hostname_and_file_tree(lab):
     out = run([".venv/bin/ansible", "consulta_hosts", "-m", "ansible.builtin.command", "-a", "hostname", "-o"]).stdout
     for i in range(1, LAB_HOSTS + 1):
