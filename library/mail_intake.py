@@ -120,6 +120,12 @@ options:
       - OAuth2 / personal access token for O(awx_url), sent as C(Authorization Bearer); never returned.
       - Defaults to E(CONTROLLER_OAUTH_TOKEN) (or E(TOWER_OAUTH_TOKEN)), injected by the same credential.
     type: str
+  awx_token_file:
+    description:
+      - File holding the token, used when O(awx_token) is not given. Defaults to E(RENEWAL_AWX_TOKEN_FILE), which
+        the custom credential type C(Lanzamiento en AWX (token)) (C(awx/controller.yml)) injects, so the token is
+        in no extra var and no environment value.
+    type: path
   awx_renew_template:
     description: Id or name of the renew job template (C(playbooks/renew.yml), survey C(folio)).
     type: str
@@ -235,12 +241,21 @@ def main():
             awx_url=dict(type="str", fallback=(env_fallback, ["CONTROLLER_HOST", "TOWER_HOST"])),
             awx_token=dict(type="str", no_log=True,
                            fallback=(env_fallback, ["CONTROLLER_OAUTH_TOKEN", "TOWER_OAUTH_TOKEN"])),
+            awx_token_file=dict(type="path", fallback=(env_fallback, ["RENEWAL_AWX_TOKEN_FILE"])),
             awx_renew_template=dict(type="str", default="Renovación de certificado (renew)"),
             awx_validate_certs=dict(type="bool", default=True, fallback=(env_fallback, ["CONTROLLER_VERIFY_SSL"])),
         ),
         supports_check_mode=True,
     )
     p = module.params
+    token = p["awx_token"]
+    if not token and p["awx_token_file"]:
+        try:
+            with open(p["awx_token_file"], encoding="utf-8") as fh:
+                token = fh.read().strip()
+        except OSError as e:
+            module.fail_json(msg=f"awx_token_file {p['awx_token_file']}: {e.strerror}")
+        module.no_log_values.add(token)
     try:
         directory = open_directory(p["staff_directory"])
         store = open_store(p["store"], SlaPolicy.from_options(None, p["non_working_days"]),
@@ -252,7 +267,7 @@ def main():
                     mesa_address=p["mesa_address"], enlace_address=p["enlace_address"],
                     deliveries_dir=p["deliveries_dir"], oficios_dir=p["oficios_dir"], enlace_name=p["enlace_name"],
                     firmante=p["firmante"], actor=p["actor"], institutional_domains=tuple(p["institutional_domains"]),
-                    on_certificate_received=AwxLauncher(p["awx_url"], p["awx_token"], p["awx_renew_template"],
+                    on_certificate_received=AwxLauncher(p["awx_url"], token, p["awx_renew_template"],
                                                         p["awx_validate_certs"]))
     options = dict(max_attachment_bytes=p["max_attachment_bytes"])
     try:

@@ -72,11 +72,11 @@ def test_the_launch_hook_and_the_renew_template_agree_on_its_name():
     [renew] = [t for t in TEMPLATES if t["playbook"] == "playbooks/renew.yml"]
     module = (ROOT / "library" / "mail_intake.py").read_text(encoding="utf-8")
     assert f'awx_renew_template=dict(type="str", default="{renew["name"]}")' in module
-    # The intake template carries AWX's own credential, whose environment the module reads.
+    # The intake template carries the launch credential, whose URL and token file the module reads.
     [intake] = [t for t in TEMPLATES if t["playbook"] == "playbooks/intake.yml"]
-    assert any(CREDENTIALS[c]["credential_type"] == "Red Hat Ansible Automation Platform"
-               for c in intake["credentials"])
-    assert '"CONTROLLER_HOST"' in module and '"CONTROLLER_OAUTH_TOKEN"' in module
+    [launch] = [CREDENTIAL_TYPES[CREDENTIALS[c]["credential_type"]] for c in intake["credentials"]
+                if "token" in CREDENTIALS[c]["credential_type"]]
+    assert {"CONTROLLER_HOST", "RENEWAL_AWX_TOKEN_FILE"} <= set(launch["injectors"]["env"])
 
 
 def test_workflows_link_existing_templates_and_intake_hands_over_the_folio():
@@ -97,7 +97,9 @@ def test_credential_types_inject_files_and_env_only_and_every_variable_is_consum
     assert set(ctype["injectors"]) <= {"env", "file"}, "secrets never go to extra_vars"
     files = {key.split(".", 1)[1] for key in ctype["injectors"].get("file", {})}
     consumers = "".join(p.read_text(encoding="utf-8") for p in [
-        *(ROOT / "playbooks" / "group_vars").rglob("*.yml"), ROOT / "docs" / "awx.md"])
+        *(ROOT / "playbooks" / "group_vars").rglob("*.yml"), ROOT / "library" / "mail_intake.py",
+        ROOT / "docs" / "awx.md"])
+    secrets = {fid for fid, f in fields.items() if f.get("secret")}
     for injector in ctype["injectors"].values():
         for name, template in injector.items():
             for ref in re.findall(r"\{\{\s*([\w.]+)\s*\}\}", template):
@@ -105,10 +107,11 @@ def test_credential_types_inject_files_and_env_only_and_every_variable_is_consum
                     assert ref.split(".")[-1] in files, f"{name}: no file injector {ref}"
                 else:
                     assert ref in fields, f"{name}: {ref} is not an input of {ctype['name']}"
-    for env in ctype["injectors"].get("env", {}):
-        # libpq reads PGPASSWORD itself; every other variable must be read by the project.
-        assert env == "PGPASSWORD" or f"'{env}'" in consumers, f"nothing reads {env}"
-    secrets = {fid for fid, f in fields.items() if f.get("secret")}
+    for env, template in ctype["injectors"].get("env", {}).items():
+        # A secret goes to a file; the environment (recorded by ansible-runner) only names the file.
+        assert not secrets & set(re.findall(r"\{\{\s*(\w+)\s*\}\}", template)), f"{env} carries a secret"
+        # libpq reads PGPASSFILE itself; every other variable must be read by the project.
+        assert env == "PGPASSFILE" or re.search(rf"[\"']{env}[\"']", consumers), f"nothing reads {env}"
     for credential in CREDENTIALS.values():
         if credential["credential_type"] == ctype["name"]:
             assert not secrets & set(credential["inputs"]), f"{credential['name']} holds a secret"
