@@ -1,0 +1,232 @@
+#!/usr/bin/python
+
+DOCUMENTATION = r"""
+---
+module: padron_consulta
+short_description: Consult every CURP of a producers' padrón at RENAPO and store the results (resumable batch)
+description:
+  - Reads a padrón CSV file and consults each CURP with RENAPO's C(consultarPorCurp), through a host's
+    consultation gateway or RENAPO directly, with bounded concurrency, and stores each result in a SQLite database
+    with the moment of the consultation.
+  - "Padrón columns (UTF-8 CSV with a header row; extra columns are ignored): C(curp), C(nombres), C(apellido1),
+    C(apellido2), C(fecha_nacimiento) (YYYY-MM-DD or DD/MM/YYYY), C(sexo) (H/M), C(entidad) (two-letter CURP state
+    code)."
+  - A malformed CURP (structure or check digit) or a CURP repeated in the padrón is stored as an inconsistency
+    without calling RENAPO. An empty file, a file that is not UTF-8 or a missing column fails naming the defect.
+  - Retries with exponential backoff on HTTP 5xx, timeouts and connection errors. Wrong credentials or a TLS trust
+    failure stop the batch at once.
+  - Checkpoint; results are committed as they arrive. A run killed half-way is resumed by the next invocation over
+    the same padrón file, which consults only the records without a committed result.
+  - In check mode the padrón is read and checked and the module reports what it would consult; nothing is sent.
+version_added: "0.1.0"
+author: DGTIC certificate renewal team
+options:
+  padron:
+    description: Path of the padrón CSV file.
+    type: path
+    required: true
+  results_db:
+    description: SQLite file of the results (created with its directory when missing).
+    type: path
+    required: true
+  endpoint:
+    description:
+      - Base URL of the consultation, for example C(http://127.0.0.2:8080) (a host's gateway) or
+        C(https://127.0.0.1:9443) (RENAPO directly). The service path is appended.
+    type: str
+    required: true
+  usuario:
+    description: RENAPO user of the consultation.
+    type: str
+    required: true
+  password:
+    description: RENAPO password of the consultation; never returned or logged.
+    type: str
+    required: true
+  ca_path:
+    description: PEM bundle that verifies an HTTPS endpoint (RENAPO's anchor).
+    type: path
+  concurrency:
+    description: Consultations in flight at once.
+    type: int
+    default: 8
+  retries:
+    description: Extra attempts for a consultation that failed with 5xx, a timeout or a connection error.
+    type: int
+    default: 3
+  backoff:
+    description: Seconds before the first retry; each further retry waits twice as long.
+    type: float
+    default: 0.5
+  timeout:
+    description: Seconds to wait for each answer.
+    type: float
+    default: 10
+  run_id:
+    description:
+      - Run to create or continue. Without it the unfinished run of the same padrón file is resumed, or a new run
+        named after the current time is started. Naming a finished run retries its records that ended in error.
+    type: str
+  resume:
+    description: Resume the unfinished run of the same padrón file when I(run_id) is not given.
+    type: bool
+    default: true
+"""
+
+EXAMPLES = r"""
+- name: Consult the padrón through the first host's gateway
+  padron_consulta:
+    padron: /srv/padron/padron.csv
+    results_db: /var/lib/consulta/padron_resultados.db
+    endpoint: http://127.0.0.2:8080
+    usuario: "{{ renapo_usuario }}"
+    password: "{{ renapo_password }}"
+    concurrency: 8
+  register: corrida
+
+- name: Every record has a result
+  ansible.builtin.assert:
+    that:
+      - corrida.stored == corrida.padron_total
+      - corrida.error == 0
+"""
+
+RETURN = r"""
+run_id:
+  description: The run the results belong to.
+  returned: always
+  type: str
+  sample: 20261128T092105
+resumed:
+  description: Whether an earlier, unfinished run was continued.
+  returned: always
+  type: bool
+  sample: false
+consulted:
+  description: Consultations sent to RENAPO by this invocation.
+  returned: always
+  type: int
+  sample: 990
+would_consult:
+  description: In check mode, the consultations a real run would send.
+  returned: check mode
+  type: int
+  sample: 990
+skipped:
+  description: Records that already had a committed result in the run and were not consulted again.
+  returned: always
+  type: int
+  sample: 0
+padron_total:
+  description: Records in the padrón file.
+  returned: always
+  type: int
+  sample: 1000
+stored:
+  description: Records of the run with a stored result.
+  returned: success
+  type: int
+  sample: 1000
+found:
+  description: Records RENAPO answered EXITOSO.
+  returned: success
+  type: int
+  sample: 940
+not_found:
+  description: Records whose CURP RENAPO does not know (NO EXITOSO 01/06).
+  returned: success
+  type: int
+  sample: 50
+malformed:
+  description: Records with a malformed CURP (never sent, or refused by RENAPO as malformed).
+  returned: success
+  type: int
+  sample: 10
+duplicate:
+  description: Records whose CURP already appears in an earlier record of the padrón.
+  returned: success
+  type: int
+  sample: 0
+error:
+  description: Records without an answer after every retry (retried when the run is resumed).
+  returned: success
+  type: int
+  sample: 0
+bajas:
+  description: Records with an inactive statusCurp.
+  returned: success
+  type: int
+  sample: 70
+deceased:
+  description: Records with statusCurp BD.
+  returned: success
+  type: int
+  sample: 45
+mismatched:
+  description: Found records whose name, birth date or sex disagree with the padrón.
+  returned: success
+  type: int
+  sample: 45
+duplicated_curps:
+  description: Number of CURPs listed more than once in the padrón.
+  returned: always
+  type: int
+  sample: 0
+duplicates:
+  description: Up to 20 duplicated CURPs with the padrón lines where each appears.
+  returned: always
+  type: dict
+  sample: {"PEAL770525MBSRVT05": [2, 17]}
+results_db:
+  description: The results database.
+  returned: always
+  type: str
+  sample: /var/lib/consulta/padron_resultados.db
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.padron_batch import PadronError, plan, read_padron, run_batch
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            padron=dict(type="path", required=True),
+            results_db=dict(type="path", required=True),
+            endpoint=dict(type="str", required=True),
+            usuario=dict(type="str", required=True),
+            password=dict(type="str", required=True, no_log=True),
+            ca_path=dict(type="path"),
+            concurrency=dict(type="int", default=8),
+            retries=dict(type="int", default=3),
+            backoff=dict(type="float", default=0.5),
+            timeout=dict(type="float", default=10),
+            run_id=dict(type="str"),
+            resume=dict(type="bool", default=True),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    try:
+        if module.check_mode:
+            padron = read_padron(p["padron"])
+            would = plan(p["results_db"], padron, p["run_id"], p["resume"])
+            module.exit_json(changed=would["to_consult"] + would["prechecked"] > 0, run_id=would["run_id"],
+                             resumed=would["resumed"], consulted=0, would_consult=would["to_consult"],
+                             skipped=would["already_done"], padron_total=len(padron["records"]),
+                             duplicated_curps=len(padron["duplicates"]),
+                             duplicates=dict(list(padron["duplicates"].items())[:20]), results_db=p["results_db"])
+        os.makedirs(os.path.dirname(os.path.abspath(p["results_db"])), exist_ok=True)
+        result = run_batch(p["padron"], p["results_db"], p["endpoint"], usuario=p["usuario"],
+                           password=p["password"], ca_path=p["ca_path"], timeout=p["timeout"],
+                           concurrency=p["concurrency"], retries=p["retries"], backoff=p["backoff"],
+                           run_id=p["run_id"], resume=p["resume"])
+    except PadronError as e:
+        module.fail_json(msg=str(e), results_db=p["results_db"])
+    module.exit_json(changed=result["stored"] > result["skipped"], results_db=p["results_db"], **result)
+
+
+if __name__ == "__main__":
+    main()

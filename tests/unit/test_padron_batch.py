@@ -1,0 +1,234 @@
+"""padron_batch on real files, a real SQLite database and a real local SOAP server (RENAPO's contract, with failures
+injected per CURP): padrón checks, comparison, retries with backoff, fatal stops, checkpoint and resume."""
+import sqlite3
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from ansible.module_utils.padron_batch import COLUMNS, PadronError, compare, plan, read_padron, run_batch
+from sim import renapo
+from stdnum.mx import curp as stdcurp
+
+HEADER = ",".join(COLUMNS) + "\n"
+
+
+def make_curp(body17):
+    return body17 + stdcurp.calc_check_digit(body17)
+
+
+GOOD = make_curp("GOHJ800101HDFNRN0")
+OTHER = make_curp("LOMM751231MJCPRR0")
+BD = make_curp("PERA500615HOCRMN0")
+MISSING = make_curp("SAXL900909MNLNXR0")
+BAD_DIGIT = GOOD[:17] + str((int(GOOD[17]) + 1) % 10)
+
+
+def record(curp, nombres, a1, a2, fecha, sexo, status="AN"):
+    return {"CURP": curp, "nombres": nombres, "apellido1": a1, "apellido2": a2, "fechNac": fecha, "sexo": sexo,
+            "statusCurp": status}
+
+
+RENAPO_DB = {
+    GOOD: record(GOOD, "JUAN", "GONZALEZ", "HERNANDEZ", "01/01/1980", "H"),
+    OTHER: record(OTHER, "MARIA", "LOPEZ", "MARTINEZ", "31/12/1975", "M"),
+    BD: record(BD, "RAMON", "PEREZ", "RAMIREZ", "15/06/1950", "H", "BD"),
+}
+ROWS = {
+    GOOD: f"{GOOD},Juan,González,Hernández,1980-01-01,H,DF",
+    OTHER: f"{OTHER},MARIA,LOPEZ,MARTINEZ,1975-12-31,H,JC",   # sex disagrees
+    BD: f"{BD},RAMON,PEREZ,RAMIREZ,15/06/1950,H,",           # DD/MM/YYYY; entidad from the CURP
+    MISSING: f"{MISSING},LAURA,SANCHEZ,,1990-09-09,M,NL",
+}
+
+
+class Renapo(ThreadingHTTPServer):
+    """RENAPO's SOAP contract (the lab simulator's own parser and answers) with failures injected per CURP:
+    fail[curp] = [503, 503] answers HTTP 503 twice before the real answer."""
+
+    daemon_threads = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.db, self.fail, self.calls, self.lock = dict(RENAPO_DB), {}, [], threading.Lock()
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        datos = renapo.parse_request(self.rfile.read(int(self.headers["Content-Length"])))
+        curp = datos["cveCurp"]
+        with self.server.lock:
+            self.server.calls.append(curp)
+            failures = self.server.fail.get(curp) or []
+            status = failures.pop(0) if failures else 200
+        body = renapo.envelope(renapo.curpstruct(*renapo.consultar(self.server.db, datos))) if status == 200 else b"x"
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def server():
+    srv = Renapo()
+    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    t.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def write(tmp_path, text, name="padron.csv", encoding="utf-8"):
+    path = tmp_path / name
+    path.write_bytes(text.encode(encoding) if isinstance(text, str) else text)
+    return str(path)
+
+
+def batch(tmp_path, server, padron, **kw):
+    kw = {"usuario": renapo.LAB_USUARIO, "password": renapo.LAB_PASSWORD, "backoff": 0.01, "concurrency": 3, **kw}
+    return run_batch(padron, str(tmp_path / "r.db"), server.url, **kw)
+
+
+def results(tmp_path, run_id):
+    db = sqlite3.connect(tmp_path / "r.db")
+    db.row_factory = sqlite3.Row
+    return {r["curp"]: dict(r) for r in db.execute("SELECT * FROM results WHERE run_id = ? ORDER BY row_no DESC",
+                                                    (run_id,))}
+
+
+# ---------------------------------------------------------------- the padrón file
+
+@pytest.mark.parametrize("content, words", [
+    (b"", "is empty"),
+    (b"  \n\n", "is empty"),
+    (HEADER.encode(), "has a header but no records"),
+    (b"curp,nombres,apellido1,fecha_nacimiento,sexo\nX,Y,Z,2000-01-01,H\n",
+     "lacks the column(s) apellido2, entidad"),
+    ((HEADER + f"{GOOD},JOSÉ,NÚÑEZ,,1980-01-01,H,DF\n").encode("latin-1"), "is not UTF-8: byte 0xC9 at line 2"),
+])
+def test_unreadable_padron_is_a_clear_error(tmp_path, content, words):
+    with pytest.raises(PadronError) as e:
+        read_padron(write(tmp_path, content))
+    assert words in str(e.value)
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(PadronError, match="cannot read the padrón file"):
+        read_padron(str(tmp_path / "nope.csv"))
+
+
+def test_padron_records_prechecks_and_duplicates(tmp_path):
+    text = ("\ufeff" + HEADER.upper().replace(",", " ,") + ROWS[GOOD] + "\n\n" + f"{BAD_DIGIT},X,Y,Z,1980-01-01,H,DF\n"
+            + f"{GOOD.lower()},JUAN,GONZALEZ,HERNANDEZ,1980-01-01,H,DF\n" + "short,row\n")
+    p = read_padron(write(tmp_path, text))
+    assert [(r["row_no"], r["precheck"]) for r in p["records"]] == [
+        (2, None), (4, "malformed"), (5, "duplicate"), (6, "malformed")]
+    assert p["duplicates"] == {GOOD: [2, 5]}
+    assert p["records"][3]["fields"]["entidad"] == ""  # a short row reads as empty fields, not a crash
+
+
+@pytest.mark.parametrize("fields, differ", [
+    ({"nombres": "José", "apellido1": "Núñez", "apellido2": "", "fecha_nacimiento": "1980-01-01", "sexo": "h"}, []),
+    ({"nombres": "JOSE LUIS", "apellido1": "NUNEZ", "apellido2": "", "fecha_nacimiento": "01/01/1980",
+      "sexo": "H"}, ["nombre"]),
+    ({"nombres": "JOSE", "apellido1": "NUNEZ", "apellido2": "", "fecha_nacimiento": "1980-02-01", "sexo": "M"},
+     ["fecha_nacimiento", "sexo"]),
+    ({"nombres": "JOSE", "apellido1": "NUNEZ", "apellido2": "", "fecha_nacimiento": "ayer", "sexo": "H"},
+     ["fecha_nacimiento"]),
+])
+def test_compare_folds_case_and_accents(fields, differ):
+    rec = {"nombres": "JOSE", "apellido1": "NUNEZ", "apellido2": "", "fechNac": "01/01/1980", "sexo": "H"}
+    assert [k for k, v in compare(fields, rec).items() if v] == differ
+
+
+# ---------------------------------------------------------------- the batch
+
+def test_batch_stores_each_category_and_never_sends_malformed_or_duplicates(tmp_path, server):
+    padron = write(tmp_path, HEADER + "\n".join([*ROWS.values(), f"{BAD_DIGIT},X,Y,Z,1980-01-01,H,DF", ROWS[GOOD]])
+                   + "\n")
+    s = batch(tmp_path, server, padron)
+    assert sorted(server.calls) == sorted(ROWS)  # 4 consultations: no malformed, no duplicate
+    assert (s["stored"], s["found"], s["not_found"], s["malformed"], s["duplicate"], s["error"]) == (6, 3, 1, 1, 1, 0)
+    assert (s["bajas"], s["deceased"], s["mismatched"], s["consulted"], s["resumed"]) == (1, 1, 1, 4, False)
+    r = results(tmp_path, s["run_id"])
+    assert r[GOOD]["status_curp"] == "AN" and r[GOOD]["inconsistente"] == 0 and r[GOOD]["entidad"] == "DF"
+    assert r[OTHER]["mismatch_sexo"] == 1 and r[OTHER]["inconsistente"] == 1
+    assert r[BD]["defuncion"] == r[BD]["baja"] == 1 and r[BD]["entidad"] == "OC" and r[BD]["edad"] >= 76
+    assert (r[MISSING]["category"], r[MISSING]["codigo_error"], r[MISSING]["inconsistente"]) == ("not_found", "06", 1)
+    assert r[BAD_DIGIT]["attempts"] == 0 and r[BAD_DIGIT]["status_oper"] is None
+
+
+def test_retries_with_backoff_on_5xx_then_succeeds(tmp_path, server):
+    server.fail[GOOD] = [503, 500]
+    t0 = time.perf_counter()
+    s = batch(tmp_path, server, write(tmp_path, HEADER + ROWS[GOOD] + "\n"), backoff=0.1)
+    assert server.calls == [GOOD] * 3 and s["found"] == 1
+    assert time.perf_counter() - t0 >= 0.3  # waited 0.1 then 0.2
+    assert results(tmp_path, s["run_id"])[GOOD]["attempts"] == 3
+
+
+def test_gives_up_after_retries_and_a_resume_retries_only_the_errors(tmp_path, server):
+    server.fail[GOOD] = [503, 502, 503]
+    padron = write(tmp_path, HEADER + ROWS[GOOD] + "\n" + ROWS[OTHER] + "\n")
+    s = batch(tmp_path, server, padron, retries=2)
+    assert (s["error"], s["found"]) == (1, 1) and server.calls.count(GOOD) == 3
+    assert results(tmp_path, s["run_id"])[GOOD]["error"].startswith("http_status: RENAPO answered HTTP 503")
+    again = batch(tmp_path, server, padron, run_id=s["run_id"])
+    assert (again["resumed"], again["consulted"], again["skipped"], again["error"]) == (True, 1, 1, 0)
+    assert server.calls.count(OTHER) == 1
+
+
+def test_unreachable_endpoint_is_an_error_result_after_retries(tmp_path):
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = run_batch(write(tmp_path, HEADER + ROWS[GOOD] + "\n"), str(tmp_path / "r.db"), f"http://127.0.0.1:{port}",
+                    usuario="u", password="p", retries=1, backoff=0.01)
+    assert run["error"] == 1
+    assert "refused" in results(tmp_path, run["run_id"])[GOOD]["error"]
+
+
+def test_wrong_credentials_stop_the_batch(tmp_path, server):
+    padron = write(tmp_path, HEADER + "\n".join(ROWS.values()) + "\n")
+    with pytest.raises(PadronError, match="batch stopped: .*wrong usuario/password"):
+        batch(tmp_path, server, padron, password="not-it", concurrency=1)
+    assert len(server.calls) == 1
+
+
+def test_a_finished_run_is_not_resumed_and_a_changed_padron_is_refused(tmp_path, server):
+    padron = write(tmp_path, HEADER + ROWS[GOOD] + "\n")
+    first = batch(tmp_path, server, padron)
+    assert plan(str(tmp_path / "r.db"), read_padron(padron))["resumed"] is False
+    second = batch(tmp_path, server, padron)
+    assert second["run_id"] != first["run_id"] and second["consulted"] == 1
+    write(tmp_path, HEADER + ROWS[OTHER] + "\n")
+    with pytest.raises(PadronError, match="was made over another padrón file"):
+        batch(tmp_path, server, padron, run_id=first["run_id"])
+
+
+def test_an_unfinished_run_is_resumed_without_consulting_committed_records(tmp_path, server):
+    padron = write(tmp_path, HEADER + "\n".join(ROWS.values()) + "\n")
+    first = batch(tmp_path, server, padron)
+    db = sqlite3.connect(tmp_path / "r.db")
+    with db:  # as if killed: run unfinished, two results never committed
+        db.execute("UPDATE runs SET finished_at = NULL")
+        db.execute("DELETE FROM results WHERE curp IN (?, ?)", (OTHER, MISSING))
+    db.close()
+    assert plan(str(tmp_path / "r.db"), read_padron(padron))["to_consult"] == 2
+    server.calls.clear()
+    again = batch(tmp_path, server, padron)
+    assert again["run_id"] == first["run_id"] and again["resumed"]
+    assert sorted(server.calls) == sorted([OTHER, MISSING]) and again["stored"] == 4
+
+
+def test_bad_options_are_refused(tmp_path, server):
+    with pytest.raises(PadronError, match="concurrency must be >= 1"):
+        batch(tmp_path, server, write(tmp_path, HEADER + ROWS[GOOD] + "\n"), concurrency=0)
