@@ -22,7 +22,10 @@ author: DGTIC automation team
 options:
   store:
     description:
-      - Ticket store. A SQLite file path or C(sqlite:///relative.db) / C(sqlite:////absolute.db).
+      - Ticket store. A SQLite file path or C(sqlite:///relative.db) / C(sqlite:////absolute.db) (one controller),
+        or a PostgreSQL URL C(postgresql://user@host:5432/dbname) (shared store, e.g. under AWX; needs psycopg 3).
+      - Give a PostgreSQL password through the environment (E(PGPASSWORD), E(PGPASSFILE)) rather than in the URL;
+        a password written in the URL (C(user:password@) or C(?password=)) is masked in every result and message.
     type: str
     required: true
   state:
@@ -160,6 +163,21 @@ EXAMPLES = r"""
     state: deploying
     verified_hosts: [web01]
     actor: rollout
+
+- name: Same ticket in the shared PostgreSQL store (AWX), the password from a credential's environment
+  service_ticket:
+    store: postgresql://tickets@db.example.gob.mx:5432/tickets
+    ticket: "{{ issued.ticket.folio }}"
+    state: deploying
+    verified_hosts: [web02]
+    actor: rollout
+  environment:
+    PGPASSWORD: "{{ ticket_store_password }}"
+  register: shared
+
+- name: The shared store records the host
+  ansible.builtin.assert:
+    that: "'web02' in shared.ticket.verified_hosts"
 """
 
 RETURN = r"""
@@ -200,7 +218,7 @@ allowed_next:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.sla import SlaPolicy
-from ansible.module_utils.ticket_store import STATES, InvalidTransition, TicketStoreError, open_store
+from ansible.module_utils.ticket_store import STATES, InvalidTransition, TicketStoreError, dsn_secrets, open_store
 
 
 def main():
@@ -231,6 +249,7 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
+    module.no_log_values.update(dsn_secrets(p["store"]))  # a password inside the DSN never reaches the output
     if p["state"] != "present" and not p["ticket"]:
         module.fail_json(msg=f"state={p['state']} moves an existing ticket: give its id or folio in 'ticket'")
     try:

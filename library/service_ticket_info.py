@@ -10,12 +10,17 @@ description:
     each with the status of its SLA clocks at O(now) and its audit log (the ticket's timeline).
   - SLA clocks count Mexican business days (federal holidays, weekends and O(non_working_days)). Each clock is
     C(on_time), C(due_soon) (due within the next business day) or C(breached); C(null) before it starts.
-  - Only reads; a store file that does not exist yet reads as empty and is not created.
+  - Only reads; a store file that does not exist yet, or a PostgreSQL database without the ticket schema, reads
+    as empty and is left untouched.
 version_added: "0.1.0"
 author: DGTIC automation team
 options:
   store:
-    description: Ticket store. A SQLite file path or C(sqlite:///relative.db) / C(sqlite:////absolute.db).
+    description:
+      - Ticket store. A SQLite file path or C(sqlite:///relative.db) / C(sqlite:////absolute.db) (one controller),
+        or a PostgreSQL URL C(postgresql://user@host:5432/dbname) (shared store, e.g. under AWX; needs psycopg 3).
+      - Give a PostgreSQL password through the environment (E(PGPASSWORD), E(PGPASSFILE)) rather than in the URL;
+        a password written in the URL (C(user:password@) or C(?password=)) is masked in every result and message.
     type: str
     required: true
   ticket:
@@ -103,7 +108,7 @@ ticket:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.sla import SlaPolicy, now_local, to_datetime
-from ansible.module_utils.ticket_store import STATES, TicketStoreError, open_store
+from ansible.module_utils.ticket_store import STATES, TicketStoreError, dsn_secrets, open_store
 
 
 def main():
@@ -122,6 +127,7 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
+    module.no_log_values.update(dsn_secrets(p["store"]))  # a password inside the DSN never reaches the output
     try:
         policy = SlaPolicy.from_options(p["sla_days"], p["non_working_days"])
         now = to_datetime(p["now"]) if p["now"] else now_local()

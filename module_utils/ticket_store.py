@@ -1,9 +1,16 @@
 """Ticket store of the procedure: state machine, gap-free folios, SLA due dates and an append-only audit log.
 
-`TicketStore` holds every rule; a backend supplies only a connection, its schema and a transaction. SQLite is the
-embedded default; `open_store()` picks the backend from a DSN (`sqlite:///path`, a plain path, later
-`postgresql://...`). A PostgreSQL backend subclasses `TicketStore`, sets `for_update = " FOR UPDATE"`, runs the
-same SQL with `?` turned into `%s`, and implements `_tx()` / `_query()` / `close()`.
+`TicketStore` holds every rule; a backend supplies only a connection, its schema migrations and a transaction.
+SQLite is the embedded default (one file on the controller); PostgreSQL (psycopg 3) is the shared store for AWX,
+where every job runs in a throw-away container. `open_store()` picks the backend from a DSN: `sqlite:///path` or a
+plain path, or `postgresql://user@host:5432/db` (libpq also reads PGHOST, PGPASSWORD, PGPASSFILE..., so the
+password need not sit in the DSN; `dsn_secrets()` gives what a caller must mask when it does).
+
+Both backends run the same SQL (`?` placeholders, turned into `%s` for psycopg) and give the same guarantees:
+a transition locks its ticket (SQLite: BEGIN IMMEDIATE; PostgreSQL: SELECT ... FOR UPDATE) so concurrent writers
+never lose an update; the folio counter is an upsert inside the state change's transaction, so a rollback gives
+the number back (gap-free); the audit log is append-only by trigger. Ticket ids are unique but, on PostgreSQL,
+not gap-free (a rolled-back insert consumes its sequence value); folios are.
 
 State machine (DESIGN.md §5), plus two edges the design leaves implicit:
 `rolled_back -> deploying` (retry after a fix) and `rolled_back -> notified` (the Mesa de Servicios is told).
@@ -13,7 +20,8 @@ import os
 import re
 import sqlite3
 from collections import namedtuple
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from urllib.parse import unquote, urlsplit
 
 from ansible.module_utils.sla import SERVICES, SlaPolicy, iso, now_local, to_datetime
 
@@ -94,6 +102,7 @@ class TicketStore:
     """The store interface and every rule; subclasses provide `_tx()` (yielding `query(sql, params)`)."""
 
     for_update = ""
+    migrations = ()
 
     def __init__(self, policy=None):
         self.policy = policy or SlaPolicy()
@@ -108,6 +117,25 @@ class TicketStore:
 
     def close(self):
         pass
+
+    def _serialize(self, query, key):
+        """Make concurrent transactions that pass the same key take turns (no-op where writers already queue)."""
+
+    def _run_script(self, query, script):
+        query(script)
+
+    def _migrate(self):
+        with self._tx() as query:
+            self._serialize(query, "schema")
+            query("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            version = query("SELECT MAX(version) AS v FROM schema_version")[0]["v"] or 0
+            for number, script in enumerate(self.migrations[version:], start=version + 1):
+                self._run_script(query, script)
+                query("INSERT INTO schema_version (version) VALUES (?)", (number,))
+
+    @property
+    def schema_version(self):
+        return self._query("SELECT MAX(version) AS v FROM schema_version")[0]["v"]
 
     def __enter__(self):
         return self
@@ -151,6 +179,7 @@ class TicketStore:
         received = to_datetime(received_at) if received_at else now
         with self._tx(dry_run) as query:
             if message_id:
+                self._serialize(query, f"message_id:{message_id}")  # two intakes of one message open one ticket
                 rows = query("SELECT * FROM tickets WHERE message_id = ?", (message_id,))
                 if rows:
                     ticket = self._ticket(rows[0])
@@ -390,6 +419,8 @@ SQLITE_MIGRATIONS = [
 class SqliteTicketStore(TicketStore):
     """One SQLite file: WAL, synchronous=FULL (a committed ticket survives power loss), BEGIN IMMEDIATE."""
 
+    migrations = SQLITE_MIGRATIONS
+
     def __init__(self, path, policy=None, busy_timeout=30.0):
         super().__init__(policy)
         self.path = path
@@ -404,18 +435,9 @@ class SqliteTicketStore(TicketStore):
         except sqlite3.Error as e:
             raise TicketStoreError(f"cannot open the ticket store {path}: {e}") from e
 
-    def _migrate(self):
-        with self._tx() as query:
-            query("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            version = query("SELECT MAX(version) AS v FROM schema_version")[0]["v"] or 0
-            for number, script in enumerate(SQLITE_MIGRATIONS[version:], start=version + 1):
-                for statement in _statements(script):
-                    query(statement)
-                query("INSERT INTO schema_version (version) VALUES (?)", (number,))
-
-    @property
-    def schema_version(self):
-        return self._query("SELECT MAX(version) AS v FROM schema_version")[0]["v"]
+    def _run_script(self, query, script):
+        for statement in _statements(script):
+            query(statement)
 
     @contextmanager
     def _tx(self, dry_run=False):
@@ -446,14 +468,152 @@ def _statements(script):
     return statements
 
 
-def open_store(dsn, policy=None, create=True):
-    """The store a DSN names: `sqlite:///path`, a plain path, or (later) `postgresql://...`.
-
-    With create=False a SQLite file that does not exist yet opens as an empty in-memory store, so check mode and
-    info queries never create the file.
+# The same tables as SQLite's (TEXT timestamps and JSON, INTEGER flags), so rows read back identically.
+POSTGRESQL_MIGRATIONS = [
     """
-    if dsn.startswith(("postgresql://", "postgres://")):
-        raise TicketStoreError("the PostgreSQL ticket store is not available yet (issue 7); use a SQLite path")
+    CREATE TABLE tickets (
+        id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+        service TEXT NOT NULL CHECK (service IN ('renapo', 'sat')),
+        state TEXT NOT NULL,
+        requester_name TEXT, requester_email TEXT, requester_unit TEXT, requester_system TEXT,
+        forwarded_by_name TEXT, forwarded_by_rank TEXT,
+        source TEXT NOT NULL CHECK (source IN ('mail', 'monitor', 'manual')),
+        message_id TEXT UNIQUE,
+        folio TEXT UNIQUE,
+        received_at TEXT NOT NULL,
+        first_contact_due TEXT NOT NULL,
+        first_contact_at TEXT,
+        certificate_received_at TEXT,
+        attention_due TEXT,
+        attended_at TEXT,
+        sla_first_contact_breached INTEGER NOT NULL DEFAULT 0,
+        sla_attention_breached INTEGER NOT NULL DEFAULT 0,
+        deployed_serial TEXT,
+        hosts TEXT NOT NULL DEFAULT '[]',
+        verified_hosts TEXT NOT NULL DEFAULT '[]',
+        cause TEXT,
+        observations TEXT NOT NULL DEFAULT '[]',
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX tickets_service_state ON tickets (service, state);
+    CREATE TABLE audit_log (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        ticket_id BIGINT NOT NULL REFERENCES tickets (id),
+        at TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        from_state TEXT,
+        to_state TEXT NOT NULL,
+        reason TEXT,
+        serial TEXT,
+        hosts TEXT NOT NULL DEFAULT '[]'
+    );
+    CREATE INDEX audit_log_ticket ON audit_log (ticket_id, id);
+    CREATE FUNCTION audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION 'audit_log is append-only' USING ERRCODE = 'restrict_violation'; END $$;
+    CREATE TRIGGER audit_log_no_update BEFORE UPDATE OR DELETE ON audit_log
+        FOR EACH ROW EXECUTE FUNCTION audit_log_append_only();
+    CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
+        FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only();
+    CREATE TABLE folio_counters (
+        service TEXT NOT NULL,
+        year INTEGER NOT NULL,
+        last INTEGER NOT NULL,
+        PRIMARY KEY (service, year)
+    );
+    """,
+]
+
+
+class PostgresTicketStore(TicketStore):
+    """A PostgreSQL database (psycopg 3), READ COMMITTED: the ticket row lock and the counter upsert serialise
+    exactly the writers that touch the same ticket or folio series; everything else runs in parallel."""
+
+    for_update = " FOR UPDATE"
+    migrations = POSTGRESQL_MIGRATIONS
+
+    def __init__(self, dsn, policy=None, create=True, connect_timeout=10):
+        super().__init__(policy)
+        self.dsn, self._secrets = redact(dsn), dsn_secrets(dsn)
+        try:
+            import psycopg
+            from psycopg.rows import dict_row
+        except ImportError as e:
+            raise TicketStoreError(f"the PostgreSQL ticket store needs psycopg 3 on the controller: {e}") from e
+        self._error = psycopg.Error
+        self._outer = ExitStack()
+        try:
+            self._conn = psycopg.connect(dsn, autocommit=True, row_factory=dict_row, connect_timeout=connect_timeout,
+                                         application_name="ticket_store")
+        except psycopg.Error as e:
+            raise TicketStoreError(f"cannot open the ticket store {self.dsn}: {_scrub(e, self._secrets)}") from None
+        try:
+            if not create and self._query("SELECT to_regclass('schema_version') AS t")[0]["t"] is None:
+                # Check mode / info on a database without the schema: build it in a transaction never committed.
+                self._outer.enter_context(self._conn.transaction(force_rollback=True))
+            self._migrate()
+        except BaseException:
+            self.close()
+            raise
+
+    def _serialize(self, query, key):
+        query("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (f"ticket_store:{key}",))
+
+    @contextmanager
+    def _tx(self, dry_run=False):
+        with self._conn.transaction(force_rollback=dry_run):  # a savepoint inside the check-mode transaction
+            yield self._query
+
+    def _query(self, sql, params=()):
+        if params:
+            sql = sql.replace("%", "%%").replace("?", "%s")
+        try:
+            cursor = self._conn.execute(sql, tuple(params) if params else None)
+            return cursor.fetchall() if cursor.description else []
+        except self._error as e:
+            raise TicketStoreError(f"ticket store {self.dsn}: {_scrub(e, self._secrets)}") from None
+
+    def close(self):
+        try:
+            self._outer.close()
+        finally:
+            self._conn.close()
+
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def dsn_secrets(dsn):
+    """The password a PostgreSQL URL carries (`user:password@` or `?password=`), as written and decoded: the
+    values a module adds to `no_log_values`. Empty for SQLite paths and for URLs that leave it to PGPASSWORD."""
+    if not dsn.startswith(POSTGRES_SCHEMES):
+        return set()
+    parts = urlsplit(dsn)
+    found = [parts.password, *re.findall(r"(?:^|&)password=([^&]*)", parts.query)]
+    return {value for raw in found if raw for value in (raw, unquote(raw))}
+
+
+def redact(dsn):
+    """The DSN with its password masked, for messages."""
+    return _scrub(dsn, dsn_secrets(dsn))
+
+
+def _scrub(text, secrets):
+    text = str(text)
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "********")
+    return text
+
+
+def open_store(dsn, policy=None, create=True):
+    """The store a DSN names: `sqlite:///path`, a plain path, or `postgresql://...` / `postgres://...`.
+
+    With create=False nothing is created: a SQLite file that does not exist yet opens as an empty in-memory store,
+    and a PostgreSQL database without the schema gets it inside a transaction that is rolled back on close, so check
+    mode and info queries leave no trace.
+    """
+    if dsn.startswith(POSTGRES_SCHEMES):
+        return PostgresTicketStore(dsn, policy, create=create)
     # SQLAlchemy's convention: sqlite:///relative.db, sqlite:////absolute/path.db
     path = dsn[len("sqlite:///"):] if dsn.startswith("sqlite:///") else dsn
     if not create and path != ":memory:" and not os.path.exists(path):

@@ -1,4 +1,5 @@
-"""service_ticket and service_ticket_info run the way operators run them: `ansible localhost -m ...`."""
+"""service_ticket and service_ticket_info run the way operators run them: `ansible localhost -m ...`, on a SQLite
+file and on a real PostgreSQL server."""
 import json
 import os
 import subprocess
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 from ansible.module_utils.ticket_store import open_store
 
+pytest_plugins = ["tests.pg"]  # pg_server (session), store_dsn (sqlite | postgresql)
 ROOT = Path(__file__).resolve().parents[2]
 ANSIBLE = str(ROOT / ".venv" / "bin" / "ansible")
 NOW = "2026-01-30T10:00:00-06:00"
@@ -26,8 +28,9 @@ def ansible(module, args, *flags):
 
 
 @pytest.fixture
-def db(tmp_path):
-    return str(tmp_path / "tickets.db")
+def db(store_dsn):
+    """Where the test's store lives: a SQLite file, or a fresh PostgreSQL schema."""
+    return store_dsn
 
 
 def test_create_transition_and_invalid_transition(db):
@@ -58,7 +61,7 @@ def test_create_transition_and_invalid_transition(db):
         assert [a["to_state"] for a in store.audit(1)] == ["received", "folio_issued"]
 
 
-def test_check_mode_and_diff_write_nothing(db):
+def test_check_mode_and_diff_write_nothing(db, request):
     with open_store(db) as store:
         store.create("sat", actor="mesa", now=NOW)
     rc, preview, stdout = ansible("service_ticket", {"store": db, "ticket": "1", "state": "folio_issued",
@@ -68,6 +71,15 @@ def test_check_mode_and_diff_write_nothing(db):
     with open_store(db) as store:
         assert store.get(1)["state"] == "received" and len(store.audit(1)) == 1
 
+    if db.startswith("postgresql://"):  # a database without the ticket schema stays without it
+        import psycopg
+        empty = request.getfixturevalue("pg_server").create_schema()
+        rc, created, _ = ansible("service_ticket", {"store": empty, **REQUEST}, "--check")
+        assert rc == 0 and created["changed"] is True
+        with psycopg.connect(empty) as raw:
+            assert raw.execute("SELECT to_regclass('tickets'), to_regclass('schema_version')").fetchone() == (None,
+                                                                                                            None)
+        return
     absent = Path(db).with_name("absent.db")
     rc, created, _ = ansible("service_ticket", {"store": str(absent), **REQUEST}, "--check")
     assert rc == 0 and created["changed"] is True and not absent.exists()
@@ -105,3 +117,29 @@ def test_module_refuses_key_material_and_names_the_defect(db):
     assert rc != 0 and "never holds it" in refused["msg"] and "MIIF" not in refused["msg"]
     rc, missing, _ = ansible("service_ticket", {"store": db, "state": "deploying", "service": "renapo"})
     assert rc != 0 and "give its id or folio in 'ticket'" in missing["msg"]
+
+
+
+def test_password_in_the_dsn_never_shows(pg_server, tmp_path):
+    # A playbook, as ops and AWX run it (an ad-hoc `ansible -a` echoes its literal arguments when a task fails).
+    password = "Sup3r-S3cret-pw"
+    dsns = {"dsn": pg_server.create_schema(password=password),  # trust auth ignores it; the modules must hide it
+            "bad_dsn": pg_server.dsn(dbname="no_such_db", password=password)}
+    (tmp_path / "vars.json").write_text(json.dumps(dsns))
+    (tmp_path / "play.yml").write_text("""
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - service_ticket: {store: "{{ dsn }}", service: renapo, actor: mesa}
+    - service_ticket_info: {store: "{{ dsn }}", ticket: "1"}
+    - service_ticket: {store: "{{ bad_dsn }}", ticket: "1", state: folio_issued}
+      ignore_errors: true
+""")
+    proc = subprocess.run([str(ROOT / ".venv" / "bin" / "ansible-playbook"), str(tmp_path / "play.yml"),
+                           "-e", f"@{tmp_path / 'vars.json'}", "-vvv"], cwd=ROOT,
+                          env={**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "ok=3" in proc.stdout and "ignored=1" in proc.stdout
+    assert password not in proc.stdout + proc.stderr
+    assert "postgres:********@127.0.0.1" in proc.stdout  # -vvv shows the invocation, masked
+    assert 'database \\"no_such_db\\" does not exist' in proc.stdout

@@ -1,10 +1,12 @@
-"""Ticket store on real SQLite files: state machine, folios, audit log, idempotence, secrets and concurrency."""
+"""Ticket store on real SQLite files and a real PostgreSQL server, every test on both: state machine, folios,
+audit log, idempotence, secrets, migrations and concurrency."""
 import base64
 import multiprocessing
 import random
 import sqlite3
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from itertools import count
 
@@ -24,6 +26,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
+
+pytest_plugins = ["tests.pg"]  # pg_server (session), pg_schema, store_dsn / module_store_dsn (sqlite | postgresql)
 
 CDMX = timezone(timedelta(hours=-6))
 T0 = datetime(2026, 1, 30, 10, 0, tzinfo=CDMX)
@@ -57,9 +61,14 @@ class Clock:
         return self.start + timedelta(minutes=next(self.ticks))
 
 
+def is_pg(dsn):
+    return dsn.startswith("postgresql://")
+
+
 @pytest.fixture
-def db(tmp_path):
-    return str(tmp_path / "tickets.db")
+def db(store_dsn):
+    """Where the test's store lives: a SQLite file, or a fresh PostgreSQL schema."""
+    return store_dsn
 
 
 @pytest.fixture
@@ -81,9 +90,9 @@ def drive(store, clock, ticket_id, target):
 
 
 @pytest.fixture(scope="module")
-def ticket_in_each_state(tmp_path_factory):
-    """One store with one ticket sitting in every state (built once: forbidden attempts write nothing)."""
-    path = str(tmp_path_factory.mktemp("states") / "tickets.db")
+def ticket_in_each_state(module_store_dsn):
+    """One store with one ticket sitting in every state (built once per backend: forbidden attempts write nothing)."""
+    path = module_store_dsn
     clock = Clock()
     with open_store(path) as s:
         ids = {state: drive(s, clock, new_ticket(s, clock)["id"], state)["id"] for state in STATES}
@@ -225,22 +234,44 @@ def test_message_id_opens_one_ticket(store):
 def test_audit_log_is_append_only(store, db):
     clock = Clock()
     drive(store, clock, new_ticket(store, clock)["id"], "folio_issued")
-    raw = sqlite3.connect(db)
-    for sql in ("UPDATE audit_log SET actor = 'mallory'", "DELETE FROM audit_log",
-                "UPDATE audit_log SET to_state = 'closed' WHERE id = 1"):
-        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-            raw.execute(sql)
-    raw.close()
+    tampering = ["UPDATE audit_log SET actor = 'mallory'", "DELETE FROM audit_log",
+                 "UPDATE audit_log SET to_state = 'closed' WHERE id = 1"]
+    if is_pg(db):  # a direct connection, as an operator with psql would have
+        import psycopg
+        with psycopg.connect(db, autocommit=True) as raw:
+            for sql in [*tampering, "TRUNCATE audit_log"]:
+                with pytest.raises(psycopg.errors.IntegrityError, match="append-only"):
+                    raw.execute(sql)
+    else:
+        raw = sqlite3.connect(db)
+        for sql in tampering:
+            with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+                raw.execute(sql)
+        raw.close()
     assert [a["actor"] for a in store.audit(1)] == ["mesa", "test"]
 
 
 def test_schema_wal_and_reopen(db):
-    with open_store(f"sqlite:///{db}") as s:  # sqlite:////abs/path (SQLAlchemy style)
+    with open_store(db if is_pg(db) else f"sqlite:///{db}") as s:  # sqlite:////abs/path (SQLAlchemy style)
         assert s.schema_version == 1
         s.create("sat", actor="t", now=T0)
     with open_store(db) as s:
         assert s.schema_version == 1 and len(s.find(service="sat")) == 1
-        assert s._query("PRAGMA journal_mode")[0]["journal_mode"] == "wal"
+        if not is_pg(db):
+            assert s._query("PRAGMA journal_mode")[0]["journal_mode"] == "wal"
+
+
+def _schema_version(dsn):
+    with open_store(dsn) as s:
+        return s.schema_version
+
+
+def test_first_open_by_many_at_once_migrates_once(db):
+    with ThreadPoolExecutor(4) as pool:
+        versions = list(pool.map(_schema_version, [db] * 8))
+    assert versions == [1] * 8
+    with open_store(db) as s:
+        assert s._query("SELECT COUNT(*) AS n FROM schema_version")[0]["n"] == 1
 
 
 def test_missing_file_opens_empty_without_creating_it(tmp_path):
@@ -250,6 +281,23 @@ def test_missing_file_opens_empty_without_creating_it(tmp_path):
     assert not path.exists()
     with pytest.raises(TicketStoreError, match="cannot open the ticket store"):
         open_store(str(tmp_path / "no" / "such" / "dir.db"))
+
+
+def test_pg_schema_absent_reads_empty_and_creates_nothing(pg_schema):
+    import psycopg
+    with open_store(pg_schema, create=False) as s:
+        assert s.find() == [] and s.create("sat", actor="t", now=T0).changed  # check mode works on it
+    with psycopg.connect(pg_schema) as raw:
+        assert raw.execute("SELECT to_regclass('schema_version'), to_regclass('tickets')").fetchone() == (None, None)
+
+
+def test_pg_unreachable_store_names_it_without_the_password(pg_server):
+    for dsn in (pg_server.dsn(dbname="no_such_db", password="Hunter2-pw"),
+                f"postgresql://postgres@127.0.0.1:{pg_server.port}/tickets?password=Hunter2-pw&connect_timeout=5"
+                f"&options=-csearch_path%3Dt0&sslmode=bogus"):
+        with pytest.raises(TicketStoreError, match="cannot open the ticket store postgresql://") as err:
+            open_store(dsn)
+        assert "Hunter2" not in str(err.value) and "********" in str(err.value)
 
 
 def test_sla_due_dates_and_breach_flags(store):
@@ -318,18 +366,22 @@ def test_store_refuses_secret_field_names(store, requester):
     assert store.find() == []
 
 
-def test_no_key_bytes_reach_the_file(store, db, key_material):
+def test_no_key_bytes_reach_the_file(store, db, key_material, request):
     ticket = new_ticket(store, Clock())
     for value in key_material.values():
         with pytest.raises(SecretMaterialError):
             store.annotate(ticket["id"], value, actor="t")
     store.close()
     from pathlib import Path
-    blob = b"".join(p.read_bytes() for p in Path(db).parent.glob("tickets.db*"))
+    if is_pg(db):  # every file of the cluster: tables, WAL, logs
+        files = Path(request.getfixturevalue("pg_server").base).rglob("*")
+    else:
+        files = Path(db).parent.glob("tickets.db*")
+    blob = b"".join(p.read_bytes() for p in files if p.is_file())
     assert b"PRIVATE KEY" not in blob and key_material["p12_b64"][:40].encode() not in blob
 
 
-# --- concurrency: two OS processes, 200 transitions each -----------------------------------------------------
+# --- concurrency: OS processes, 200 transitions each --------------------------------------------------------
 STEPS = ["folio_issued", "requester_validated", "certificate_received", "deploying", "deployed"]
 TICKETS_PER_WORKER, SHARED_UPDATES = 30, 50  # 30 x 5 transitions + 50 shared-ticket updates = 200 writes
 
@@ -360,37 +412,48 @@ def _worker(path, worker, shared_id, barrier, results):
         results.put((worker, repr(e)))
 
 
-def test_two_processes_200_transitions_each(db):
+def run_writers(db, workers):
+    """`workers` processes drive their own tickets and the shared one at once; assert that nothing was lost."""
     clock = Clock()
     with open_store(db) as s:
         shared = drive(s, clock, new_ticket(s, clock)["id"], "deploying")
     ctx = multiprocessing.get_context("fork")
-    barrier, results = ctx.Barrier(2), ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(db, w, shared["id"], barrier, results)) for w in (1, 2)]
+    barrier, results = ctx.Barrier(workers), ctx.Queue()
+    numbers = range(1, workers + 1)
+    procs = [ctx.Process(target=_worker, args=(db, w, shared["id"], barrier, results)) for w in numbers]
     for p in procs:
         p.start()
     outcomes = dict(results.get(timeout=120) for _ in procs)
     for p in procs:
         p.join(timeout=30)
-    assert outcomes == {1: "ok", 2: "ok"}
+    assert outcomes == {w: "ok" for w in numbers}
 
     with open_store(db) as s:
         tickets = s.find()
-        assert len(tickets) == 1 + 2 * TICKETS_PER_WORKER
+        assert len(tickets) == 1 + workers * TICKETS_PER_WORKER
         worker_tickets = [t for t in tickets if t["id"] != shared["id"]]
         assert all(t["state"] == "deployed" for t in worker_tickets)
         assert all(t["verified_hosts"] == t["hosts"] and len(t["hosts"]) == 1 for t in worker_tickets)
-        for service, n in (("renapo", TICKETS_PER_WORKER + 1), ("sat", TICKETS_PER_WORKER)):
+        per_service = workers * TICKETS_PER_WORKER // 2  # workers alternate renapo / sat
+        for service, n in (("renapo", per_service + 1), ("sat", per_service)):
             folios = sorted(t["folio"] for t in tickets if t["service"] == service)
             assert folios == [f"DGTIC-{service.upper()}-2026-{i:06d}" for i in range(1, n + 1)]  # no gap, no dup
         hub = s.get(shared["id"])
-        expected = {f"w{w}-h{i}" for w in (1, 2) for i in range(SHARED_UPDATES)}
+        expected = {f"w{w}-h{i}" for w in numbers for i in range(SHARED_UPDATES)}
         assert set(hub["verified_hosts"]) == expected and len(hub["verified_hosts"]) == len(expected)  # no lost
         audit_rows = s._query("SELECT COUNT(*) AS n FROM audit_log")[0]["n"]
         setup = 1 + len(shortest_path("deploying"))  # the shared ticket's create and its way to deploying
         # each worker: 30 creates + 150 ticket transitions + 50 shared-ticket updates
-        assert audit_rows == setup + 2 * (TICKETS_PER_WORKER + len(STEPS) * TICKETS_PER_WORKER + SHARED_UPDATES)
-        assert len(s.audit(shared["id"])) == setup + 2 * SHARED_UPDATES
+        assert audit_rows == setup + workers * (TICKETS_PER_WORKER + len(STEPS) * TICKETS_PER_WORKER + SHARED_UPDATES)
+        assert len(s.audit(shared["id"])) == setup + workers * SHARED_UPDATES
         actors = [r["actor"] for r in s._query("SELECT actor FROM audit_log WHERE actor LIKE 'w_' ORDER BY id")]
         switches = sum(a != b for a, b in zip(actors, actors[1:], strict=False))
         assert switches > 10, f"the two writers barely overlapped ({switches} switches); not a concurrency test"
+
+
+def test_two_processes_200_transitions_each(db):
+    run_writers(db, 2)
+
+
+def test_four_processes_200_transitions_each_on_postgresql(pg_schema):
+    run_writers(pg_schema, 4)
