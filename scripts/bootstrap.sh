@@ -21,8 +21,6 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   rm -f /usr/sbin/policy-rc.d
 fi
-# The packages may have started their daemons anyway (no systemd here, but be sure): the lab owns these ports.
-pkill -x nginx 2>/dev/null || true
 
 PY=${PYTHON:-/usr/bin/python3.11}
 if [ ! -x .venv/bin/python ]; then
