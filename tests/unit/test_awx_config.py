@@ -137,8 +137,6 @@ def test_the_configuration_playbook_applies_every_kind_of_object():
         assert re.search(rf"awx\.awx\.{module}:\n(?:.*\n)+?\s+loop: \"\{{\{{ {key} \}}\}}\"", tasks), key
 
 
-@pytest.mark.xfail(reason="the project has no production inventory yet: AWX's inventory source needs one "
-                          "(inventories/production/hosts.yml + group_vars, like inventories/lab)", strict=False)
 def test_the_inventory_source_is_a_file_of_the_project():
     for source in CONFIG["controller_inventory_sources"]:
         assert (ROOT / source["source_path"]).is_file()
