@@ -8,9 +8,9 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 
+from ansible.module_utils.cert_files import write_atomic
 from ansible.module_utils.x509_load import (
     LoadError,
     parse_certificates,
@@ -545,21 +545,6 @@ def _truststore_holds(path, passphrase, certs):
     return held == [(_alias(c).encode(), sha256_fp(c)) for c in certs]
 
 
-def _write_atomic(path, data, mode):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".staging-")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _same(path, data, mode):
     try:
         with open(path, "rb") as f:
@@ -601,5 +586,5 @@ def stage(report, staging_dir, truststore_passphrase="changeit", check_mode=Fals
             continue
         changed = True
         if not check_mode:
-            _write_atomic(path, data, mode)
+            write_atomic(path, data, mode)
     return changed, staged

@@ -35,6 +35,8 @@ from email.message import Message
 from html.parser import HTMLParser
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+from ansible.module_utils.cert_files import write_atomic
+
 FOLIO_RE = re.compile(r"\bDGTIC-(RENAPO|SAT)-(\d{4})-(\d{6})\b", re.IGNORECASE)
 # Something that looks like a folio but is not one (wrong year/number width) is named in the quarantine reason.
 FOLIO_LIKE_RE = re.compile(r"\bDGTIC-[A-Z0-9]+(?:-[A-Z0-9]+)*", re.IGNORECASE)
@@ -588,17 +590,6 @@ def extract_attachments(parsed: ParsedMessage, dest_dir) -> list[Path]:
             n += 1
         used.add(name.lower())
         mode = 0o600 if name.lower().endswith(SECRET_EXTENSIONS) else 0o644
-        fd, tmp = tempfile.mkstemp(dir=dest, prefix=".tmp-")
-        try:
-            os.fchmod(fd, mode)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(att.content)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, dest / name)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(str(dest / name), att.content, mode)
         written.append(dest / name)
-    _fsync_dir(dest)
     return written

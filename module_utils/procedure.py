@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
+from ansible.module_utils.cert_files import write_atomic
 from ansible.module_utils.cert_validation import normalise_fingerprint, order_chain, sha256_fp
 from ansible.module_utils.mail_intake import (
     EMAIL_RE,
@@ -320,14 +320,4 @@ def _pick_files(paths, service):
 def _write_atomic(path, data, mode=0o644):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(str(path), data, mode)
