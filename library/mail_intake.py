@@ -213,7 +213,7 @@ from ansible.module_utils.basic import AnsibleModule, env_fallback
 from ansible.module_utils.procedure import Intake, Mailer
 from ansible.module_utils.sla import SlaPolicy
 from ansible.module_utils.staff_directory import DirectoryError, open_directory
-from ansible.module_utils.ticket_store import TicketStoreError, open_store
+from ansible.module_utils.ticket_store import TicketStoreError, dsn_secrets, open_store
 
 
 def main():
@@ -248,6 +248,7 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
+    module.no_log_values.update(dsn_secrets(p["store"]))  # a password inside the DSN never reaches the output
     token = p["awx_token"]
     if not token and p["awx_token_file"]:
         try:
