@@ -112,7 +112,7 @@ would_consult:
   returned: check mode
   type: int
   sample: 990
-skipped:
+already_stored:
   description: Records that already had a committed result in the run and were not consulted again.
   returned: always
   type: int
@@ -215,7 +215,7 @@ def main():
             would = plan(p["results_db"], padron, p["run_id"], p["resume"])
             module.exit_json(changed=would["to_consult"] + would["prechecked"] > 0, run_id=would["run_id"],
                              resumed=would["resumed"], consulted=0, would_consult=would["to_consult"],
-                             skipped=would["already_done"], padron_total=len(padron["records"]),
+                             already_stored=would["already_done"], padron_total=len(padron["records"]),
                              duplicated_curps=len(padron["duplicates"]),
                              duplicates=dict(list(padron["duplicates"].items())[:20]), results_db=p["results_db"])
         os.makedirs(os.path.dirname(os.path.abspath(p["results_db"])), exist_ok=True)
@@ -225,7 +225,7 @@ def main():
                            run_id=p["run_id"], resume=p["resume"])
     except PadronError as e:
         module.fail_json(msg=str(e), results_db=p["results_db"])
-    module.exit_json(changed=result["stored"] > result["skipped"], results_db=p["results_db"], **result)
+    module.exit_json(changed=result["stored"] > result["already_stored"], results_db=p["results_db"], **result)
 
 
 if __name__ == "__main__":

@@ -316,7 +316,7 @@ def run_batch(padron_path: str, db_path: str, endpoint: str, *, usuario: str, pa
     finally:
         db.close()
     dups = padron["duplicates"]
-    return {**summary, "resumed": resumed, "skipped": len(done), "consulted": consulted,
+    return {**summary, "resumed": resumed, "already_stored": len(done), "consulted": consulted,
             "duplicated_curps": len(dups), "duplicates": dict(list(dups.items())[:20])}
 
 

@@ -181,7 +181,7 @@ def test_gives_up_after_retries_and_a_resume_retries_only_the_errors(tmp_path, s
     assert (s["error"], s["found"]) == (1, 1) and server.calls.count(GOOD) == 3
     assert results(tmp_path, s["run_id"])[GOOD]["error"].startswith("http_status: RENAPO answered HTTP 503")
     again = batch(tmp_path, server, padron, run_id=s["run_id"])
-    assert (again["resumed"], again["consulted"], again["skipped"], again["error"]) == (True, 1, 1, 0)
+    assert (again["resumed"], again["consulted"], again["already_stored"], again["error"]) == (True, 1, 1, 0)
     assert server.calls.count(OTHER) == 1
 
 
