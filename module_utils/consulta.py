@@ -7,8 +7,10 @@ ConsultaError whose `kind` names the cause and whose message says it in words; t
 from __future__ import annotations
 
 import datetime
+import functools
 import http.client
 import json
+import os
 import re
 import ssl
 import time
@@ -139,6 +141,14 @@ def parse_sat(status: int, body: bytes) -> dict:
 
 
 def _ssl_context(ca_path: str | None, client_cert: str | None, client_key: str | None) -> ssl.SSLContext:
+    """One context per set of files (and their mtimes): loading the CA file per call dominated a batch's CPU."""
+    files = (ca_path, client_cert, client_key)
+    stamp = tuple(os.stat(p).st_mtime_ns if p and os.path.exists(p) else None for p in files)
+    return _cached_context(ca_path, client_cert, client_key, stamp)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_context(ca_path, client_cert, client_key, _stamp) -> ssl.SSLContext:
     ctx = ssl.create_default_context(cafile=ca_path)
     if client_cert:
         ctx.load_cert_chain(client_cert, client_key)
