@@ -14,6 +14,7 @@ Every step is a real `ansible`/`ansible-playbook` run; its full output goes to .
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -200,6 +201,20 @@ def act2(n: int) -> None:
         raise SystemExit("demo: the renewal did not keep every host answering")
 
 
+def act4() -> None:
+    say("Act 4 — before the next expiry, and the procedure's KPIs")
+    ansible([".venv/bin/ansible-playbook", "playbooks/expiry_scan.yml"], "expiry scan")
+    ansible([".venv/bin/ansible-playbook", "playbooks/padron_consulta.yml"], "padron consultation batch")
+    p = ansible([".venv/bin/ansible-playbook", "playbooks/kpi_report.yml"], "kpi report")
+    m = re.search(r"Reporte de indicadores: (\S+\.html)", p.stdout)
+    report = Path(m.group(1)) if m else labctl.STATE / "reports" / "kpi_report.html"
+    data = json.loads(report.with_suffix(".json").read_text(encoding="utf-8"))
+    for name, kpi in data.get("indicadores", {}).items():
+        if isinstance(kpi, dict) and "valor" in kpi:
+            print(f"   {name:<28} {kpi['valor']}  ({kpi.get('numerador')}/{kpi.get('denominador')})")
+    print(f"\n   KPI report (Spanish, self-contained HTML): {report}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--hosts", type=int, default=5)
@@ -210,6 +225,7 @@ def main() -> int:
     rc = demo_procedure.run(args.hosts)
     if rc:
         return rc
+    act4()
     say("Done. The lab keeps running for you to explore (`make lab-status`, `make lab-down`).")
     return 0
 
