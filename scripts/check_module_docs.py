@@ -67,6 +67,8 @@ def compare(where: str, doc: dict, spec: dict) -> list[str]:
         for key, dflt in (("type", "str"), ("required", False), ("default", None), ("choices", None),
                           ("elements", None), ("aliases", None)):
             dv, sv = d.get(key, dflt), s.get(key, dflt)
+            if key == "choices" and dv and sv:  # the same choices in another order are the same choices
+                dv, sv = sorted(map(str, dv)), sorted(map(str, sv))
             if key == "required" and dv is False and sv is False:
                 continue
             if dv != sv:
