@@ -87,6 +87,13 @@ options:
     description: Password of the staged Java PKCS#12 truststore.
     type: str
     default: changeit
+  current_truststores:
+    description:
+      - Java truststores the hosts hold now (controller paths, e.g. fetched by the rollout). One that already holds
+        exactly the staged bundle is staged byte for byte, so hosts are not rewritten for a new salt alone.
+    type: list
+    elements: path
+    default: []
   endpoint_timeout:
     description: Seconds to wait for O(confirm_endpoint).
     type: float
@@ -284,6 +291,7 @@ def main():
             current=dict(type="path"),
             staging_dir=dict(type="path"),
             truststore_passphrase=dict(type="str", no_log=True, default="changeit"),
+            current_truststores=dict(type="list", elements="path", default=[]),
             endpoint_timeout=dict(type="float", default=5.0),
         ),
         required_one_of=[("certificate", "pkcs12")],
@@ -310,7 +318,8 @@ def main():
     if p["staging_dir"]:
         try:
             staged_changed, result["staged"] = stage(report, p["staging_dir"], p["truststore_passphrase"],
-                                                     check_mode=module.check_mode)
+                                                     check_mode=module.check_mode,
+                                                     current_truststores=p["current_truststores"])
         except OSError as e:
             module.fail_json(msg=f"STAGING: cannot write to {p['staging_dir']}: {e.strerror or e}", **result)
         # Already deployed means nothing new reaches a host, whatever the staging directory held.

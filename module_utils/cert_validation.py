@@ -566,8 +566,12 @@ def artefacts(report):
             "truststore": ("truststore.p12", None, 0o644)}
 
 
-def stage(report, staging_dir, truststore_passphrase="changeit", check_mode=False):  # noqa: S107 - Java default
-    """Write the normalised artefacts into staging_dir atomically; returns (changed, {name: path})."""
+def stage(report, staging_dir, truststore_passphrase="changeit", check_mode=False,  # noqa: S107 - Java default
+          current_truststores=()):
+    """Write the normalised artefacts into staging_dir atomically; returns (changed, {name: path}).
+
+    current_truststores: truststores the hosts hold now; one that already holds exactly the bundle is staged as it
+    is, so a fresh staging dir does not make every Java host rewrite a truststore that only differs by its salt."""
     if report.defects:
         raise ValueError("a delivery with defects is never staged")
     if not check_mode:
@@ -579,9 +583,15 @@ def stage(report, staging_dir, truststore_passphrase="changeit", check_mode=Fals
             if _truststore_holds(path, truststore_passphrase, report.bundle) and \
                     (os.stat(path).st_mode & 0o777) == mode:
                 continue
-            data = pkcs12.serialize_java_truststore(
-                [pkcs12.PKCS12Certificate(c, _alias(c).encode()) for c in report.bundle],
-                serialization.BestAvailableEncryption(truststore_passphrase.encode("utf-8")))
+            held = next((p for p in current_truststores if _truststore_holds(p, truststore_passphrase, report.bundle)),
+                        None)
+            if held:
+                with open(held, "rb") as f:
+                    data = f.read()
+            else:
+                data = pkcs12.serialize_java_truststore(
+                    [pkcs12.PKCS12Certificate(c, _alias(c).encode()) for c in report.bundle],
+                    serialization.BestAvailableEncryption(truststore_passphrase.encode("utf-8")))
         elif _same(path, data, mode):
             continue
         changed = True

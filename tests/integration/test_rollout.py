@@ -24,6 +24,7 @@ from sim import padron
 pytestmark = pytest.mark.lab
 PLAYBOOK = [str(ROOT / ".venv/bin/ansible-playbook"), "playbooks/rollout.yml"]
 BUNDLE = Path("etc-consulta/trust/renapo-bundle.pem")
+TRUSTSTORE = Path("etc-consulta/trust/renapo-truststore.p12")
 SAT_CERT = Path("etc-consulta/identity/sat/cert.pem")
 SAT_KEY = Path("etc-consulta/identity/sat/key.pem")
 
@@ -105,7 +106,7 @@ def self_signed(path: Path, cn: str, days: int, not_before_days: int = 0) -> x50
 
 # ------------------------------------------------------------------ the promise
 
-def test_rollout_before_the_switch_means_zero_failed_consultations(fresh_lab):
+def test_rollout_before_the_switch_means_zero_failed_consultations(fresh_lab, tmp_path):
     lab = fresh_lab
     cert, fp, anchor = publish(lab)
     old = {h: fingerprints(host_file(lab, h, BUNDLE)) for h in hosts(lab)}
@@ -120,7 +121,14 @@ def test_rollout_before_the_switch_means_zero_failed_consultations(fresh_lab):
         assert "PRIVATE KEY" not in manifests[0].read_text()
     assert "BEGIN" not in first.stdout and "PRIVATE" not in first.stdout
 
-    rerun = rollout(*renapo_args(cert, fp))
+    # consulta-02 also keeps a Java truststore (host_vars): both anchors, as keytool (an independent reader) sees them.
+    listing = subprocess.run(["keytool", "-list", "-storetype", "PKCS12", "-storepass", "changeit", "-keystore",
+                              str(host_file(lab, "consulta-02", TRUSTSTORE))], capture_output=True, text=True).stdout
+    held = {m.replace(":", "").lower() for m in re.findall(r"SHA-256\): ([0-9A-F:]+)", listing)}
+    assert held == set(fingerprints(host_file(lab, "consulta-02", BUNDLE)))
+
+    # Nothing to do, even from a fresh staging dir (as under AWX): the salted truststore is not rewritten either.
+    rerun = rollout(*renapo_args(cert, fp), "-e", f"delivery_validate_staging_dir={tmp_path / 'staging'}")
     assert all(r["changed"] == 0 for r in recap(rerun.stdout).values()), rerun.stdout[-2500:]
 
     # RENAPO switches under a continuous probe of every host: not one consultation may fail.
@@ -339,8 +347,8 @@ def test_sigkill_of_ansible_leaves_every_host_old_or_new_and_a_rerun_converges(f
         if data != originals[h]:
             new_bytes = new_bytes or data
             assert data == new_bytes and anchor in fingerprints(host_file(lab, h, BUNDLE))
-        leftovers = [p.name for p in host_file(lab, h, BUNDLE).parent.iterdir() if p.name != BUNDLE.name
-                     and p.name != "sat-ca.pem"]
+        leftovers = [p.name for p in host_file(lab, h, BUNDLE).parent.iterdir()
+                     if p.name not in (BUNDLE.name, TRUSTSTORE.name, "sat-ca.pem")]
         assert leftovers == [], f"{h} has half-written files: {leftovers}"
         assert serves(lab, h)["status_oper"] == "EXITOSO"
     rollout(*renapo_args(cert, fp))

@@ -148,6 +148,19 @@ def test_trust_staging_writes_bundle_and_java_truststore(catalogue, tmp_path):
     assert stage(report, str(tmp_path), truststore_passphrase="other")[0] is True
 
 
+def test_a_hosts_truststore_holding_the_bundle_is_staged_as_it_is(catalogue, tmp_path):
+    report = validate(**catalogue.cases["trust_chain_fingerprint_plain"])
+    _, first = stage(report, str(tmp_path / "a"), truststore_passphrase="storepw")
+    held = open(first["truststore"], "rb").read()
+    # A fresh staging dir would salt a new truststore; the host's own one is kept when it holds exactly the bundle.
+    _, fresh = stage(report, str(tmp_path / "b"), truststore_passphrase="storepw",
+                     current_truststores=[str(tmp_path / "missing.p12"), first["truststore"]])
+    assert open(fresh["truststore"], "rb").read() == held
+    _, other = stage(report, str(tmp_path / "c"), truststore_passphrase="other",
+                     current_truststores=[first["truststore"]])
+    assert open(other["truststore"], "rb").read() != held  # another password: that truststore is not the one to keep
+
+
 def test_defective_delivery_is_never_staged(catalogue, tmp_path):
     with pytest.raises(ValueError):
         stage(validate(**catalogue.cases["expired"]), str(tmp_path))
