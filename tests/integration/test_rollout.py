@@ -215,6 +215,7 @@ def test_config_test_failure_restores_that_host_and_halts(fresh_lab):
     assert p.returncode != 0
     assert re.search(rf"{h2}: step .* failed: config test failed", p.stdout), p.stdout[-3000:]
     assert "hosts not yet reached are untouched" in p.stdout
+    assert "Restored to the previous state" in p.stdout
     assert anchor in fingerprints(host_file(lab, h1, BUNDLE))  # the canary went through
     assert host_file(lab, h2, BUNDLE).read_bytes() == originals[h2]  # restored byte for byte
     assert host_file(lab, h3, BUNDLE).read_bytes() == originals[h3]  # never reached
