@@ -29,6 +29,7 @@ import datetime as dt
 import hashlib
 import io
 import os
+import signal
 import sqlite3
 import threading
 import time
@@ -322,12 +323,36 @@ def run_batch(padron_path: str, db_path: str, endpoint: str, *, usuario: str, pa
 
 def _consult_all(db, run_id, todo, conn, concurrency, retries, backoff) -> int:
     """Keeps `concurrency` consultations in flight; commits finished ones in small batches (the checkpoint)."""
-    pending, fatal, sent = set(), None, 0
+    fatal, sent = None, 0
     stop = threading.Event()
     queue = iter(todo)
+    # SIGTERM/SIGINT stop politely: nothing new is sent, what is in flight is answered and committed, so a rerun
+    # consults every CURP exactly once (only SIGKILL can lose the answers in flight).
+    interrupted = threading.Event()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, lambda *_: interrupted.set())
+    try:
+        sent = _drive(db, run_id, queue, conn, concurrency, retries, backoff, stop, interrupted)
+    except PadronError as e:
+        fatal = e
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if fatal:
+        raise fatal
+    if interrupted.is_set():
+        raise PadronError(f"batch interrupted after {sent} consultations, every answer committed; "
+                          "rerun to resume where it stopped")
+    return sent
+
+
+def _drive(db, run_id, queue, conn, concurrency, retries, backoff, stop, interrupted) -> int:
+    pending, fatal, sent = set(), None, 0
     with ThreadPoolExecutor(concurrency, thread_name_prefix="padron") as pool:
         while True:
-            while not stop.is_set() and len(pending) < concurrency:
+            while not stop.is_set() and not interrupted.is_set() and len(pending) < concurrency:
                 rec = next(queue, None)
                 if rec is None:
                     break

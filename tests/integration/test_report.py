@@ -282,3 +282,33 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     assert len(png) > 50_000  # a blank page compresses to a few kB
     if os.environ.get("KPI_REPORT_SCREENSHOT"):
         shutil.copy(shot, os.environ["KPI_REPORT_SCREENSHOT"])
+
+
+def test_sigterm_stops_politely_and_every_curp_is_consulted_exactly_once(sim, tmp_path):
+    """SIGTERM (an operator's kill, AWX's cancel) lets the answers in flight land: the rerun repeats none."""
+    from ansible.module_utils.padron_batch import run_batch
+
+    db_path = str(tmp_path / "resultados.db")
+    kwargs = {"usuario": renapo.LAB_USUARIO, "password": renapo.LAB_PASSWORD, "ca_path": sim.anchor,
+              "concurrency": 4}
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import conftest\n"
+            "from ansible.module_utils.padron_batch import PadronError, run_batch\n"
+            "try:\n"
+            f"    run_batch(sys.argv[2], sys.argv[3], sys.argv[4], **{kwargs!r})\n"
+            "except PadronError as e:\n"
+            "    print(e); sys.exit(3)\n")
+    before = soap_requests(sim)
+    proc = subprocess.Popen([str(BIN / "python"), "-c", code, str(ROOT), sim.padron, db_path, sim.url],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while len(committed(db_path)) < 300 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the batch finished before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 3 and "interrupted" in out, out
+    stopped_at = len(committed(db_path))
+    result = run_batch(sim.padron, db_path, sim.url, **kwargs)
+    expected = padron.expected_counts(sim.state)
+    assert result["resumed"] and result["already_stored"] == stopped_at
+    assert soap_requests(sim) - before == expected["total"] - expected["malformed"]  # exactly once each
