@@ -144,6 +144,8 @@ class ParsedMessage:
     fingerprint: str | None = None
     reason: str | None = None  # why kind is 'unknown' or why the message must go to quarantine
     quarantine: bool = False
+    raw: bytes = field(default=b"", repr=False)  # the message as received (sender authentication reads it)
+    received_at: str | None = None  # when the receiving server took it (IMAP INTERNALDATE, ISO 8601, aware)
 
 
 def normalise(text: str) -> str:
@@ -360,10 +362,12 @@ def parse_message(
     """Classify one raw message as request, delivery, reply or unknown. Never raises on malformed input."""
     provider_domains = DEFAULT_PROVIDER_DOMAINS if provider_domains is None else provider_domains
     try:
-        return _parse(raw, max_attachment_bytes, max_zip_entries, provider_domains)
+        parsed = _parse(raw, max_attachment_bytes, max_zip_entries, provider_domains)
     except Exception as exc:  # a defect the parser did not foresee still ends in quarantine, not in a crash
-        return ParsedMessage("unknown", _fallback_id(raw), reason=f"mensaje ilegible ({type(exc).__name__}: {exc})",
-                             quarantine=True)
+        parsed = ParsedMessage("unknown", _fallback_id(raw),
+                               reason=f"mensaje ilegible ({type(exc).__name__}: {exc})", quarantine=True)
+    parsed.raw = raw
+    return parsed
 
 
 def _parse(raw: bytes, max_attachment_bytes: int, max_zip_entries: int, provider_domains: dict) -> ParsedMessage:
