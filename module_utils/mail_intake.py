@@ -146,6 +146,7 @@ class ParsedMessage:
     quarantine: bool = False
     raw: bytes = field(default=b"", repr=False)  # the message as received (sender authentication reads it)
     received_at: str | None = None  # when the receiving server took it (IMAP INTERNALDATE, ISO 8601, aware)
+    released_by: str | None = None  # the operator who released it from quarantine (set by intake, never parsed)
 
 
 def normalise(text: str) -> str:
@@ -433,10 +434,10 @@ def _parse(raw: bytes, max_attachment_bytes: int, max_zip_entries: int, provider
     if has_cert_files or provider:
         parsed.kind = "delivery"
         parsed.service = parsed.service or provider
-        if not parsed.folio:
-            near = FOLIO_LIKE_RE.search(text)
-            defects.insert(0, f"folio con formato inválido: {near.group(0)!r}" if near
-                           else "entrega sin folio DGTIC-(RENAPO|SAT)-AAAA-NNNNNN")
+        # A provider mails "a las dependencias usuarias" without our folio: the handler matches open tickets.
+        near = FOLIO_LIKE_RE.search(text)
+        if not parsed.folio and near:
+            defects.insert(0, f"folio con formato inválido: {near.group(0)!r}")
         if not attachments and not defects:
             defects.append("entrega sin adjunto de certificado (.cer/.crt/.pem/.der/.key/.pfx/.p12 o .zip)")
     else:
@@ -501,6 +502,37 @@ def quarantine_bytes(raw: bytes, reason: str) -> bytes:
     """The original message with an X-Quarantine-Reason header prepended; the rest of the bytes untouched."""
     value = email.header.Header(" ".join(reason.split())[:900], "utf-8").encode(maxlinelen=76)
     return f"X-Quarantine-Reason: {value}\r\n".encode("ascii") + raw
+
+
+QUARANTINE_HEADERS = (b"x-quarantine-reason:", b"x-intake-source:")
+
+
+def unquarantine_bytes(data: bytes) -> bytes:
+    """The message as it arrived: the headers quarantine put on top (and their folded lines) taken off again."""
+    while data[:32].lower().startswith(QUARANTINE_HEADERS):
+        end = data.find(b"\n")
+        while end != -1 and data[end + 1:end + 2] in (b" ", b"\t"):
+            end = data.find(b"\n", end + 1)
+        data = data[end + 1:] if end != -1 else b""
+    return data
+
+
+def release_from_maildir(quarantine_dir, maildir, message_id: str) -> list[bytes]:
+    """Put the quarantined messages with this Message-ID back into maildir/new as they arrived; returns them."""
+    quarantine_dir, maildir = ensure_maildir(quarantine_dir), ensure_maildir(maildir)
+    released = []
+    for name in sorted(os.listdir(quarantine_dir / "new")):
+        path = quarantine_dir / "new" / name
+        if name.startswith(".") or not path.is_file():
+            continue
+        raw = unquarantine_bytes(path.read_bytes())
+        if parse_message(raw).message_id != message_id.strip():
+            continue
+        write_atomic(str(maildir / "new" / name), raw, 0o600)
+        _fsync_dir(maildir / "new")
+        path.unlink()
+        released.append(raw)
+    return released
 
 
 def _quarantine(maildir: Path, name: str, raw: bytes, reason: str, quarantine_dir: Path) -> None:

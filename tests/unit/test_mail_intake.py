@@ -202,10 +202,9 @@ def test_delivery_zip_members_extracted_other_files_ignored(cert):
         (lambda c: [], None, None, "sin adjunto"),
         (lambda c: [("renapo.pem", c["pem"])], "Certificado folio DGTIC-RENAPO-26-123", None,
          "folio con formato inválido: 'DGTIC-RENAPO-26-123'"),
-        (lambda c: [("renapo.pem", c["pem"])], "Certificado renovado", "x@example.com", "entrega sin folio"),
     ],
     ids=["zip-dotdot", "zip-absolute", "zip-bomb", "zip-many", "zip-corrupt", "pem-truncated", "der-truncated",
-         "empty", "no-attachment", "wrong-folio", "no-folio"],
+         "empty", "no-attachment", "wrong-folio"],
 )
 def test_defective_deliveries_are_quarantined_with_reason(cert, attachments, subject, sender, reason):
     kw = {"subject": subject} if subject else {}
