@@ -25,7 +25,7 @@ MX = timezone(timedelta(hours=-6))
 
 def request_mail(n, sender="juan.perez@agricultura.gob.mx"):
     return (f"From: Juan Perez <{sender}>\r\nTo: mesa@agricultura.gob.mx\r\nSubject: Solicitud {n}\r\n"
-            f"Message-ID: <req-{n}@agricultura.gob.mx>\r\nDate: {email.utils.formatdate()}\r\n\r\n"
+            f"Message-ID: <req-{n}@agricultura.gob.mx>\r\nDate: Tue, 01 Dec 2026 10:00:0{n % 10} -0600\r\n\r\n"
             f"Solicitante: Juan Perez {n}\r\nCorreo: {sender}\r\nSistema: Padron de Productores\r\n").encode()
 
 
