@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""The local lab: N web-service hosts (sshd + nginx each, in their own namespaces) and the RENAPO/SAT/SMTP servers.
+"""The local lab: N web-service hosts (sshd + nginx each, in their own namespaces), the RENAPO/SAT/SMTP servers and
+a real mail host (Postfix, OpenDKIM, dnsmasq, Dovecot on 127.0.N.200: lab/mailhost.py).
 
     labctl.py up [--hosts N] [--fresh]   start what is not running (idempotent); --fresh wipes the lab state first
     labctl.py down                       stop everything; no process, namespace, mount or socket is left
     labctl.py status                     what runs, as a table (exit 1 if anything is down)
-    labctl.py publish [--mode ca|selfsigned]   RENAPO publishes its renewed certificate (step 1 of its renewal)
+    labctl.py publish [--mode ca|selfsigned] [--resend]   RENAPO publishes its renewed certificate (step 1 of its
+                                         renewal) and mails it, DKIM-signed, to the Mesa de Servicios
     labctl.py switch                     RENAPO starts presenting it (step 2)
     labctl.py kill-host NAME / start-host NAME   fault injection for the tests
 
@@ -32,6 +34,7 @@ LAB_VARS = ROOT / "inventories" / "lab"
 INVENTORY = LAB_VARS / "hosts.yml" if SLOT == 0 else STATE / "inventory" / "hosts.yml"
 sys.path.insert(0, str(ROOT / "lab"))
 
+import mailhost  # noqa: E402  (lab/mailhost.py: the lab's real mail host)
 import pki  # noqa: E402  (lab/pki.py: the lab's certificate authorities)
 from sim import padron  # noqa: E402
 
@@ -45,6 +48,10 @@ MOUNT_POINTS = ("/etc/consulta", "/var/backups/consulta", "/var/lib/nginx", "/va
 
 class LabError(RuntimeError):
     pass
+
+
+if mailhost.STATE != STATE:  # both derive it from LAB_SLOT / LAB_STATE; a mismatch would mix two labs
+    raise LabError(f"lab/mailhost.py uses {mailhost.STATE}, labctl {STATE}")
 
 
 def host_name(i: int) -> str:
@@ -361,7 +368,8 @@ def write_inventory(n: int) -> None:
                      "lab_check_rfc": padron.check_rfc(STATE),
                      "lab_renapo_endpoint": "%s:%d" % RENAPO, "lab_sat_endpoint": "%s:%d" % SAT,
                      "lab_smtp_host": SMTP[0], "lab_smtp_port": SMTP[1],
-                     "lab_mail_sink": str(STATE / "mail" / "sink"), "lab_mesa_inbox": str(STATE / "mail" / "mesa")},
+                     "lab_mail_sink": str(STATE / "mail" / "sink"), "lab_mesa_inbox": str(STATE / "mail" / "mesa"),
+                     **mailhost.inventory_vars(STATE)},
             "children": {
                 "consulta_hosts": {
                     "hosts": hosts,
@@ -404,6 +412,8 @@ def up(n: int, fresh: bool = False) -> dict:
     ensure_ssh_key()
     pki_paths = pki.ensure(STATE)
     started_services = start_services()
+    # After the simulators: the MX relays every recipient but the Mesa to the SMTP sink.
+    started_mailhost = mailhost.start(STATE, sink=SMTP)
     # Hosts beyond N from an earlier, larger lab are stopped: the inventory says exactly what runs.
     for tree in sorted((STATE / "hosts").glob("consulta-*")):
         if int(tree.name.rsplit("-", 1)[1]) > n:
@@ -413,7 +423,7 @@ def up(n: int, fresh: bool = False) -> dict:
     _wait(lambda: all(_ssh_ready(host_ip(i)) for i in range(1, n + 1)), f"sshd on {n} lab hosts")
     _wait(lambda: all(_port_open(host_ip(i), GATEWAY_PORT) for i in range(1, n + 1)), f"nginx on {n} lab hosts")
     return {"hosts": n, "started_hosts": started, "started_services": started_services,
-            "seconds": round(time.monotonic() - t0, 2)}
+            "started_mailhost": started_mailhost, "seconds": round(time.monotonic() - t0, 2)}
 
 
 def down(quiet: bool = False) -> dict:
@@ -422,6 +432,7 @@ def down(quiet: bool = False) -> dict:
     for pidfile in sorted((STATE / "pids").glob("consulta-*.pid")) if (STATE / "pids").is_dir() else []:
         stop_host(pidfile.stem)
         stopped.append(pidfile.stem)
+    mailhost.stop(STATE)
     stop_services()
     _close_ssh_masters()
     return {"stopped_hosts": stopped, "seconds": round(time.monotonic() - t0, 3)}
@@ -430,12 +441,25 @@ def down(quiet: bool = False) -> dict:
 def status() -> list[dict]:
     rows = [{"name": "services", "address": "renapo %s:%d sat %s:%d smtp %s:%d" % (RENAPO + SAT + SMTP),
              "pid": _read_pid("services"), "up": all(_port_open(*a) for a in (RENAPO, SAT, SMTP))}]
+    rows += mailhost.status(STATE)
     for tree in sorted((STATE / "hosts").glob("consulta-*")) if (STATE / "hosts").is_dir() else []:
         i = int(tree.name.rsplit("-", 1)[1])
         pid = _read_pid(tree.name)
         rows.append({"name": tree.name, "address": host_ip(i), "pid": pid,
                      "up": bool(pid) and _ssh_ready(host_ip(i)) and _port_open(host_ip(i), GATEWAY_PORT)})
     return rows
+
+
+def publish(mode: str = "ca", resend: bool = False) -> dict:
+    """RENAPO's renewal step 1 (pki.publish) and its e-mail to the Mesa, DKIM-signed for renapo.gob.mx.
+
+    Returns pki.publish()'s result plus `message_id`; the publication is mailed once (resend mails it again).
+    """
+    r = pki.publish(STATE, mode=mode)
+    if not all(mailhost.running(STATE).values()):
+        raise LabError(f"published {r['generation']} (outbox {r['outbox']}) but the mail host is not running: "
+                       "run `labctl up`, then `labctl publish` again to mail it")
+    return {**r, "message_id": mailhost.mail_publication(STATE, r, resend=resend)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -448,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status")
     p_pub = sub.add_parser("publish")
     p_pub.add_argument("--mode", choices=("ca", "selfsigned"), default="ca")
+    p_pub.add_argument("--resend", action="store_true", help="mail the pending publication again")
     sub.add_parser("switch")
     for verb in ("kill-host", "start-host"):
         sub.add_parser(verb).add_argument("name")
@@ -468,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{r['name']:<12} {'up' if r['up'] else 'DOWN':<5} pid={r['pid'] or '-':<8} {r['address']}")
             return 0 if all(r["up"] for r in rows) else 1
         elif args.cmd == "publish":
-            r = pki.publish(STATE, mode=args.mode)
+            r = publish(args.mode, resend=args.resend)
             print(json.dumps({k: str(v) for k, v in r.items()}, indent=2))
         elif args.cmd == "switch":
             print(f"RENAPO now presents {pki.switch(STATE)}")
@@ -478,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
             start_host(int(args.name.rsplit("-", 1)[1]))
             i = int(args.name.rsplit("-", 1)[1])
             _wait(lambda: _ssh_ready(host_ip(i)), f"sshd on {args.name}")
-    except LabError as e:
+    except (LabError, mailhost.MailHostError) as e:
         print(f"labctl: {e}", file=sys.stderr)
         return 2
     return 0
