@@ -6,13 +6,22 @@ seconds and little memory. Percentages are rounded to two decimals; each KPI car
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import sqlite3
 import statistics
 
 from ansible.module_utils.consulta import STATUS_INACTIVE
-from ansible.module_utils.sla import CLOCKS, SERVICES, SlaPolicy, business_days_between, is_business_day, to_datetime
+from ansible.module_utils.sla import (
+    CLOCKS,
+    SERVICES,
+    SlaPolicy,
+    business_days_between,
+    parse_business_hours,
+    parse_days,
+    to_datetime,
+)
 from ansible.module_utils.ticket_store import open_store
 
 # (label, lowest age, highest age) of each age band; ages outside every band (unknown date) are not banded.
@@ -137,20 +146,16 @@ def _breakdown(db: sqlite3.Connection, run_id: str) -> dict:
     }
 
 
-def business_hours_between(start, end, extra=(), workday=WORKDAY) -> float:
-    """Hours of office time (workday hours of business days) between two moments."""
-    start, end = to_datetime(start), to_datetime(end)
-    if end <= start:
-        return 0.0
-    total, day = 0.0, start.date()
-    while day <= end.date():
-        if is_business_day(day, extra):
-            open_at = dt.datetime.combine(day, dt.time(workday[0]), start.tzinfo)
-            close_at = dt.datetime.combine(day, dt.time(workday[1]), start.tzinfo)
-            overlap = (min(end, close_at) - max(start, open_at)).total_seconds()
-            total += max(0.0, overlap) / 3600
-        day += dt.timedelta(days=1)
-    return round(total, 2)
+def business_hours_between(start, end, extra=(), workday=None, policy: SlaPolicy | None = None) -> float:
+    """Hours of office time between two instants, to 4 decimals (14:07 -> 15:30 on a business day = 1.3833): the
+    business hours of business days in the procedure zone, whatever zone the instants are written in. The calendar
+    is `policy`'s (default SlaPolicy(): MX holidays, Semana Santa, its DOF days) plus `extra` non-working days;
+    `workday` ((9, 18) or '09:00-18:00') overrides its business hours."""
+    policy = policy or SlaPolicy()
+    opens, closes = parse_business_hours(workday) if workday is not None else (policy.opens, policy.closes)
+    calendar = dataclasses.replace(policy, non_working_days=policy.non_working_days | parse_days(extra),
+                                   opens=opens, closes=closes)
+    return round(calendar.business_hours_between(start, end), 4)
 
 
 def ticket_kpis(store_path: str | None, now=None, policy: SlaPolicy | None = None, workday=WORKDAY) -> dict:

@@ -4,6 +4,7 @@ import datetime as dt
 import io
 import json
 import re
+import time
 
 import pytest
 from ansible.module_utils import padron_batch
@@ -108,6 +109,39 @@ def test_missing_or_foreign_database_is_a_clear_error(tmp_path):
 ])
 def test_business_hours(start, end, hours):
     assert business_hours_between(start, end) == hours
+
+
+@pytest.mark.parametrize("start, end, hours", [
+    # Hand-counted in America/Mexico_City business hours (09:00-18:00, Monday-Friday).
+    ("2027-02-10T14:07:00-06:00", "2027-02-10T15:30:00-06:00", 1.3833),  # 83 minutes on a Wednesday
+    ("2027-02-10T20:07:00+00:00", "2027-02-10T21:30:00+00:00", 1.3833),  # the same instants stored in UTC
+    ("2027-02-10T14:07:00", "2027-02-10T15:30:00", 1.3833),              # naive values are Mexico City time
+    ("2027-02-12T16:30:00-06:00", "2027-02-15T10:15:00-06:00", 2.75),    # Fri 1.5 h + Mon 1.25 h over a weekend
+    ("2027-02-12T22:30:00+00:00", "2027-02-15T16:15:00+00:00", 2.75),    # same, UTC
+    ("2027-02-12T19:00:00-06:00", "2027-02-15T08:00:00-06:00", 0.0),     # Friday evening to Monday before opening
+    ("2027-03-24T17:00:00-06:00", "2027-03-29T09:30:00-06:00", 1.5),     # Holy Thursday and Good Friday skipped
+    ("2026-12-24T17:00:00-06:00", "2026-12-28T09:30:00-06:00", 1.5),     # Christmas Friday skipped
+    ("2027-02-09T09:00:00-06:00", "2027-02-10T18:00:00-06:00", 18.0),    # two whole business days
+])
+def test_business_hours_in_mexico_city_on_a_utc_controller(monkeypatch, start, end, hours):
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    try:
+        assert business_hours_between(start, end) == hours
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_business_hours_with_dof_days_policy_and_workday():
+    # Thursday 24 Dec 2026 as a DOF day: Wed 23 17:00-18:00 + Mon 28 09:00-09:30.
+    assert business_hours_between("2026-12-23T17:00:00-06:00", "2026-12-28T09:30:00-06:00",
+                                  extra=["2026-12-24"]) == 1.5
+    policy = SlaPolicy.from_options(non_working_days=["2026-12-24"], business_hours="08:00-15:00")
+    # Wed 23 14:00-15:00 + Mon 28 08:00-09:30 with the policy's hours; `workday` overrides them.
+    assert business_hours_between("2026-12-23T14:00:00-06:00", "2026-12-28T09:30:00-06:00", policy=policy) == 2.5
+    assert business_hours_between("2026-12-23T14:00:00-06:00", "2026-12-28T09:30:00-06:00", policy=policy,
+                                  workday=(9, 18)) == 4.5
 
 
 def ticket_through(store, service, t0, received_after, deployed_after, contact_after=dt.timedelta(hours=1)):

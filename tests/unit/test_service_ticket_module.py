@@ -38,7 +38,7 @@ def test_create_transition_and_invalid_transition(db):
     assert rc == 0 and opened["changed"] is True
     ticket = opened["ticket"]
     assert ticket["state"] == "received" and ticket["requester"]["name"] == "Ana López"
-    assert ticket["first_contact_due"] == "2026-02-09T10:00:00-06:00"
+    assert ticket["first_contact_due"] == "2026-02-09T18:00:00-06:00"
     assert opened["allowed_next"] == ["observations", "folio_issued"]
 
     rc, again, _ = ansible("service_ticket", {"store": db, **REQUEST})
@@ -106,7 +106,7 @@ def test_info_with_sla_status_audit_and_filters(db):
     assert [t["id"] for t in breached["tickets"]] == [late["id"]] and "audit" not in breached["tickets"][0]
     rc, filtered, _ = ansible("service_ticket_info", {**args, "service": "sat", "state": ["received"]})
     assert [t["service"] for t in filtered["tickets"]] == ["sat"]
-    assert filtered["tickets"][0]["sla"]["first_contact"]["due"] == "2026-02-18T09:00:00-06:00"
+    assert filtered["tickets"][0]["sla"]["first_contact"]["due"] == "2026-02-18T18:00:00-06:00"
 
 
 def test_module_refuses_key_material_and_names_the_defect(db):
