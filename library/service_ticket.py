@@ -74,7 +74,7 @@ options:
   source:
     description: How the request arrived.
     type: str
-    choices: [mail, monitor, manual]
+    choices: [mail, monitor, manual, provider]
     default: manual
   message_id:
     description: Message-ID of the request e-mail; opening twice with the same one returns the first ticket.
@@ -231,7 +231,7 @@ def main():
             requester=dict(type="dict", options=dict(name=dict(type="str"), email=dict(type="str"),
                                                      unit=dict(type="str"), system=dict(type="str"))),
             forwarded_by=dict(type="dict", options=dict(name=dict(type="str"), rank=dict(type="str"))),
-            source=dict(type="str", default="manual", choices=["mail", "monitor", "manual"]),
+            source=dict(type="str", default="manual", choices=["mail", "monitor", "manual", "provider"]),
             message_id=dict(type="str"),
             received_at=dict(type="str"),
             actor=dict(type="str", default="ansible"),

@@ -14,6 +14,12 @@ not gap-free (a rolled-back insert consumes its sequence value); folios are.
 
 State machine (DESIGN.md §5), plus two edges the design leaves implicit:
 `rolled_back -> deploying` (retry after a fix) and `rolled_back -> notified` (the Mesa de Servicios is told).
+
+The store also keeps, per provider (DESIGN.md §2, §5): the approved-anchor registry (`trust_anchors`, the only source
+of what hosts trust), the evidence for each fingerprint (`anchor_evidence`, append-only, keyed by provider and
+fingerprint so an operator can record a fingerprint before the certificate arrives), an append-only
+`registry_audit`, and a fleet lock (`fleet_locks`: one rollout per provider at a time). The evidence policy itself
+is pure code in `anchor_registry`.
 """
 import json
 import os
@@ -21,11 +27,26 @@ import re
 import sqlite3
 from collections import namedtuple
 from contextlib import ExitStack, contextmanager
+from datetime import timedelta
 from urllib.parse import unquote, urlsplit
 
+from ansible.module_utils.anchor_registry import (
+    ANCHOR_STATES,
+    EVIDENCE_KINDS,
+    PolicyError,
+    canonical_fingerprint,
+    evaluate,
+    is_expired,
+    refusal_message,
+)
+from ansible.module_utils.cert_validation import issued_by, name_of, sha256_fp
 from ansible.module_utils.sla import SERVICES, SlaPolicy, iso, now_local, to_datetime
+from ansible.module_utils.x509_load import LoadError, parse_certificates
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
-SOURCES = ("mail", "monitor", "manual")
+# `provider`: a ticket opened by an authenticated provider delivery that quotes no folio (RENAPO mails every user).
+SOURCES = ("mail", "monitor", "manual", "provider")
 TRANSITIONS = {
     "received": ("observations", "folio_issued"),
     "observations": ("received",),
@@ -64,6 +85,32 @@ class TicketConflict(TicketStoreError):
 
 class SecretMaterialError(TicketStoreError):
     """Key material or a passphrase was offered to the store; the message never repeats the value."""
+
+
+class AnchorRegistryError(TicketStoreError):
+    """Base of the approved-anchor registry's and the fleet lock's refusals."""
+
+
+class AnchorNotFound(AnchorRegistryError):
+    pass
+
+
+class AnchorNotApproved(AnchorRegistryError):
+    """The evidence policy refuses the approval; `missing` lists the accepted kinds still to be supplied."""
+
+    def __init__(self, message, provider=None, fingerprint=None, evaluation=None):
+        super().__init__(message)
+        self.provider, self.fingerprint = provider, fingerprint
+        self.evaluation = evaluation or {}
+        self.missing = list(self.evaluation.get("missing", ()))
+
+
+class FleetLocked(AnchorRegistryError):
+    """Another holder has the provider's fleet lock (or the caller does not hold the lock it releases)."""
+
+    def __init__(self, message, provider=None, holder=None, since=None, expires=None):
+        super().__init__(message)
+        self.provider, self.holder, self.since, self.expires = provider, holder, since, expires
 
 
 _PEM_SECRET = re.compile(r"-----BEGIN [A-Z0-9 ]*(PRIVATE KEY|PKCS12)-----")
@@ -106,6 +153,7 @@ class TicketStore:
 
     def __init__(self, policy=None):
         self.policy = policy or SlaPolicy()
+        self._joined = None  # the query of an open `transaction()`, which every write then joins
 
     # --- backend hooks --------------------------------------------------------------------------------------
     def _tx(self, dry_run=False):
@@ -117,6 +165,30 @@ class TicketStore:
 
     def close(self):
         pass
+
+    @contextmanager
+    def transaction(self, dry_run=False):
+        """Group several writes in one transaction (rolled back when dry_run: check mode previews a whole task)."""
+        if self._joined is not None:
+            raise TicketStoreError("store transactions do not nest")
+        with self._tx(dry_run) as query:
+            self._joined = query
+            try:
+                yield self
+            finally:
+                self._joined = None
+
+    @contextmanager
+    def _write(self, dry_run=False):
+        """One write transaction, or the open `transaction()` when there is one."""
+        if self._joined is not None:
+            yield self._joined
+        else:
+            with self._tx(dry_run) as query:
+                yield query
+
+    def _check_migration(self, query):
+        """Backend hook run after the migrations, before they commit."""
 
     def _serialize(self, query, key):
         """Make concurrent transactions that pass the same key take turns (no-op where writers already queue)."""
@@ -132,6 +204,7 @@ class TicketStore:
             for number, script in enumerate(self.migrations[version:], start=version + 1):
                 self._run_script(query, script)
                 query("INSERT INTO schema_version (version) VALUES (?)", (number,))
+            self._check_migration(query)
 
     @property
     def schema_version(self):
@@ -177,7 +250,7 @@ class TicketStore:
                         "hosts": list(hosts or ()), "reason": reason, "note": note, "actor": actor})
         now = to_datetime(now) if now else now_local()
         received = to_datetime(received_at) if received_at else now
-        with self._tx(dry_run) as query:
+        with self._write(dry_run) as query:
             if message_id:
                 self._serialize(query, f"message_id:{message_id}")  # two intakes of one message open one ticket
                 rows = query("SELECT * FROM tickets WHERE message_id = ?", (message_id,))
@@ -210,7 +283,7 @@ class TicketStore:
                         "verified_hosts": verified_hosts or [], "note": note, "actor": actor,
                         "request": request or {}})
         now = to_datetime(now) if now else now_local()
-        with self._tx(dry_run) as query:
+        with self._write(dry_run) as query:
             row = self._load(query, ref, lock=True)
             before = self._ticket(row)
             current = row["state"]
@@ -360,10 +433,408 @@ class TicketStore:
             "updated_at": row["updated_at"], "allowed_next": list(TRANSITIONS[row["state"]]),
         }
 
+    # --- approved-anchor registry (DESIGN.md §2) ---------------------------------------------------------------
+    def anchor_record(self, provider, pem, *, actor, ticket=None, evidence=(), now=None, dry_run=False):
+        """Record a provider's anchor certificate (new entries are `pending`; recording it again changes nothing)
+        with optional evidence ([{kind, detail, message_id?}]). Returns the anchor plus `changed`."""
+        provider = self._provider(provider)
+        cert = self._anchor_certificate(pem)
+        fingerprint = canonical_fingerprint(sha256_fp(cert))
+        pem_text = cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
+        evidence = [self._evidence_item(item) for item in evidence or ()]
+        reject_secrets({"provider": provider, "actor": actor, "ticket": ticket, "evidence": evidence}, "anchor")
+        now = to_datetime(now) if now else now_local()
+        with self._write(dry_run) as query:
+            self._serialize(query, f"anchors:{provider}")
+            ticket_id = self._ticket_id(query, ticket)
+            changed = False
+            rows = query(f"SELECT * FROM trust_anchors WHERE provider = ? AND fingerprint = ?{self.for_update}",  # noqa: S608
+                         (provider, fingerprint))
+            if not rows:
+                query("INSERT INTO trust_anchors (provider, fingerprint, subject, not_before, not_after, pem, state,"
+                      " created_at, created_by, ticket_id) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+                      (provider, fingerprint, name_of(cert), iso(cert.not_valid_before_utc),
+                       iso(cert.not_valid_after_utc), pem_text, iso(now), actor, ticket_id))
+                self._registry_audit(query, now, actor, provider, fingerprint, "recorded", None, "pending",
+                                     f"'{name_of(cert)}', valid until {iso(cert.not_valid_after_utc)}")
+                changed = True
+            elif ticket_id is not None and rows[0]["ticket_id"] is None:
+                query("UPDATE trust_anchors SET ticket_id = ? WHERE id = ?", (ticket_id, rows[0]["id"]))
+                self._registry_audit(query, now, actor, provider, fingerprint, "ticket_linked", rows[0]["state"],
+                                     rows[0]["state"], f"ticket {ticket}")
+                changed = True
+            for item in evidence:
+                changed |= self._add_evidence(query, provider, fingerprint, item["kind"], item["detail"], actor,
+                                              ticket_id, item.get("message_id"), now)
+            return dict(self._anchor_view(query, provider, fingerprint), changed=changed)
+
+    def anchor_add_evidence(self, provider, fingerprint, kind, detail, *, actor, ticket=None, message_id=None,
+                            now=None, dry_run=False):
+        """Append one piece of evidence for a fingerprint (its certificate may not be recorded yet); the same
+        evidence twice is recorded once. Returns the anchor (state None when no certificate is recorded) plus
+        `changed`."""
+        provider = self._provider(provider)
+        fingerprint = self._fingerprint(fingerprint)
+        item = self._evidence_item({"kind": kind, "detail": detail, "message_id": message_id})
+        reject_secrets({"actor": actor, "ticket": ticket, "evidence": item}, "anchor")
+        now = to_datetime(now) if now else now_local()
+        with self._write(dry_run) as query:
+            self._serialize(query, f"anchors:{provider}")
+            changed = self._add_evidence(query, provider, fingerprint, item["kind"], item["detail"], actor,
+                                         self._ticket_id(query, ticket), item["message_id"], now)
+            return dict(self._anchor_view(query, provider, fingerprint), changed=changed)
+
+    def anchor_approve(self, provider, fingerprint, *, actor, policy, now=None, dry_run=False):
+        """Approve a recorded anchor when its evidence satisfies `policy` and it is not expired; approving an
+        approved anchor changes nothing. A refusal (AnchorNotApproved) is itself audited."""
+        provider = self._provider(provider)
+        fingerprint = self._fingerprint(fingerprint)
+        reject_secrets({"actor": actor, "policy": policy}, "anchor")
+        now = to_datetime(now) if now else now_local()
+        refusal = None
+        with self._write(dry_run) as query:
+            self._serialize(query, f"anchors:{provider}")
+            row = self._anchor_row(query, provider, fingerprint, lock=True)
+            evidence = self._evidence(query, provider, fingerprint)
+            try:
+                result = evaluate(policy, evidence, not_after=row["not_after"], now=now)
+            except PolicyError as e:
+                raise AnchorRegistryError(f"evidence policy of {provider}: {e}") from None
+            if row["state"] == "retired":
+                raise AnchorNotApproved(f"trust anchor {fingerprint} ('{row['subject']}') of {provider} was retired "
+                                        f"by {row['retired_by']} at {row['retired_at']}; a retired anchor is not "
+                                        "approved again", provider, fingerprint, result.as_dict())
+            if row["state"] == "approved" and not result.expired:
+                return dict(self._anchor_view(query, provider, fingerprint), changed=False)
+            if result.approved:
+                query("UPDATE trust_anchors SET state = 'approved', approved_at = ?, approved_by = ? WHERE id = ?",
+                      (iso(now), actor, row["id"]))
+                self._registry_audit(query, now, actor, provider, fingerprint, "approved", row["state"], "approved",
+                                     "evidence: " + ", ".join(result.satisfied))
+                return dict(self._anchor_view(query, provider, fingerprint), changed=True)
+            message = refusal_message(provider, fingerprint, row["subject"], result, evidence, row["not_after"])
+            self._registry_audit(query, now, actor, provider, fingerprint, "approval_refused", row["state"],
+                                 row["state"], "expired" if result.expired else "missing: " + ", ".join(result.missing))
+            refusal = AnchorNotApproved(message, provider, fingerprint, result.as_dict())
+        raise refusal  # after the commit: the refused attempt stays in registry_audit
+
+    def anchor_retire(self, provider, fingerprint, *, actor, reason, now=None, dry_run=False):
+        """Retire an anchor (hosts stop trusting it on the next rollout); retiring it again changes nothing."""
+        provider = self._provider(provider)
+        fingerprint = self._fingerprint(fingerprint)
+        if not (reason or "").strip():
+            raise AnchorRegistryError("retiring a trust anchor needs a reason (recorded in the registry audit)")
+        reject_secrets({"actor": actor, "reason": reason}, "anchor")
+        now = to_datetime(now) if now else now_local()
+        with self._write(dry_run) as query:
+            self._serialize(query, f"anchors:{provider}")
+            row = self._anchor_row(query, provider, fingerprint, lock=True)
+            if row["state"] == "retired":
+                return dict(self._anchor_view(query, provider, fingerprint), changed=False)
+            query("UPDATE trust_anchors SET state = 'retired', retired_at = ?, retired_by = ? WHERE id = ?",
+                  (iso(now), actor, row["id"]))
+            self._registry_audit(query, now, actor, provider, fingerprint, "retired", row["state"], "retired", reason)
+            return dict(self._anchor_view(query, provider, fingerprint), changed=True)
+
+    def anchor_seed(self, provider, pems, *, actor, reason, now=None, dry_run=False):
+        """The one-time, audited seeding of a provider's registry from what its hosts trust today: every anchor
+        enters `approved` with `seed` evidence (an expired one enters `retired`). Refused once the provider has
+        any entry."""
+        provider = self._provider(provider)
+        if not (reason or "").strip():
+            raise AnchorRegistryError("seeding the trust anchor registry needs a reason (recorded in the audit)")
+        certs = list({sha256_fp(c): c for c in (self._anchor_certificate(p) for p in pems or ())}.values())
+        if not certs:
+            raise AnchorRegistryError(f"nothing to seed the {provider} registry with: no certificate given")
+        reject_secrets({"actor": actor, "reason": reason}, "anchor")
+        now = to_datetime(now) if now else now_local()
+        with self._write(dry_run) as query:
+            self._serialize(query, f"anchors:{provider}")
+            existing = query("SELECT COUNT(*) AS n FROM trust_anchors WHERE provider = ?", (provider,))[0]["n"]
+            if existing:
+                raise AnchorRegistryError(
+                    f"the {provider} trust anchor registry already has {existing} entr{'y' if existing == 1 else 'ies'}"
+                    ": seeding is a one-time action; record a new anchor with its evidence (state=pending, then "
+                    "approved) instead")
+            seeded = []
+            for cert in certs:
+                fingerprint = canonical_fingerprint(sha256_fp(cert))
+                not_after = iso(cert.not_valid_after_utc)
+                expired = is_expired(cert.not_valid_after_utc, now)
+                state = "retired" if expired else "approved"
+                query("INSERT INTO trust_anchors (provider, fingerprint, subject, not_before, not_after, pem, state,"
+                      " created_at, created_by, approved_at, approved_by, retired_at, retired_by)"
+                      " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                      (provider, fingerprint, name_of(cert), iso(cert.not_valid_before_utc), not_after,
+                       cert.public_bytes(serialization.Encoding.PEM).decode("ascii"), state, iso(now), actor,
+                       None if expired else iso(now), None if expired else actor,
+                       iso(now) if expired else None, actor if expired else None))
+                self._add_evidence(query, provider, fingerprint, "seed", reason, actor, None, None, now)
+                self._registry_audit(query, now, actor, provider, fingerprint, "seeded", None, state,
+                                     reason + (f" (expired {not_after}: recorded retired)" if expired else ""))
+                seeded.append(dict(self._anchor_view(query, provider, fingerprint), changed=True))
+            return seeded
+
+    def anchors(self, provider=None, states=None):
+        """Registry entries with their evidence, oldest approval first (never-approved ones last, oldest first)."""
+        sql, params = ("SELECT a.*, t.folio AS ticket_folio FROM trust_anchors a"
+                       " LEFT JOIN tickets t ON t.id = a.ticket_id WHERE 1 = 1"), []
+        if provider:
+            sql, params = sql + " AND a.provider = ?", [self._provider(provider)]
+        if states:
+            states = [states] if isinstance(states, str) else list(states)
+            unknown = [s for s in states if s not in ANCHOR_STATES]
+            if unknown:
+                raise AnchorRegistryError(f"unknown anchor state(s) {', '.join(unknown)}; "
+                                          f"states are {', '.join(ANCHOR_STATES)}")
+            sql += " AND a.state IN (%s)" % ", ".join("?" * len(states))
+            params += states
+        rows = self._query(sql + " ORDER BY a.id", params)
+        evidence = {}
+        for item in self._evidence(self._query, provider and self._provider(provider)):
+            evidence.setdefault((item.pop("provider"), item.pop("fingerprint")), []).append(item)
+        found = [self._anchor(row, evidence.get((row["provider"], row["fingerprint"]), [])) for row in rows]
+        return sorted(found, key=_approval_order)
+
+    def approved_anchors(self, provider, now=None):
+        """The anchors hosts of `provider` must trust at `now`: approved and unexpired, oldest approval first."""
+        now = to_datetime(now) if now else now_local()
+        return [a for a in self.anchors(provider, ["approved"]) if not is_expired(a["not_after"], now)]
+
+    def anchor(self, provider, fingerprint):
+        """One registry entry with its evidence; raises AnchorNotFound."""
+        provider, fingerprint = self._provider(provider), self._fingerprint(fingerprint)
+        row = self._anchor_row(self._query, provider, fingerprint)
+        return self._anchor(row, self._evidence(self._query, provider, fingerprint))
+
+    def anchor_evidence(self, provider, fingerprint):
+        """Evidence recorded for a fingerprint, oldest first (also before its certificate is recorded)."""
+        return self._evidence(self._query, self._provider(provider), self._fingerprint(fingerprint))
+
+    def registry_audit(self, provider=None, fingerprint=None):
+        """The registry's and the fleet lock's audit log, oldest first."""
+        sql, params = "SELECT * FROM registry_audit WHERE 1 = 1", []
+        if provider:
+            sql, params = sql + " AND provider = ?", params + [provider]
+        if fingerprint:
+            sql, params = sql + " AND fingerprint = ?", params + [self._fingerprint(fingerprint)]
+        return self._query(sql + " ORDER BY id", params)
+
+    # --- fleet lock: one rollout per provider at a time ------------------------------------------------------
+    def fleet_lock(self, provider, holder, *, ttl=3600, now=None, dry_run=False):
+        """Take the provider's fleet lock for `ttl` seconds. The holder taking it again extends it; a live lock of
+        another holder raises FleetLocked; an expired one is taken over (audited)."""
+        provider = self._provider(provider)
+        holder = self._holder(holder)
+        if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 1:
+            raise AnchorRegistryError(f"fleet lock ttl must be a whole number of seconds >= 1, not {ttl!r}")
+        now = to_datetime(now) if now else now_local()
+        expires = iso(now + timedelta(seconds=ttl))
+        with self._write(dry_run) as query:
+            self._serialize(query, f"fleet_lock:{provider}")  # two first takers: one inserts, the other sees it
+            rows = query(f"SELECT * FROM fleet_locks WHERE provider = ?{self.for_update}", (provider,))  # noqa: S608
+            row = rows[0] if rows else None
+            if row is None:
+                query("INSERT INTO fleet_locks (provider, holder, acquired_at, expires_at) VALUES (?, ?, ?, ?)",
+                      (provider, holder, iso(now), expires))
+                self._registry_audit(query, now, holder, provider, None, "lock_acquired", None, None,
+                                     f"until {expires}")
+                return {"provider": provider, "holder": holder, "acquired_at": iso(now), "expires_at": expires,
+                        "acquired": True}
+            live = not is_expired(row["expires_at"], now)
+            if row["holder"] == holder:
+                query("UPDATE fleet_locks SET expires_at = ? WHERE provider = ?", (expires, provider))
+                self._registry_audit(query, now, holder, provider, None, "lock_extended", None, None,
+                                     f"until {expires}" + ("" if live else f" (it had expired at {row['expires_at']})"))
+                return {"provider": provider, "holder": holder, "acquired_at": row["acquired_at"],
+                        "expires_at": expires, "acquired": False}
+            if live:
+                raise FleetLocked(_locked_message(provider, row), provider, row["holder"], row["acquired_at"],
+                                  row["expires_at"])
+            query("UPDATE fleet_locks SET holder = ?, acquired_at = ?, expires_at = ? WHERE provider = ?",
+                  (holder, iso(now), expires, provider))
+            self._registry_audit(query, now, holder, provider, None, "lock_taken_over", None, None,
+                                 f"from {row['holder']} (held since {row['acquired_at']}, expired "
+                                 f"{row['expires_at']}); until {expires}")
+            return {"provider": provider, "holder": holder, "acquired_at": iso(now), "expires_at": expires,
+                    "acquired": True}
+
+    def fleet_unlock(self, provider, holder, *, force=False, actor=None, now=None, dry_run=False):
+        """Release the provider's fleet lock: only its holder may, or anyone with force (audited, with actor)."""
+        provider = self._provider(provider)
+        holder = self._holder(holder)
+        actor = actor or holder
+        reject_secrets({"actor": actor}, "fleet_lock")
+        now = to_datetime(now) if now else now_local()
+        with self._write(dry_run) as query:
+            self._serialize(query, f"fleet_lock:{provider}")
+            rows = query(f"SELECT * FROM fleet_locks WHERE provider = ?{self.for_update}", (provider,))  # noqa: S608
+            if not rows:
+                return {"provider": provider, "holder": None, "released": False, "forced": False}
+            row = rows[0]
+            forced = row["holder"] != holder
+            if forced and not force:
+                raise FleetLocked(f"{holder} does not hold the fleet lock of {provider}: "
+                                  + _locked_message(provider, row), provider, row["holder"], row["acquired_at"],
+                                  row["expires_at"])
+            query("DELETE FROM fleet_locks WHERE provider = ?", (provider,))
+            self._registry_audit(query, now, actor, provider, None,
+                                 "lock_forced_release" if forced else "lock_released", None, None,
+                                 f"lock of {row['holder']} held since {row['acquired_at']}, expiring "
+                                 f"{row['expires_at']}" + (f"; forced by {actor}" if forced else ""))
+            return {"provider": provider, "holder": row["holder"], "released": True, "forced": forced}
+
+    def fleet_lock_info(self, provider, now=None):
+        """The provider's fleet lock ({provider, holder, acquired_at, expires_at, expired}) or None."""
+        rows = self._query("SELECT * FROM fleet_locks WHERE provider = ?", (self._provider(provider),))
+        if not rows:
+            return None
+        now = to_datetime(now) if now else now_local()
+        return {**{k: rows[0][k] for k in ("provider", "holder", "acquired_at", "expires_at")},
+                "expired": is_expired(rows[0]["expires_at"], now)}
+
+    # --- registry helpers -------------------------------------------------------------------------------------
+    @staticmethod
+    def _provider(provider):
+        if provider not in SERVICES:
+            raise AnchorRegistryError(f"unknown provider {provider!r}; providers are {', '.join(SERVICES)}")
+        return provider
+
+    @staticmethod
+    def _holder(holder):
+        if not isinstance(holder, str) or not holder.strip():
+            raise AnchorRegistryError("a fleet lock needs a holder (who runs the rollout, e.g. job id and user)")
+        reject_secrets({"holder": holder}, "fleet_lock")
+        return holder.strip()
+
+    @staticmethod
+    def _fingerprint(fingerprint):
+        try:
+            return canonical_fingerprint(fingerprint)
+        except ValueError as e:
+            raise AnchorRegistryError(str(e)) from None
+
+    @staticmethod
+    def _anchor_certificate(pem):
+        """The one public certificate of `pem` (PEM text or a cryptography certificate), self-signed."""
+        if isinstance(pem, x509.Certificate):
+            cert = pem
+        else:
+            if not isinstance(pem, str):
+                raise AnchorRegistryError("an anchor is given as PEM text (or a certificate object), not bytes")
+            reject_secrets({"pem": pem}, "anchor")
+            try:
+                certs = parse_certificates(pem.encode("ascii", "replace"), "anchor")
+            except LoadError as e:
+                raise AnchorRegistryError(e.message) from None
+            if len(certs) != 1:
+                raise AnchorRegistryError(f"an anchor is one certificate; the PEM holds {len(certs)} "
+                                          "(give the self-signed top of the chain)")
+            cert = certs[0]
+        if not issued_by(cert, cert):
+            raise AnchorRegistryError(f"'{name_of(cert)}' is not self-signed (issued by "
+                                      f"'{cert.issuer.rfc4514_string()}'): a trust anchor is the self-signed top of "
+                                      "the chain; the delivery lacks that issuer")
+        return cert
+
+    @staticmethod
+    def _evidence_item(item):
+        item = dict(item or {})
+        unknown = sorted(set(item) - {"kind", "detail", "message_id"})
+        if unknown:
+            raise AnchorRegistryError(f"unknown evidence field(s) {', '.join(unknown)}; fields are kind, detail, "
+                                      "message_id")
+        if item.get("kind") not in EVIDENCE_KINDS or item["kind"] == "seed":
+            raise AnchorRegistryError(f"unknown evidence kind {item.get('kind')!r}; kinds are "
+                                      + ", ".join(k for k in EVIDENCE_KINDS if k != "seed"))
+        if not str(item.get("detail") or "").strip():
+            raise AnchorRegistryError(f"{item['kind']} evidence needs a detail (where the fingerprint was read, "
+                                      "which endpoint, which message)")
+        return {"kind": item["kind"], "detail": str(item["detail"]).strip(), "message_id": item.get("message_id")}
+
+    def _ticket_id(self, query, ticket):
+        return None if ticket in (None, "") else self._load(query, ticket)["id"]
+
+    def _add_evidence(self, query, provider, fingerprint, kind, detail, actor, ticket_id, message_id, now):
+        """Append evidence unless the same evidence is already there; True when a row was added."""
+        if not (actor or "").strip():
+            raise AnchorRegistryError("evidence needs an actor (who recorded it)")
+        if query("SELECT 1 FROM anchor_evidence WHERE provider = ? AND fingerprint = ? AND kind = ? AND detail = ?"
+                 " AND actor = ? AND COALESCE(ticket_id, 0) = ? AND COALESCE(message_id, '') = ?",
+                 (provider, fingerprint, kind, detail, actor, ticket_id or 0, message_id or "")):
+            return False
+        query("INSERT INTO anchor_evidence (provider, fingerprint, kind, detail, actor, ticket_id, message_id, at)"
+              " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+              (provider, fingerprint, kind, detail, actor, ticket_id, message_id, iso(now)))
+        state = query("SELECT state FROM trust_anchors WHERE provider = ? AND fingerprint = ?", (provider, fingerprint))
+        state = state[0]["state"] if state else None
+        self._registry_audit(query, now, actor, provider, fingerprint, "evidence", state, state, f"{kind}: {detail}")
+        return True
+
+    @staticmethod
+    def _evidence(query, provider=None, fingerprint=None):
+        sql, params = ("SELECT e.*, t.folio AS ticket_folio FROM anchor_evidence e"
+                       " LEFT JOIN tickets t ON t.id = e.ticket_id WHERE 1 = 1"), []
+        if provider:
+            sql, params = sql + " AND e.provider = ?", params + [provider]
+        if fingerprint:
+            sql, params = sql + " AND e.fingerprint = ?", params + [fingerprint]
+        return [{"provider": r["provider"], "fingerprint": r["fingerprint"], "kind": r["kind"], "detail": r["detail"],
+                 "actor": r["actor"], "at": r["at"], "ticket": r["ticket_folio"] or r["ticket_id"],
+                 "message_id": r["message_id"]} for r in query(sql + " ORDER BY e.id", params)]
+
+    def _anchor_row(self, query, provider, fingerprint, lock=False):
+        lock_clause = " FOR UPDATE OF a" if lock and self.for_update else ""  # the LEFT JOIN's nullable side stays free
+        rows = query("SELECT a.*, t.folio AS ticket_folio FROM trust_anchors a LEFT JOIN tickets t"  # noqa: S608
+                     f" ON t.id = a.ticket_id WHERE a.provider = ? AND a.fingerprint = ?{lock_clause}",
+                     (provider, fingerprint))
+        if not rows:
+            raise AnchorNotFound(f"no trust anchor {fingerprint} recorded for {provider}: record its certificate "
+                                 "first (it arrives with the provider's delivery)")
+        return rows[0]
+
+    def _anchor_view(self, query, provider, fingerprint):
+        """The anchor as it stands inside the transaction; a stub (state None) when only evidence exists."""
+        evidence = [{k: v for k, v in e.items() if k not in ("provider", "fingerprint")}
+                    for e in self._evidence(query, provider, fingerprint)]
+        rows = query("SELECT a.*, t.folio AS ticket_folio FROM trust_anchors a LEFT JOIN tickets t"
+                     " ON t.id = a.ticket_id WHERE a.provider = ? AND a.fingerprint = ?", (provider, fingerprint))
+        if rows:
+            return self._anchor(rows[0], evidence)
+        stub = dict.fromkeys(_ANCHOR_FIELDS)
+        return dict(stub, provider=provider, fingerprint=fingerprint, evidence=evidence)
+
+    @staticmethod
+    def _anchor(row, evidence):
+        anchor = {k: row[k] for k in _ANCHOR_FIELDS if k != "ticket"}
+        anchor["ticket"] = row["ticket_folio"] or row["ticket_id"]
+        anchor["evidence"] = [{k: v for k, v in e.items() if k not in ("provider", "fingerprint")} for e in evidence]
+        return anchor
+
+    @staticmethod
+    def _registry_audit(query, now, actor, provider, fingerprint, action, from_state, to_state, detail):
+        query("INSERT INTO registry_audit (at, actor, provider, fingerprint, action, from_state, to_state, detail)"
+              " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+              (iso(now), actor, provider, fingerprint, action, from_state, to_state, detail))
+
+
+_ANCHOR_FIELDS = ("provider", "fingerprint", "subject", "not_before", "not_after", "pem", "state", "created_at",
+                  "created_by", "approved_at", "approved_by", "retired_at", "retired_by", "ticket")
+
+
+def _approval_order(anchor):
+    approved = anchor["approved_at"]
+    return (approved is None, to_datetime(approved or anchor["created_at"]), anchor["created_at"])
+
+
+def _locked_message(provider, row):
+    return (f"the fleet lock of {provider} is held by {row['holder']} since {row['acquired_at']}, "
+            f"expires {row['expires_at']}")
+
 
 # The tables, written once for both backends (TEXT timestamps and JSON, INTEGER flags, so rows read back
 # identically); each backend fills in its id types and adds its own append-only triggers.
-_TABLES = """
+_TICKETS_V1 = """
     CREATE TABLE tickets (
         id {ticket_id},
         service TEXT NOT NULL CHECK (service IN ('renapo', 'sat')),
@@ -389,6 +860,8 @@ _TABLES = """
         created_at TEXT NOT NULL,
         updated_at TEXT NOT NULL
     );
+"""
+_TABLES = _TICKETS_V1 + """
     CREATE INDEX tickets_service_state ON tickets (service, state);
     CREATE TABLE audit_log (
         id {audit_id},
@@ -410,6 +883,79 @@ _TABLES = """
     );
 """
 
+
+
+def _replace_once(text, old, new):
+    assert text.count(old) == 1, old  # a schema edit that silently matched nothing would ship the old CHECK
+    return text.replace(old, new)
+
+
+# Version 2: tickets take source 'provider' and any service the code knows (SERVICES is the one list, checked in
+# code); the approved-anchor registry, its evidence and audit (append-only), and the per-provider fleet lock.
+_SOURCE_CHECK_V2 = "CHECK (source IN (%s))" % ", ".join(f"'{s}'" for s in SOURCES)
+_TICKETS_V2 = _replace_once(_replace_once(
+    _TICKETS_V1, " CHECK (service IN ('renapo', 'sat'))", ""),
+    "CHECK (source IN ('mail', 'monitor', 'manual'))", _SOURCE_CHECK_V2)
+_REGISTRY_TABLES = """
+    CREATE TABLE trust_anchors (
+        id {id},
+        provider TEXT NOT NULL,
+        fingerprint TEXT NOT NULL CHECK (length(fingerprint) = 95 AND fingerprint = upper(fingerprint)),
+        subject TEXT NOT NULL,
+        not_before TEXT NOT NULL,
+        not_after TEXT NOT NULL,
+        pem TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'approved', 'retired')),
+        created_at TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        approved_at TEXT,
+        approved_by TEXT,
+        retired_at TEXT,
+        retired_by TEXT,
+        ticket_id {ticket_ref} REFERENCES tickets (id),
+        UNIQUE (provider, fingerprint)
+    );
+    CREATE TABLE anchor_evidence (
+        id {id},
+        provider TEXT NOT NULL,
+        fingerprint TEXT NOT NULL CHECK (length(fingerprint) = 95 AND fingerprint = upper(fingerprint)),
+        kind TEXT NOT NULL CHECK (kind IN ('endpoint', 'operator', 'authenticated_mail', 'claim', 'seed')),
+        detail TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        ticket_id {ticket_ref} REFERENCES tickets (id),
+        message_id TEXT,
+        at TEXT NOT NULL
+    );
+    CREATE INDEX anchor_evidence_anchor ON anchor_evidence (provider, fingerprint, id);
+    CREATE TABLE registry_audit (
+        id {id},
+        at TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        provider TEXT NOT NULL,
+        fingerprint TEXT,
+        action TEXT NOT NULL,
+        from_state TEXT,
+        to_state TEXT,
+        detail TEXT
+    );
+    CREATE INDEX registry_audit_provider ON registry_audit (provider, id);
+    CREATE TABLE fleet_locks (
+        provider TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        acquired_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL
+    );
+"""
+
+_SQLITE_TICKETS_SWAP = """
+    INSERT INTO tickets_v2 SELECT * FROM tickets;
+    DELETE FROM sqlite_sequence WHERE name = 'tickets_v2';
+    UPDATE sqlite_sequence SET name = 'tickets_v2' WHERE name = 'tickets';
+    DROP TABLE tickets;
+    ALTER TABLE tickets_v2 RENAME TO tickets;
+    CREATE INDEX tickets_service_state ON tickets (service, state);
+"""  # noqa: S608 - constant SQL
+
 # Schema migrations, applied in order on open; each entry is one version.
 SQLITE_MIGRATIONS = [
     _TABLES.format(ticket_id="INTEGER PRIMARY KEY AUTOINCREMENT", audit_id="INTEGER PRIMARY KEY AUTOINCREMENT",
@@ -418,6 +964,21 @@ SQLITE_MIGRATIONS = [
         BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
     CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
         BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+    """,
+    # SQLite cannot alter a CHECK: rebuild tickets (create, copy, drop, rename) with foreign keys off for the
+    # migration (SqliteTicketStore._migrate) and checked before commit. audit_log's triggers belong to audit_log
+    # and stay; the AUTOINCREMENT counter moves over so no ticket id is ever reused.
+    _TICKETS_V2.format(ticket_id="INTEGER PRIMARY KEY AUTOINCREMENT").replace(
+        "CREATE TABLE tickets (", "CREATE TABLE tickets_v2 (") + _SQLITE_TICKETS_SWAP
+    + _REGISTRY_TABLES.format(id="INTEGER PRIMARY KEY AUTOINCREMENT", ticket_ref="INTEGER") + """
+    CREATE TRIGGER anchor_evidence_no_update BEFORE UPDATE ON anchor_evidence
+        BEGIN SELECT RAISE(ABORT, 'anchor_evidence is append-only'); END;
+    CREATE TRIGGER anchor_evidence_no_delete BEFORE DELETE ON anchor_evidence
+        BEGIN SELECT RAISE(ABORT, 'anchor_evidence is append-only'); END;
+    CREATE TRIGGER registry_audit_no_update BEFORE UPDATE ON registry_audit
+        BEGIN SELECT RAISE(ABORT, 'registry_audit is append-only'); END;
+    CREATE TRIGGER registry_audit_no_delete BEFORE DELETE ON registry_audit
+        BEGIN SELECT RAISE(ABORT, 'registry_audit is append-only'); END;
     """,
 ]
 
@@ -440,6 +1001,20 @@ class SqliteTicketStore(TicketStore):
             self._migrate()
         except sqlite3.Error as e:
             raise TicketStoreError(f"cannot open the ticket store {path}: {e}") from e
+
+    def _migrate(self):
+        # A table rebuild must not cascade through foreign keys (the pragma is ignored inside a transaction);
+        # _check_migration verifies every reference before the migration commits.
+        self._conn.execute("PRAGMA foreign_keys = OFF")
+        try:
+            super()._migrate()
+        finally:
+            self._conn.execute("PRAGMA foreign_keys = ON")
+
+    def _check_migration(self, query):
+        broken = query("PRAGMA foreign_key_check")
+        if broken:
+            raise TicketStoreError(f"schema migration would break {len(broken)} reference(s), first: {broken[0]}")
 
     def _run_script(self, query, script):
         for statement in _statements(script):
@@ -483,6 +1058,22 @@ POSTGRESQL_MIGRATIONS = [
         FOR EACH ROW EXECUTE FUNCTION audit_log_append_only();
     CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
         FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only();
+    """,
+    """
+    ALTER TABLE tickets DROP CONSTRAINT IF EXISTS tickets_service_check;
+    ALTER TABLE tickets DROP CONSTRAINT IF EXISTS tickets_source_check;
+    ALTER TABLE tickets ADD CONSTRAINT tickets_source_check """ + _SOURCE_CHECK_V2 + ";\n"
+    + _REGISTRY_TABLES.format(id="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", ticket_ref="BIGINT") + """
+    CREATE FUNCTION registry_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION '% is append-only', TG_TABLE_NAME USING ERRCODE = 'restrict_violation'; END $$;
+    CREATE TRIGGER anchor_evidence_no_update BEFORE UPDATE OR DELETE ON anchor_evidence
+        FOR EACH ROW EXECUTE FUNCTION registry_append_only();
+    CREATE TRIGGER anchor_evidence_no_truncate BEFORE TRUNCATE ON anchor_evidence
+        FOR EACH STATEMENT EXECUTE FUNCTION registry_append_only();
+    CREATE TRIGGER registry_audit_no_update BEFORE UPDATE OR DELETE ON registry_audit
+        FOR EACH ROW EXECUTE FUNCTION registry_append_only();
+    CREATE TRIGGER registry_audit_no_truncate BEFORE TRUNCATE ON registry_audit
+        FOR EACH STATEMENT EXECUTE FUNCTION registry_append_only();
     """,
 ]
 

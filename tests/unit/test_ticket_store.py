@@ -12,6 +12,8 @@ from itertools import count
 
 import pytest
 from ansible.module_utils.ticket_store import (
+    POSTGRESQL_MIGRATIONS,
+    SQLITE_MIGRATIONS,
     STATES,
     TRANSITIONS,
     InvalidTransition,
@@ -63,6 +65,10 @@ class Clock:
 
 def is_pg(dsn):
     return dsn.startswith("postgresql://")
+
+
+LATEST = len(SQLITE_MIGRATIONS)  # the schema version a fresh store reaches (both backends have the same versions)
+assert LATEST == len(POSTGRESQL_MIGRATIONS)
 
 
 @pytest.fixture
@@ -253,10 +259,10 @@ def test_audit_log_is_append_only(store, db):
 
 def test_schema_wal_and_reopen(db):
     with open_store(db if is_pg(db) else f"sqlite:///{db}") as s:  # sqlite:////abs/path (SQLAlchemy style)
-        assert s.schema_version == 1
+        assert s.schema_version == LATEST
         s.create("sat", actor="t", now=T0)
     with open_store(db) as s:
-        assert s.schema_version == 1 and len(s.find(service="sat")) == 1
+        assert s.schema_version == LATEST and len(s.find(service="sat")) == 1
         if not is_pg(db):
             assert s._query("PRAGMA journal_mode")[0]["journal_mode"] == "wal"
 
@@ -269,9 +275,9 @@ def _schema_version(dsn):
 def test_first_open_by_many_at_once_migrates_once(db):
     with ThreadPoolExecutor(4) as pool:
         versions = list(pool.map(_schema_version, [db] * 8))
-    assert versions == [1] * 8
+    assert versions == [LATEST] * 8
     with open_store(db) as s:
-        assert s._query("SELECT COUNT(*) AS n FROM schema_version")[0]["n"] == 1
+        assert s._query("SELECT COUNT(*) AS n FROM schema_version")[0]["n"] == LATEST
 
 
 def test_missing_file_opens_empty_without_creating_it(tmp_path):
@@ -302,26 +308,27 @@ def test_pg_unreachable_store_names_it_without_the_password(pg_server):
 
 def test_sla_due_dates_and_breach_flags(store):
     ticket = store.create("renapo", actor="t", received_at=T0, now=T0).ticket
-    assert ticket["first_contact_due"] == "2026-02-09T10:00:00-06:00"  # 5 business days, Feb 2 skipped
+    # arrival Friday 10:00 (in hours): the 5th business day after it, Feb 2 (Constitución) skipped, at close
+    assert ticket["first_contact_due"] == "2026-02-09T18:00:00-06:00"
     late = datetime(2026, 2, 10, 9, 0, tzinfo=CDMX)
     ticket = store.transition(ticket["id"], "folio_issued", actor="t", now=late).ticket
     assert ticket["sla_first_contact_breached"] is True
     ticket = store.transition(ticket["id"], "requester_validated", actor="t", now=late).ticket
     friday = datetime(2026, 3, 13, 17, 0, tzinfo=CDMX)
     ticket = store.transition(ticket["id"], "certificate_received", actor="t", now=friday).ticket
-    assert ticket["attention_due"] == "2026-03-17T17:00:00-06:00"  # Juárez's day (Mar 16) skipped
+    assert ticket["attention_due"] == "2026-03-17T18:00:00-06:00"  # Juárez's day (Mar 16) skipped; at close
     ticket = store.transition(ticket["id"], "deploying", actor="t", hosts=["web01"],
                               now=datetime(2026, 3, 17, 16, 0, tzinfo=CDMX)).ticket
     assert ticket["sla_attention_breached"] is False
     ticket = store.transition(ticket["id"], "deployed", actor="t", verified_hosts=["web01"],
-                              now=datetime(2026, 3, 17, 18, 0, tzinfo=CDMX)).ticket
-    assert ticket["sla_attention_breached"] is True and ticket["attended_at"] == "2026-03-17T18:00:00-06:00"
+                              now=datetime(2026, 3, 17, 18, 1, tzinfo=CDMX)).ticket
+    assert ticket["sla_attention_breached"] is True and ticket["attended_at"] == "2026-03-17T18:01:00-06:00"
 
 
 def test_sla_policy_of_the_store_is_used(db):
     from ansible.module_utils.sla import SlaPolicy
     with open_store(db, SlaPolicy.from_options({"renapo": {"first_contact": 1}}, ["2026-02-03"])) as s:
-        assert s.create("renapo", actor="t", now=T0).ticket["first_contact_due"] == "2026-02-04T10:00:00-06:00"
+        assert s.create("renapo", actor="t", now=T0).ticket["first_contact_due"] == "2026-02-04T18:00:00-06:00"
 
 
 # --- secrets -------------------------------------------------------------------------------------------------
