@@ -27,13 +27,99 @@ version_added: "0.1.0"
 author: DGTIC automation team
 options:
   inbox:
-    description: The Mesa de Servicios Maildir (with C(new/), C(cur/), C(tmp/)).
+    description:
+      - The Mesa de Servicios mailbox as a Maildir (with C(new/), C(cur/), C(tmp/)); for tests and small sites.
+      - Give exactly one of O(inbox) and O(imap).
     type: path
-    required: true
   quarantine_dir:
-    description: Maildir where messages that cannot be processed are kept, each with the reason.
+    description: With O(inbox), the Maildir where messages that cannot be processed are kept, each with the reason.
     type: path
-    required: true
+  imap:
+    description:
+      - The Mesa de Servicios mailbox where it lives, over IMAP. Each message is moved to O(imap.processed_folder)
+        once its ticket is committed, or to O(imap.quarantine_folder) with the reason; a crash never loses or doubles
+        one.
+    type: dict
+    suboptions:
+      host:
+        description: IMAP server.
+        type: str
+        required: true
+      port:
+        description: IMAP port (993 for implicit TLS, 143 for STARTTLS).
+        type: int
+        default: 993
+      user:
+        description: Mailbox user.
+        type: str
+        required: true
+      password_file:
+        description: File holding the password (an AWX credential injects it as a file).
+        type: path
+      oauth2_token_file:
+        description: File holding an OAuth2 bearer token for C(AUTHENTICATE XOAUTH2) (Exchange Online).
+        type: path
+      tls:
+        description: C(implicit) TLS, C(starttls), or C(none) (plain, refused unless the host is loopback).
+        type: str
+        choices: [implicit, starttls, none]
+        default: implicit
+      ca_file:
+        description: CA certificates the server's certificate is verified against (default the system's).
+        type: path
+      server_name:
+        description: Name the server's certificate must carry, when O(imap.host) is an address.
+        type: str
+      folder:
+        description: Folder read.
+        type: str
+        default: INBOX
+      processed_folder:
+        description: Folder a processed message is moved to.
+        type: str
+        default: Procesados
+      quarantine_folder:
+        description: Folder a quarantined message is moved to, with its reason.
+        type: str
+        default: Cuarentena
+  providers:
+    description:
+      - The certificate providers, each with C(kind) (C(trust) or C(identity)) and C(sender_domains), the only
+        domains its deliveries are accepted from.
+    type: dict
+  sender_auth:
+    description:
+      - How the sender of every message is authenticated (DKIM aligned with the From domain). A request, reply or
+        delivery whose sender is not authenticated goes to quarantine; a staff member named in its From gets a
+        notice at the directory's address.
+    type: dict
+    suboptions:
+      trusted_authserv_ids:
+        description: Authserv-ids of the receiving servers whose topmost C(Authentication-Results) header is read.
+        type: list
+        elements: str
+        default: []
+      mode:
+        description: C(header) (the trusted server's verdict), C(dkim) (verified here), C(either) or C(both).
+        type: str
+        choices: [header, dkim, either, both]
+        default: header
+      nameservers:
+        description: DNS servers for O(sender_auth.mode=dkim) (C(ip) or C(ip@port)); default the system's.
+        type: list
+        elements: str
+        default: []
+  release:
+    description:
+      - Message-IDs an operator takes out of quarantine to be processed again as they arrived; their sender counts
+        as authenticated on O(operator)'s word, recorded on the ticket. Trust in a certificate still needs evidence
+        in the anchor registry.
+    type: list
+    elements: str
+    default: []
+  operator:
+    description: The operator who releases O(release) (required with it).
+    type: str
   store:
     description: Ticket store, a SQLite file path or C(sqlite:///relative.db) / C(sqlite:////absolute.db).
     type: str
@@ -210,17 +296,65 @@ renewals:
 
 from ansible.module_utils.awx_launch import AwxLauncher
 from ansible.module_utils.basic import AnsibleModule, env_fallback
-from ansible.module_utils.procedure import Intake, Mailer
+from ansible.module_utils.imap_mailbox import ImapMailbox
+from ansible.module_utils.procedure import DEFAULT_PROVIDERS, Intake, Mailer
 from ansible.module_utils.sla import SlaPolicy
 from ansible.module_utils.staff_directory import DirectoryError, open_directory
 from ansible.module_utils.ticket_store import TicketStoreError, dsn_secrets, open_store
 
 
+def _secret_file(module, path, what):
+    try:
+        with open(path, encoding="utf-8") as fh:
+            value = fh.read().strip()
+    except OSError as e:
+        module.fail_json(msg=f"{what} {path}: {e.strerror}")
+    module.no_log_values.add(value)
+    return value
+
+
+def _imap_mailbox(module, imap):
+    password = _secret_file(module, imap["password_file"], "imap.password_file") if imap["password_file"] else None
+    token = (_secret_file(module, imap["oauth2_token_file"], "imap.oauth2_token_file")
+             if imap["oauth2_token_file"] else None)
+    if not password and not token:
+        module.fail_json(msg="imap needs password_file or oauth2_token_file")
+    try:
+        return ImapMailbox(imap["host"], imap["port"], imap["user"], password=password, oauth2_token=token,
+                           tls=imap["tls"], ca_file=imap["ca_file"], server_name=imap["server_name"],
+                           folder=imap["folder"], processed_folder=imap["processed_folder"],
+                           quarantine_folder=imap["quarantine_folder"])
+    except Exception as e:  # noqa: BLE001 - refused login, TLS failure, unreachable server: say which
+        module.fail_json(msg=f"cannot open the Mesa de Servicios mailbox imap://{imap['user']}@{imap['host']}:"
+                             f"{imap['port']}: {type(e).__name__}: {e}")
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            inbox=dict(type="path", required=True),
-            quarantine_dir=dict(type="path", required=True),
+            inbox=dict(type="path"),
+            quarantine_dir=dict(type="path"),
+            imap=dict(type="dict", options=dict(
+                host=dict(type="str", required=True),
+                port=dict(type="int", default=993),
+                user=dict(type="str", required=True),
+                password_file=dict(type="path"),
+                oauth2_token_file=dict(type="path"),
+                tls=dict(type="str", choices=["implicit", "starttls", "none"], default="implicit"),
+                ca_file=dict(type="path"),
+                server_name=dict(type="str"),
+                folder=dict(type="str", default="INBOX"),
+                processed_folder=dict(type="str", default="Procesados"),
+                quarantine_folder=dict(type="str", default="Cuarentena"),
+            )),
+            providers=dict(type="dict"),
+            sender_auth=dict(type="dict", options=dict(
+                trusted_authserv_ids=dict(type="list", elements="str", default=[]),
+                mode=dict(type="str", choices=["header", "dkim", "either", "both"], default="header"),
+                nameservers=dict(type="list", elements="str", default=[]),
+            )),
+            release=dict(type="list", elements="str", default=[]),
+            operator=dict(type="str"),
             store=dict(type="str", required=True),
             staff_directory=dict(type="str", required=True),
             catalog=dict(type="dict", required=True),
@@ -245,6 +379,9 @@ def main():
             awx_renew_template=dict(type="str", default="Renovación de certificado (renew)"),
             awx_validate_certs=dict(type="bool", default=True, fallback=(env_fallback, ["CONTROLLER_VERIFY_SSL"])),
         ),
+        required_one_of=[("inbox", "imap")],
+        mutually_exclusive=[("inbox", "imap")],
+        required_together=[("inbox", "quarantine_dir")],
         supports_check_mode=True,
     )
     p = module.params
@@ -263,23 +400,38 @@ def main():
                            create=not module.check_mode)
     except (DirectoryError, TicketStoreError, ValueError) as e:
         module.fail_json(msg=str(e))
+    mailbox = p["inbox"]
+    if p["imap"]:
+        mailbox = _imap_mailbox(module, p["imap"])
+    providers = p["providers"] or {k: dict(v) for k, v in DEFAULT_PROVIDERS.items()}
+    for name, spec in providers.items():
+        if not isinstance(spec, dict) or spec.get("kind") not in ("trust", "identity") \
+                or not spec.get("sender_domains"):
+            module.fail_json(msg=f"providers.{name} needs kind (trust or identity) and a list of sender_domains")
     intake = Intake(store, directory, p["catalog"], Mailer(p["smtp_host"], p["smtp_port"], p["sender"],
                                                            p["template_dir"], reply_to=p["mesa_address"]),
                     mesa_address=p["mesa_address"], enlace_address=p["enlace_address"],
                     deliveries_dir=p["deliveries_dir"], oficios_dir=p["oficios_dir"], enlace_name=p["enlace_name"],
                     firmante=p["firmante"], actor=p["actor"], institutional_domains=tuple(p["institutional_domains"]),
                     on_certificate_received=AwxLauncher(p["awx_url"], token, p["awx_renew_template"],
-                                                        p["awx_validate_certs"]))
+                                                        p["awx_validate_certs"]),
+                    providers=providers, sender_auth=dict(p["sender_auth"] or {}))
     options = dict(max_attachment_bytes=p["max_attachment_bytes"])
     try:
         with store:
             if module.check_mode:
-                outcomes = intake.preview(p["inbox"], **options)
+                outcomes = intake.preview(mailbox, **options)
             else:
-                outcomes = intake.run(p["inbox"], p["quarantine_dir"], **options)
-    except Exception as e:  # noqa: BLE001 - SMTP down, disk full...: the message stays in new/ for the next run
-        module.fail_json(msg=f"intake stopped, the current message stays in new/ for the next run: "
-                             f"{type(e).__name__}: {e}", outcomes=intake.outcomes)
+                outcomes = intake.run(mailbox, p["quarantine_dir"], release=p["release"], operator=p["operator"],
+                                      **options)
+    except ValueError as e:  # a release that names nothing in quarantine, or no operator
+        module.fail_json(msg=str(e), outcomes=intake.outcomes)
+    except Exception as e:  # noqa: BLE001 - SMTP down, disk full...: the message stays in the inbox for the next run
+        module.fail_json(msg=f"intake stopped, the current message stays in the inbox (new/ or the IMAP folder) "
+                             f"for the next run: {type(e).__name__}: {e}", outcomes=intake.outcomes)
+    finally:
+        if hasattr(mailbox, "close"):
+            mailbox.close()
     counts = {k: sum(1 for o in outcomes if o["outcome"] == k) for k in ("quarantined", "skipped")}
     processed = len(outcomes) - counts["quarantined"] - counts["skipped"]
     module.exit_json(changed=not module.check_mode and bool(outcomes), outcomes=outcomes,

@@ -18,7 +18,7 @@ options:
     type: str
     required: true
     choices: [observations, folio_issued, oficio_respuesta, deployment_concluded, rollback, ticket_closed,
-              quarantine, certificate_expiring]
+              quarantine, certificate_expiring, unauthenticated]
   to:
     description: Recipients.
     type: list

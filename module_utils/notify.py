@@ -24,7 +24,7 @@ DEFAULT_TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
 TEMPLATE_SUBDIRS = ("notices", "oficio")
 NOTICES = (
     "observations", "folio_issued", "oficio_respuesta", "deployment_concluded", "rollback", "ticket_closed",
-    "quarantine", "certificate_expiring",
+    "quarantine", "certificate_expiring", "unauthenticated",
 )
 MONTHS_ES = ("enero", "febrero", "marzo", "abril", "mayo", "junio", "julio", "agosto", "septiembre", "octubre",
              "noviembre", "diciembre")
@@ -98,6 +98,9 @@ def build_message(
         msg["References"] = in_reply_to
     msg["Date"] = email.utils.formatdate(localtime=True)
     msg["Message-ID"] = email.utils.make_msgid(domain=sender.rpartition("@")[2] or None)
+    # RFC 3834: a notice is machine-made; auto-responders must not answer it, so no notice ever loops.
+    msg["Auto-Submitted"] = "auto-generated"
+    msg["X-Auto-Response-Suppress"] = "All"
     msg.set_content(text, charset="utf-8")
     msg.add_alternative(html, subtype="html", charset="utf-8")
     for filename, data, mime in attachments:

@@ -17,14 +17,17 @@ is done; a duplicate Message-ID is skipped).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
-from datetime import date
 from pathlib import Path
 
 from ansible.module_utils.cert_files import write_atomic
 from ansible.module_utils.cert_validation import normalise_fingerprint, order_chain, sha256_fp
+from ansible.module_utils.imap_mailbox import preview as imap_preview
+from ansible.module_utils.imap_mailbox import process_imap
+from ansible.module_utils.mail_auth import authenticate, domain_in
 from ansible.module_utils.mail_intake import (
     EMAIL_RE,
     SECRET_EXTENSIONS,
@@ -33,13 +36,22 @@ from ansible.module_utils.mail_intake import (
     extract_attachments,
     parse_message,
     process_maildir,
+    release_from_maildir,
 )
 from ansible.module_utils.notify import build_message, notice, render, send
 from ansible.module_utils.observations import DEFAULT_INSTITUTIONAL_DOMAINS, DEFAULT_RANKS, evaluate
+from ansible.module_utils.sla import now_local
 from ansible.module_utils.ticket_store import TicketNotFound
 from ansible.module_utils.x509_load import LoadError, parse_certificates
 
 PROCESSED = "Correo procesado: "
+# Each provider: what it delivers (trust anchor or client identity) and the domains its deliveries come from.
+DEFAULT_PROVIDERS = {
+    "renapo": {"kind": "trust", "sender_domains": ["renapo.gob.mx", "segob.gob.mx"]},
+    "sat": {"kind": "identity", "sender_domains": ["sat.gob.mx"]},
+}
+# States in which a ticket waits for the provider's certificate.
+AWAITING_CERTIFICATE = ("requester_validated",)
 PROVISIONAL_SERVICE = "renapo"  # a ticket needs a service; a request that names none gets this until corrected
 MANIFEST = "delivery.json"
 RENEW_LAUNCHED = "Renovación lanzada en AWX"
@@ -79,20 +91,40 @@ class Intake:
     on_certificate_received: object = None
     institutional_domains: tuple = DEFAULT_INSTITUTIONAL_DOMAINS
     ranks: tuple = DEFAULT_RANKS
+    providers: dict = field(default_factory=lambda: {k: dict(v) for k, v in DEFAULT_PROVIDERS.items()})
+    # How a sender is authenticated (mail_auth.authenticate's options): trusted_authserv_ids, mode, nameservers.
+    # With no trusted receiving server and mode "header", nothing is authenticated: every mail is quarantined.
+    sender_auth: dict = field(default_factory=dict)
     outcomes: list = field(default_factory=list)
 
     # --- the run ---------------------------------------------------------------------------------------------
-    def run(self, maildir, quarantine_dir, **parse_options):
-        """Process the inbox; returns one outcome dict per message (also kept in self.outcomes on a crash)."""
+    def run(self, mailbox, quarantine_dir=None, release=(), operator=None, **parse_options):
+        """Process the inbox (a Maildir path, or an imap_mailbox.ImapMailbox); returns one outcome dict per message
+        (also kept in self.outcomes on a crash). `release`: Message-IDs an operator takes out of quarantine to be
+        processed again, as sent; they pass sender authentication on that operator's word, recorded on the ticket."""
         processed = {note["note"][len(PROCESSED):] for ticket in self.store.find()
                      for note in ticket["observations"] if note["note"].startswith(PROCESSED)}
-        result = process_maildir(maildir, self._handle, quarantine_dir, seen=processed.__contains__,
-                                 **parse_options)
+        parse_options.setdefault("provider_domains", self.provider_domains())
+        self._released = {}
+        if release and not operator:
+            raise ValueError("releasing a message from quarantine needs the operator's name (operator)")
+        for message_id in release:
+            raws = (mailbox.release(message_id) if hasattr(mailbox, "release")
+                    else release_from_maildir(quarantine_dir, mailbox, message_id))
+            if not raws:
+                raise ValueError(f"no message with Message-ID {message_id} in quarantine")
+            self._released.update({hashlib.sha256(raw).hexdigest(): operator for raw in raws})
+        if hasattr(mailbox, "messages"):
+            result = process_imap(mailbox, self._handle, seen=processed.__contains__, **parse_options)
+        else:
+            result = process_maildir(mailbox, self._handle, quarantine_dir, seen=processed.__contains__,
+                                     **parse_options)
         for name, message_id in result.skipped:
             self.outcomes.append({"file": name, "message_id": message_id, "outcome": "skipped",
                                   "reason": "Message-ID ya procesado"})
         for name, reason, parsed in result.quarantined:
-            qfile = str(Path(quarantine_dir) / "new" / name.split(":", 1)[0])
+            qfile = (f"{mailbox.quarantine_folder}/{name}" if hasattr(mailbox, "messages")
+                     else str(Path(quarantine_dir) / "new" / name.split(":", 1)[0]))
             self.mailer.send("quarantine", [self.mesa_address], message_id=parsed.message_id if parsed else name,
                              original_subject=parsed.subject if parsed else "", reason=reason,
                              original_sender=parsed.sender if parsed else "", quarantine_file=qfile)
@@ -102,10 +134,15 @@ class Intake:
         return self.outcomes
 
     def preview(self, maildir, **parse_options):
-        """Check mode: how each message in new/ would be classified; nothing is written or sent."""
+        """Check mode: how each message in new/ (or the IMAP folder) would be classified; nothing is written or
+        sent, nothing on the server is flagged or moved."""
+        if hasattr(maildir, "messages"):
+            parse_options.setdefault("provider_domains", self.provider_domains())
+            return imap_preview(maildir, **parse_options)
         new = Path(maildir) / "new"
         names = sorted(n for n in os.listdir(new) if not n.startswith(".")) if new.is_dir() else []
         out = []
+        parse_options.setdefault("provider_domains", self.provider_domains())
         for name in names:
             parsed = parse_message((new / name).read_bytes(), **parse_options)
             out.append({"file": name, "message_id": parsed.message_id, "kind": parsed.kind, "folio": parsed.folio,
@@ -114,10 +151,15 @@ class Intake:
         return out
 
     def _handle(self, parsed):
+        parsed.released_by = getattr(self, "_released", {}).get(hashlib.sha256(parsed.raw).hexdigest())
         handler = {"request": self._request, "reply": self._reply, "delivery": self._delivery}[parsed.kind]
         outcome = {"message_id": parsed.message_id, "kind": parsed.kind, "notices": []}
-        ticket = handler(parsed, outcome)
-        ticket = self.store.annotate(ticket["id"], PROCESSED + parsed.message_id, actor=self.actor).ticket
+        tickets = handler(parsed, outcome)
+        tickets = [self.store.annotate(t["id"], PROCESSED + parsed.message_id, actor=self.actor).ticket
+                   for t in (tickets if isinstance(tickets, list) else [tickets])]
+        ticket = tickets[0]
+        if len(tickets) > 1:
+            outcome["tickets"] = [{"ticket": t["id"], "folio": t["folio"], "state": t["state"]} for t in tickets]
         outcome.update(ticket=ticket["id"], folio=ticket["folio"], state=ticket["state"])
         outcome.setdefault("outcome", ticket["state"])
         self.outcomes.append(outcome)
@@ -125,23 +167,45 @@ class Intake:
 
     # --- requests and replies (steps 1.2, 2.1–2.3, 3.1–3.2) ---------------------------------------------------
     def _request(self, parsed, outcome):
+        verdict = self._authenticated(parsed, outcome)
+        if not verdict.authenticated:
+            self._warn_address_of_record(parsed, verdict, outcome)
+            raise QuarantineMessage(f"solicitud no autenticada: el remitente {parsed.sender or '(sin From:)'} no "
+                                    f"está autenticado por el servidor de correo ({verdict.detail}); no se abrió "
+                                    "ticket")
         request = parsed.request
-        service = request.service if request.service in ("renapo", "sat") else PROVISIONAL_SERVICE
+        claimed = request.requester_email
+        # Who asks is the authenticated From:, never the "Correo:" line of the body (a claim).
+        request.requester_email = verdict.from_address
+        service = request.service if request.service in self.providers else PROVISIONAL_SERVICE
         fields = request.ticket_fields()
         created = self.store.create(service, actor=self.actor, requester=fields["requester"],
                                     forwarded_by=fields["forwarded_by"], source="mail",
+                                    received_at=parsed.received_at,  # the SLA clock starts when the mail arrived
                                     message_id=parsed.message_id, reason="solicitud recibida por correo")
         outcome["opened"] = created.changed
-        return self._advance(created.ticket, parsed, outcome)
+        ticket = created.ticket
+        if claimed and claimed != verdict.from_address:
+            ticket = self.store.annotate(ticket["id"], f"Correo declarado en el cuerpo ({claimed}) distinto del "
+                                         f"remitente autenticado ({verdict.from_address}): se usa el remitente",
+                                         actor=self.actor).ticket
+        return self._advance(ticket, parsed, outcome)
 
     def _reply(self, parsed, outcome):
         ticket = self._ticket_quoted(parsed)
+        verdict = self._authenticated(parsed, outcome)
+        requester = (ticket["requester"]["email"] or "").lower()
+        if not verdict.authenticated or verdict.from_address != requester:
+            raise QuarantineMessage(f"respuesta al ticket {ticket['folio'] or ticket['id']} no aceptada: "
+                                    + (f"remitente no autenticado ({verdict.detail})" if not verdict.authenticated
+                                       else f"la envía {verdict.from_address}, no el solicitante del ticket"))
         if ticket["state"] != "observations":
             return self.store.annotate(ticket["id"], f"Respuesta del solicitante ({parsed.message_id}) recibida en "
                                        f"'{ticket['state']}': sin cambios", actor=self.actor).ticket
         merged = ServiceRequest.from_ticket(ticket).merged(parsed.request or ServiceRequest())
+        merged.requester_email = requester  # the requester's address is the authenticated one, whatever the body says
         fields = merged.ticket_fields()
-        if fields["service"] not in ("renapo", "sat"):
+        if fields["service"] not in self.providers:
             fields["service"] = None  # evaluate() names the defect; the column keeps its provisional value
         ticket = self.store.transition(ticket["id"], "received", actor=self.actor, request=fields,
                                        reason=f"respuesta del solicitante {parsed.message_id}").ticket
@@ -176,10 +240,14 @@ class Intake:
                               enlace=self.enlace_name)
             verdict = self.directory.validate(ticket["requester"]["name"], ticket["requester"]["email"])
             if verdict.is_staff:
+                # "Turnado por" is a name in the body: it counts only when it names active staff.
+                forwarder = self.directory.validate_forwarder(ticket["forwarded_by"]["name"])
+                verdict = forwarder if not forwarder.is_staff else verdict
+            if verdict.is_staff:
                 return self.store.transition(ticket["id"], "requester_validated", actor="enlace.administrativo",
                                              reason=verdict.reason).ticket
             ticket = self.store.transition(ticket["id"], "rejected", actor="enlace.administrativo",
-                                           reason="el solicitante no es personal de la Secretaría",
+                                           reason="el solicitante o quien turna no es personal de la Secretaría",
                                            cause=verdict.reason).ticket
         if ticket["state"] == "rejected":
             self._oficio(ticket, parsed, outcome)
@@ -191,12 +259,12 @@ class Intake:
                                            reason="solicitud improcedente atendida con oficio de respuesta").ticket
         if ticket["state"] == "closed" and rejected:
             self._notify_once(ticket, parsed, outcome, "ticket_closed", self._requester_to(ticket, parsed),
-                              requester=ticket["requester"]["name"], closed_at=date.today())
+                              requester=ticket["requester"]["name"], closed_at=now_local().date())
         return ticket
 
     def _oficio(self, ticket, parsed, outcome):
         """Render the oficio de respuesta to <oficios_dir>/<folio>.txt/.html and mail it (Cc Mesa de Servicios)."""
-        ctx = dict(folio=ticket["folio"], fecha=date.today(), requester=ticket["requester"]["name"],
+        ctx = dict(folio=ticket["folio"], fecha=now_local().date(), requester=ticket["requester"]["name"],
                    reason=ticket["cause"], administrative_unit=ticket["requester"]["unit"],
                    firmante=self.firmante)
         subject, text, html = render("oficio_respuesta", template_dir=self.mailer.template_dir, **ctx)
@@ -216,36 +284,118 @@ class Intake:
 
     # --- deliveries (step 4.2) ----------------------------------------------------------------------------------
     def _delivery(self, parsed, outcome):
-        try:
-            ticket = self.store.get(parsed.folio)
-        except TicketNotFound:
-            raise QuarantineMessage(f"el folio {parsed.folio} no corresponde a ningún ticket") from None
-        received_note = f"Entrega recibida ({parsed.message_id})"
-        if ticket["state"] == "certificate_received" and _has_note(ticket, received_note):
-            return self._launch_renew(ticket, outcome)  # a killed run had committed it: finish its steps
-        if ticket["state"] != "requester_validated":
-            self._refuse(ticket, parsed, f"el ticket {ticket['folio']} está en '{ticket['state']}' y no espera "
-                                         "una entrega de certificado")
+        """A provider's certificate: accepted only from its configured domains, authenticated (or released by a named
+        operator); attached to the folio it quotes, else to every ticket of that provider awaiting a certificate,
+        else to a ticket opened for it. The letter's fingerprint is recorded as evidence only when the mail is
+        authenticated, as a claim otherwise; what hosts trust is decided later from the anchor registry."""
+        provider = self.provider_of(parsed.sender)
+        if provider is None:
+            raise QuarantineMessage(
+                f"entrega de certificados desde {parsed.sender or '(sin From:)'}: el dominio no es de ningún proveedor "
+                f"configurado ({', '.join(d for p in self.providers.values() for d in p['sender_domains'])})")
+        verdict = self._authenticated(parsed, outcome)
         facts = _delivery_facts(parsed)
         fingerprints = facts.pop("fingerprints")
         letter = (normalise_fingerprint(parsed.fingerprint or "") or "").upper() or None
+        kind = self.providers[provider].get("kind", "trust")
+        if not verdict.authenticated:
+            self._record_letter(provider, kind, facts, letter, parsed, authenticated=False)
+            raise QuarantineMessage(
+                f"entrega de {provider.upper()} no autenticada ({verdict.detail}): no se acepta y su huella queda "
+                "registrada solo como afirmación. Si es genuina: registre la huella confirmada por otro canal "
+                f"(ansible-playbook playbooks/anchor.yml -e provider={provider} -e fingerprint=<huella> "
+                "-e operator=<usted> -e channel=telefono) y libere el correo (ansible-playbook playbooks/intake.yml "
+                f"-e release='{parsed.message_id}' -e operator=<usted>)")
         if letter and letter not in fingerprints:
-            self._refuse(ticket, parsed, "FINGERPRINT_MISMATCH: ningún certificado adjunto tiene la huella SHA-256 "
-                                         f"que declara el oficio ({parsed.fingerprint})")
-        dest = Path(self.deliveries_dir) / ticket["folio"]
-        paths = [str(p) for p in extract_attachments(parsed, dest)]
-        manifest = _pick_files(paths, ticket["service"])
-        manifest.update(facts, folio=ticket["folio"], service=ticket["service"], message_id=parsed.message_id,
-                        sender=parsed.sender, files=paths, letter_fingerprint=letter)
-        _write_atomic(dest / MANIFEST, json.dumps(manifest, indent=2).encode("utf-8"))
-        ticket = self.store.transition(
-            ticket["id"], "certificate_received", actor=self.actor,
-            reason=f"entrega de {ticket['service'].upper()} por correo ({parsed.sender})",
-            note=f"{received_note}: certificado={manifest['certificate'] or manifest['pkcs12']}; "
-                 f"huella SHA-256 del oficio={letter or 'no declarada'}; archivos={', '.join(paths)}").ticket
-        outcome.update(delivery_dir=str(dest), manifest=str(dest / MANIFEST), files=paths,
-                       letter_fingerprint=letter, serial=manifest.get("serial_hex"))
-        return self._launch_renew(ticket, outcome)
+            reason = ("FINGERPRINT_MISMATCH: ningún certificado adjunto tiene la huella SHA-256 que declara el oficio "
+                      f"({parsed.fingerprint})")
+            quoted = self._quoted_ticket(parsed.folio)
+            if quoted is not None:
+                self._refuse(quoted, parsed, reason)
+            raise QuarantineMessage(reason)
+        tickets = self._delivery_tickets(provider, parsed, outcome)
+        received_note = f"Entrega recibida ({parsed.message_id})"
+        done = []
+        for ticket in tickets:
+            if ticket["state"] == "certificate_received" and _has_note(ticket, received_note):
+                done.append(self._launch_renew(ticket, outcome))  # a killed run had committed it: finish its steps
+                continue
+            dest = Path(self.deliveries_dir) / ticket["folio"]
+            paths = [str(p) for p in extract_attachments(parsed, dest)]
+            manifest = _pick_files(paths, kind)
+            manifest.update(facts, folio=ticket["folio"], service=provider, kind=kind, message_id=parsed.message_id,
+                            sender=parsed.sender, authenticated=verdict.as_dict(), files=paths,
+                            letter_fingerprint=letter)
+            _write_atomic(dest / MANIFEST, json.dumps(manifest, indent=2).encode("utf-8"))
+            how = (f"liberada de cuarentena por {parsed.released_by}" if parsed.released_by
+                   else f"autenticada: {verdict.method}")
+            ticket = self.store.transition(
+                ticket["id"], "certificate_received", actor=self.actor,
+                reason=f"entrega de {provider.upper()} por correo ({parsed.sender}, {how})",
+                note=f"{received_note}: certificado={manifest['certificate'] or manifest['pkcs12']}; "
+                     f"huella SHA-256 del oficio={letter or 'no declarada'}; archivos={', '.join(paths)}").ticket
+            outcome.update(delivery_dir=str(dest), manifest=str(dest / MANIFEST), files=paths,
+                           letter_fingerprint=letter, serial=manifest.get("serial_hex"))
+            done.append(self._launch_renew(ticket, outcome))
+        self._record_letter(provider, kind, facts, letter, parsed, authenticated=not parsed.released_by,
+                            ticket=done[0]["folio"])
+        return done
+
+    def _delivery_tickets(self, provider, parsed, outcome):
+        """The tickets a delivery completes: the quoted folio's, else every one awaiting this provider's certificate
+        (and those a killed run already gave this message), else a new ticket opened for the provider."""
+        received_note = f"Entrega recibida ({parsed.message_id})"
+        if parsed.folio:
+            try:
+                ticket = self.store.get(parsed.folio)
+            except TicketNotFound:
+                raise QuarantineMessage(f"el folio {parsed.folio} no corresponde a ningún ticket") from None
+            if ticket["service"] != provider:
+                raise QuarantineMessage(f"el folio {parsed.folio} es de {ticket['service'].upper()}, pero la entrega "
+                                        f"viene de {provider.upper()} ({parsed.sender})")
+            if ticket["state"] not in AWAITING_CERTIFICATE and not _has_note(ticket, received_note):
+                self._refuse(ticket, parsed, f"el ticket {ticket['folio']} está en '{ticket['state']}' y no espera "
+                                             "una entrega de certificado")
+            return [ticket]
+        tickets = [t for t in self.store.find(service=provider, states=[*AWAITING_CERTIFICATE, "certificate_received"])
+                   if t["state"] in AWAITING_CERTIFICATE or _has_note(t, received_note)]
+        if tickets:
+            return tickets
+        created = self.store.create(provider, actor=self.actor, source="provider", message_id=parsed.message_id,
+                                    received_at=parsed.received_at,
+                                    requester={"name": parsed.sender_name or provider.upper(), "email": parsed.sender},
+                                    reason=f"entrega de {provider.upper()} sin folio y sin ticket en espera: ticket "
+                                           "abierto por el proveedor")
+        ticket = created.ticket
+        outcome["opened"] = created.changed
+        if ticket["state"] == "received":
+            ticket = self.store.transition(ticket["id"], "folio_issued", actor=self.actor,
+                                           reason="entrega del proveedor sin solicitud previa").ticket
+        if ticket["state"] == "folio_issued":
+            ticket = self.store.transition(ticket["id"], "requester_validated", actor=self.actor,
+                                           reason=f"remitente autenticado del proveedor {provider.upper()}; no hay "
+                                                  "solicitante que validar").ticket
+        return [ticket]
+
+    def _quoted_ticket(self, folio):
+        try:
+            return self.store.get(folio) if folio else None
+        except TicketNotFound:
+            return None
+
+    def _record_letter(self, provider, kind, facts, letter, parsed, authenticated, ticket=None):
+        """The letter's fingerprint in the anchor registry: evidence when the mail is authenticated, else a claim."""
+        if kind != "trust" or not letter:
+            return
+        anchor = facts.get("anchor_fingerprint")
+        evidence = "authenticated_mail" if authenticated and anchor else "claim"
+        fingerprint = anchor if evidence == "authenticated_mail" else letter
+        detail = (f"el oficio del correo autenticado de {parsed.sender} declara la huella {letter}"
+                  if evidence == "authenticated_mail" else
+                  f"huella declarada en un correo {'liberado' if parsed.released_by else 'no autenticado'} de "
+                  f"{parsed.sender or '(sin From:)'} (afirmación, no evidencia)")
+        self.store.anchor_add_evidence(provider, fingerprint, evidence, detail, actor=self.actor, ticket=ticket,
+                                       message_id=parsed.message_id)
 
     def _launch_renew(self, ticket, outcome):
         """Step 4.1 starts: the renew job is launched (once per ticket, noted on it) or its command reported."""
@@ -262,6 +412,35 @@ class Intake:
         raise QuarantineMessage(reason)
 
     # --- helpers ------------------------------------------------------------------------------------------------
+    def provider_domains(self):
+        """{sender domain: provider} for parse_message (which mails are deliveries)."""
+        return {d.lower(): name for name, spec in self.providers.items() for d in spec.get("sender_domains", ())}
+
+    def provider_of(self, sender):
+        domain = (sender or "").rpartition("@")[2].lower()
+        return next((name for name, spec in self.providers.items()
+                     if domain and domain_in(domain, spec.get("sender_domains", ()))), None)
+
+    def _authenticated(self, parsed, outcome):
+        """Who sent it, decided by the trusted receiving server / DKIM, or by the operator who released it."""
+        verdict = authenticate(parsed.raw, **self.sender_auth)
+        if parsed.released_by and not verdict.authenticated and verdict.from_address:
+            verdict.authenticated, verdict.method = True, f"operator:{parsed.released_by}"
+            verdict.detail = f"not authenticated ({verdict.detail}); released from quarantine by {parsed.released_by}"
+        outcome["authentication"] = verdict.as_dict()
+        return verdict
+
+    def _warn_address_of_record(self, parsed, verdict, outcome):
+        """An unauthenticated mail in a staff member's name: tell that person at the directory's address, never
+        whoever sent it (the quarantine notice tells the Mesa)."""
+        member = self.directory.find(verdict.from_address) if verdict.from_address else None
+        if member is None:
+            return
+        self.mailer.send("unauthenticated", [member.email], message_id=parsed.message_id,
+                         original_subject=parsed.subject, original_sender=parsed.sender, detail=verdict.detail,
+                         mesa=self.mesa_address)
+        outcome["notices"].append("unauthenticated")
+
     def _requester_to(self, ticket, parsed):
         address = ticket["requester"]["email"]
         return [address] if address and EMAIL_RE.fullmatch(address) else [parsed.sender]
@@ -302,7 +481,7 @@ def _delivery_facts(parsed):
     return facts
 
 
-def _pick_files(paths, service):
+def _pick_files(paths, kind):
     """Which extracted file is the certificate, key or PKCS#12 that renew.yml hands to the rollout."""
     by_ext = {}
     for p in paths:
@@ -313,7 +492,7 @@ def _pick_files(paths, service):
     # A chain file (most certificates) says more than a lone root; for an identity the .cer goes with its .key.
     certs.sort(key=lambda p: -Path(p).read_bytes().count(b"-----BEGIN CERTIFICATE"))
     certificate = None if (pkcs12 and not key) else (certs[0] if certs else None)
-    return {"certificate": certificate, "private_key": key if service == "sat" else None,
+    return {"certificate": certificate, "private_key": key if kind == "identity" else None,
             "pkcs12": pkcs12 if not certificate else None}
 
 

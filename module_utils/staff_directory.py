@@ -76,6 +76,24 @@ class StaffDirectory:
     def find(self, email: str) -> StaffMember | None:
         raise NotImplementedError
 
+    def find_name(self, name: str) -> StaffMember | None:
+        """The one member whose name is this person's (see _same_person); None when none or several match."""
+        raise NotImplementedError
+
+    def validate_forwarder(self, name: str | None) -> Validation:
+        """Step 3.1 for whoever "turnó" the request: the name must be one active member of the directory."""
+        if not name:
+            return Validation(False, "La solicitud no indica quién la turna (Director de Área o superior).")
+        member = self.find_name(name)
+        if member is None:
+            return Validation(False, f"Quien turna la solicitud, «{name}», no figura (o no de forma única) en el "
+                                     "directorio de personal de la Secretaría.")
+        if not member.active:
+            return Validation(False, f"Quien turna la solicitud, {member.name}, no es personal activo de la "
+                                     "Secretaría.", member)
+        return Validation(True, f"La solicitud la turna {member.name}"
+                                + (f", {member.rank}" if member.rank else "") + ".", member)
+
     def validate(self, name: str | None, email: str | None) -> Validation:
         if not email:
             return Validation(False, "La solicitud no indica el correo institucional del solicitante.")
@@ -127,6 +145,12 @@ class FileStaffDirectory(StaffDirectory):
 
     def find(self, email):
         return self.members.get(email.strip().lower())
+
+    def find_name(self, name):
+        # Titles ("Lic.", "Ing.", "Mtra.") are not part of the name a directory keeps.
+        bare = " ".join(w for w in name.split() if not w.endswith("."))
+        found = [m for m in self.members.values() if _same_person(bare, m.name)]
+        return found[0] if len(found) == 1 else None
 
 
 BACKENDS = {"file": FileStaffDirectory}

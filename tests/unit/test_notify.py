@@ -83,6 +83,11 @@ CASES = [
     ("certificate_expiring", [MESA], [],
      {"service": "sat", "days_left": 20, "not_after": dt.date(2026, 12, 18), "serial": "0B", "folio": FOLIO},
      ["quedan 20 días", "18 de diciembre de 2026", "SAT (opinión de cumplimiento)"], "vence en 20 días"),
+    ("unauthenticated", [REQUESTER], [],
+     {"message_id": "<f@agricultura.gob.mx>", "original_subject": "Solicitud", "original_sender": REQUESTER,
+      "detail": "dkim=none from trusted mx.agricultura.gob.mx", "mesa": MESA},
+     ["no pudo autenticarlo", "dkim=none", "suplantar su identidad", "no al remitente"],
+     "correo no autenticado recibido a su nombre"),
 ]
 
 
@@ -137,6 +142,8 @@ def test_build_message_with_attachment_and_reply_headers():
     msg = build_message("Asunto", "texto", "<p>html</p>", sender=SENDER, to=[MESA], reply_to=MESA,
                         in_reply_to="<orig@lab>", attachments=[("oficio.txt", b"Oficio", "text/plain")])
     assert msg["In-Reply-To"] == "<orig@lab>" and msg["Reply-To"] == MESA
+    # RFC 3834: no auto-responder answers a notice (no loop through the Mesa's own mailbox)
+    assert msg["Auto-Submitted"] == "auto-generated" and msg["X-Auto-Response-Suppress"] == "All"
     assert msg.get_body(("plain",)).get_content().strip() == "texto"
     (att,) = list(msg.iter_attachments())
     assert att.get_filename() == "oficio.txt" and att.get_content() == "Oficio"

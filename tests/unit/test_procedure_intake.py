@@ -21,7 +21,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from demo_procedure import OUTSIDER, STAFF, delivery_mail, reply_mail, request_mail  # noqa: E402
 
 MESA, ENLACE = "mesa.servicios@agricultura.gob.mx", "enlace.soas@agricultura.gob.mx"
-CATALOG = {"Padrón de Productores": ["renapo", "sat"], "Precios de Garantía": ["sat"]}
+AUTHSERV = "mx.agricultura.gob.mx"  # the receiving server whose verdict the intake trusts
+CATALOG = {"Padrón de Productores": ["renapo", "sat"], "Producción para el Bienestar": ["renapo", "sat"],
+           "Precios de Garantía": ["sat"]}
 
 
 def _cert(name, key, issuer_name, issuer_key, ca):
@@ -58,15 +60,20 @@ def lab(tmp_path):
     store = open_store(str(tmp_path / "tickets.db"))
     inbox = ensure_maildir(tmp_path / "mesa")
 
-    def intake(port=None):
+    def intake(port=None, **run_options):
         mailer = Mailer("127.0.0.1", port or controller.port, MESA, reply_to=MESA)
         return Intake(store, open_directory(str(ROOT / "lab" / "data" / "staff.yml")), CATALOG, mailer,
                       mesa_address=MESA, enlace_address=ENLACE, deliveries_dir=str(tmp_path / "entregas"),
-                      oficios_dir=str(tmp_path / "oficios")).run(inbox, tmp_path / "cuarentena")
+                      oficios_dir=str(tmp_path / "oficios"), sender_auth={"trusted_authserv_ids": [AUTHSERV]},
+                      ).run(inbox, tmp_path / "cuarentena", **run_options)
 
-    def deliver(msg, message_id=None):
+    def deliver(msg, message_id=None, dkim="pass"):
+        """As the Secretaría's receiving server delivers it: its Authentication-Results header on top."""
         msg["Message-ID"] = message_id or email.utils.make_msgid()
-        (inbox / "new" / f"{len(list((inbox / 'new').iterdir())) + 100}.{id(msg)}.lab").write_bytes(msg.as_bytes())
+        domain = email.utils.parseaddr(msg["From"])[1].rpartition("@")[2]
+        header = f"Authentication-Results: {AUTHSERV}; dkim={dkim} header.d={domain}\r\n".encode() if dkim else b""
+        (inbox / "new" / f"{len(list((inbox / 'new').iterdir())) + 100}.{id(msg)}.lab").write_bytes(
+            header + msg.as_bytes())
         return msg["Message-ID"]
 
     def sent():
@@ -150,6 +157,9 @@ def test_delivery_is_extracted_and_recorded_forgery_and_strays_quarantined(lab, 
     assert manifest["certificate"].endswith("renapo_ws_gen2.pem") and Path(manifest["certificate"]).is_file()
     notes = " ".join(n["note"] for n in ticket["observations"])
     assert "Entrega rechazada" in notes and f"huella SHA-256 del oficio={fingerprint}" in notes
+    # the authenticated letter's fingerprint is evidence in the registry; the forged one's is not
+    [evidence] = [e for e in lab.store.anchor_evidence("renapo", fingerprint) if e["kind"] != "claim"]
+    assert evidence["kind"] == "authenticated_mail" and evidence["ticket"] == folio
     mesa = [m for m in lab.sent() if m["X-Envelope-To"] == MESA]
     assert len(mesa) == 2 and all(m["Subject"].startswith("Correo en cuarentena") for m in mesa)
 
@@ -183,3 +193,102 @@ def test_store_never_holds_key_material(lab, outbox, tmp_path):
     assert Path(manifest["private_key"]).stat().st_mode & 0o777 == 0o600
     dump = (lab.tmp / "tickets.db").read_bytes() + Path(delivered["manifest"]).read_bytes()
     assert key.read_bytes() not in dump and b"PRIVATE KEY" not in dump and b"secreto" not in dump
+
+
+# ---- who sent it: the receiving server's verdict, never the message's own word (issue: trust only what is proven)
+
+def _forged(msg, sender):
+    msg.replace_header("From", sender)
+    return msg
+
+
+def test_unauthenticated_request_is_quarantined_and_the_person_of_record_is_warned(lab):
+    lab.deliver(request_mail(STAFF), dkim="none")
+    [outcome] = lab.intake()
+    assert outcome["outcome"] == "quarantined" and "solicitud no autenticada" in outcome["reason"]
+    assert lab.store.find() == []
+    warned = {m["Subject"].split(":")[0]: m["X-Envelope-To"] for m in lab.sent()}
+    assert warned == {"Aviso de seguridad": STAFF["email"], "Correo en cuarentena en el buzón de la Mesa de Servicios":
+                      MESA}
+
+
+def test_a_forged_pass_below_the_trusted_header_changes_nothing(lab):
+    msg = request_mail(STAFF)
+    msg["Authentication-Results"] = f"{AUTHSERV}; dkim=pass header.d=agricultura.gob.mx"
+    lab.deliver(msg, dkim="none")  # the receiving server's own header lands on top
+    [outcome] = lab.intake()
+    assert outcome["outcome"] == "quarantined" and lab.store.find() == []
+
+
+def test_outside_sender_naming_staff_in_the_body_is_judged_by_its_from(lab):
+    msg = _forged(request_mail(STAFF), "Ana López <ana.lopez@agricultura-gob.mx>")  # its own domain, signed
+    lab.deliver(msg)
+    [outcome] = lab.intake()
+    ticket = lab.store.get(outcome["ticket"])
+    # judged as who really wrote: not an institutional address, so never validated as Ana
+    assert ticket["requester"]["email"] == "ana.lopez@agricultura-gob.mx" and ticket["state"] == "observations"
+    [notice] = lab.sent()
+    assert notice["X-Envelope-To"] == "ana.lopez@agricultura-gob.mx" and "no es institucional" in notice.get_body(
+        ("plain",)).get_content()
+    assert any("Correo declarado en el cuerpo" in n["note"] for n in ticket["observations"])
+
+
+def test_forwarder_must_be_staff(lab):
+    lab.deliver(request_mail(STAFF, forwarded_by="Lic. Fulano de Tal Inventado"))
+    [outcome] = lab.intake()
+    ticket = lab.store.get(outcome["ticket"])
+    assert ticket["state"] == "closed" and "Quien turna la solicitud" in ticket["cause"]
+
+
+def test_reply_from_someone_else_is_quarantined(lab):
+    lab.deliver(request_mail(STAFF, rank=None))
+    [first] = lab.intake()
+    lab.deliver(_forged(reply_mail(STAFF, first["ticket"], rank="Director de Área"),
+                        "Jorge Ramírez <jorge.ramirez@agricultura.gob.mx>"))
+    [second] = lab.intake()
+    assert second["outcome"] == "quarantined" and "no el solicitante" in second["reason"]
+    assert lab.store.get(first["ticket"])["state"] == "observations"
+
+
+def test_deliveries_from_look_alike_or_unauthenticated_senders_are_refused(lab, outbox):
+    out, fingerprint, _serial = outbox
+    lab.deliver(request_mail(STAFF))
+    [opened] = lab.intake()
+    lab.deliver(_forged(delivery_mail(opened["folio"], out), "RENAPO <servicios.consulta@renapo-gob.mx>"))
+    spoofed = lab.deliver(delivery_mail(opened["folio"], out), dkim="none")
+    lab.deliver(delivery_mail(opened["folio"], out), dkim="fail")
+    outcomes = lab.intake()
+    assert [o["outcome"] for o in outcomes] == ["quarantined"] * 3
+    assert "ningún proveedor configurado" in outcomes[0]["reason"]
+    assert all("no autenticada" in o["reason"] and "playbooks/anchor.yml" in o["reason"] for o in outcomes[1:])
+    assert lab.store.get(opened["folio"])["state"] == "requester_validated"
+    claims = lab.store.anchor_evidence("renapo", fingerprint)
+    assert {e["kind"] for e in claims} == {"claim"} and spoofed in {e["message_id"] for e in claims}
+
+    # the operator vouches for the spoofed one (say RENAPO confirmed it by phone): it is processed as it arrived
+    [released] = lab.intake(release=[spoofed], operator="jdoe")
+    ticket = lab.store.get(opened["folio"])
+    assert released["outcome"] == "certificate_received" and ticket["state"] == "certificate_received"
+    assert any("liberada de cuarentena por jdoe" in (a["reason"] or "") for a in lab.store.audit(ticket["id"]))
+    # ...and its letter is still only a claim: approval needs evidence from another channel
+    assert {e["kind"] for e in lab.store.anchor_evidence("renapo", fingerprint)} == {"claim"}
+
+
+def test_delivery_without_folio_completes_every_waiting_ticket_or_opens_one(lab, outbox):
+    out, fingerprint, _serial = outbox
+    lab.deliver(request_mail(STAFF))
+    lab.deliver(request_mail(STAFF, system="Producción para el Bienestar"))
+    first, second = lab.intake()
+    msg = delivery_mail("", out)
+    msg.replace_header("Subject", "Renovación del certificado del servicio ConsultaPorCurp")
+    lab.deliver(msg)
+    [delivered] = lab.intake()
+    assert {t["folio"] for t in delivered["tickets"]} == {first["folio"], second["folio"]}
+    assert {lab.store.get(t["ticket"])["state"] for t in delivered["tickets"]} == {"certificate_received"}
+
+    msg = delivery_mail("", out)
+    msg.replace_header("Subject", "Renovación del certificado del servicio ConsultaPorCurp")
+    lab.deliver(msg)
+    [opened] = lab.intake()
+    ticket = lab.store.get(opened["ticket"])
+    assert ticket["source"] == "provider" and ticket["state"] == "certificate_received" and ticket["folio"]
