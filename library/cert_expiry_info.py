@@ -14,6 +14,12 @@ description:
   - Thresholds (O(thresholds), days) decide when a certificate alerts; the most urgent threshold reached is the
     one crossed (C(0) once expired). Each crossing has a dedupe C(key), C(expiry:<service>:<sha256>:<threshold>),
     that a playbook uses as the ticket's message_id so a rerun never opens a second ticket.
+  - With O(approved) (the fingerprints the approved-anchor registry approves, per provider), compares what each
+    trust file (role C(trusts)) holds with the registry and returns the trust drift in RV(drift) - anchors held
+    that the registry does not approve (a rogue anchor planted on a host) and approved anchors the file lacks.
+    A provider absent from O(approved) has no registry entry at all; it is reported once in RV(registry_empty)
+    (seed it with C(playbooks/anchor.yml -e action=seed)) instead of flagging every anchor. Drift is reported in
+    the table, never as an alert.
   - Only reads. An unreadable file or a failed handshake is reported in RV(problems), never fails the task.
 version_added: "0.1.0"
 author: DGTIC automation team
@@ -72,6 +78,14 @@ options:
     type: list
     elements: str
     default: []
+  approved:
+    description:
+      - "What the approved-anchor registry approves, per provider: C({provider: [fingerprint, ...]}). Entries may be
+        SHA-256 fingerprints in any usual spelling or PEM certificates (C(trust_anchor_info)'s C(approved_pems))."
+      - A provider with registry entries but none approved maps to an empty list (everything held is drift); a
+        provider with no entry at all is left out.
+      - When omitted, drift is not checked.
+    type: dict
   thresholds:
     description: Alert thresholds in days left.
     type: list
@@ -89,6 +103,7 @@ notes:
 seealso:
   - module: service_ticket
   - module: service_notify
+  - module: trust_anchor_info
 """
 
 EXAMPLES = r"""
@@ -114,6 +129,24 @@ EXAMPLES = r"""
   ansible.builtin.assert:
     that: scan.alerts | length == 0
     fail_msg: "{{ scan.table | join('\n') }}"
+
+- name: Read the approved-anchor registry for RENAPO
+  trust_anchor_info:
+    store: /var/lib/consulta/tickets.db
+    provider: renapo
+  register: renapo_registry
+
+- name: Compare what the hosts trust with the registry
+  cert_expiry_info:
+    scanned: "{{ groups['consulta_hosts'] | map('extract', hostvars, ['host_scan', 'certificates']) | flatten }}"
+    approved:
+      renapo: "{{ renapo_registry.approved_pems }}"
+  register: drift_scan
+
+- name: Every host trusts exactly what the registry approves
+  ansible.builtin.assert:
+    that: drift_scan.drift | length == 0
+    fail_msg: "{{ drift_scan.table | select('match', '^DRIFT ') | join('\n') }}"
 """
 
 RETURN = r"""
@@ -160,17 +193,45 @@ alerts:
       hosts: [consulta-01]
       endpoints: []
       sources: ["consulta-01:/etc/consulta/trust/renapo-bundle.pem"]
+drift:
+  description:
+    - Trust drift against O(approved), per host, provider and trust file. C(kind) is C(held_not_approved) (the file
+      holds an anchor the registry does not approve) or C(approved_missing) (an approved anchor the file lacks;
+      C(subject) and C(not_after) are then null). Empty when O(approved) is not given.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - kind: held_not_approved
+      host: consulta-02
+      service: renapo
+      path: /etc/consulta/trust/renapo-bundle.pem
+      fingerprint: "AB:CD:...:EF"
+      subject: Rogue Root CA
+      not_after: "2036-03-01T12:00:00Z"
+registry_empty:
+  description: Providers whose trust files were scanned but that have no registry entry at all (never seeded).
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - service: sat
+      hosts: [consulta-01, consulta-02]
+      message: "registry empty for sat: seed it (playbooks/anchor.yml -e action=seed -e provider=sat)"
 table:
-  description: The scan as fixed-width text lines, most urgent first, problems last.
+  description:
+    - The scan as fixed-width text lines, most urgent first; then, when O(approved) is given, the drift section (a
+      C(TRUST DRIFT) heading, one C(DRIFT) line per host and anchor, one C(REGISTRY) line per empty registry);
+      problems last.
   returned: always
   type: list
   elements: str
   sample: ["HOST         SERVICE  ROLE    DAYS  ALERT  NOT AFTER ...", "consulta-01  renapo   trusts  10    <=15d ..."]
 counts:
-  description: Certificates, alerts, expiring and expired rows, problems.
+  description: Certificates, alerts, expiring and expired rows, problems, drift entries.
   returned: always
   type: dict
-  sample: {certificates: 12, alerts: 1, expiring: 1, expired: 0, problems: 0}
+  sample: {certificates: 12, alerts: 1, expiring: 1, expired: 0, problems: 0, drift: 1}
 thresholds:
   description: The thresholds applied, largest first.
   returned: always
@@ -182,7 +243,14 @@ thresholds:
 import socket
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.expiry import parse_time, scan_endpoints, scan_files, summarize, thresholds
+from ansible.module_utils.expiry import (
+    approved_fingerprints,
+    parse_time,
+    scan_endpoints,
+    scan_files,
+    summarize,
+    thresholds,
+)
 
 
 def main():
@@ -200,6 +268,7 @@ def main():
             scanned=dict(type="list", elements="dict", default=[]),
             scanned_problems=dict(type="list", elements="dict", default=[]),
             expected_hosts=dict(type="list", elements="str", default=[]),
+            approved=dict(type="dict"),
             thresholds=dict(type="list", elements="int", default=[30, 15, 7, 2]),
             timeout=dict(type="float", default=10.0),
             now=dict(type="str"),
@@ -217,8 +286,12 @@ def main():
     rows = list(p["scanned"]) + rows + live_rows
     problems = list(p["scanned_problems"]) + problems + live_problems
     try:
-        summary = summarize(rows, problems, p["expected_hosts"])
-    except (KeyError, TypeError) as e:
+        approved_fingerprints(p["approved"] or {})
+    except ValueError as e:
+        module.fail_json(msg="invalid approved anchors: %s" % e)
+    try:
+        summary = summarize(rows, problems, p["expected_hosts"], p["approved"])
+    except (KeyError, TypeError, ValueError) as e:
         module.fail_json(msg="a scanned row is not a cert_expiry_info row: %s %s" % (type(e).__name__, e))
     rows.sort(key=lambda r: (r["days_left"], r["host"], r["source"], r["position"]))
     module.exit_json(changed=False, certificates=rows, thresholds=limits, **summary)

@@ -4,6 +4,11 @@ the alert thresholds each one crosses, the dedupe key of a crossing and the scan
 Standard library only: the file scan runs on the managed hosts (Debian's /usr/bin/python3), next to cert_files.
 A crossing is identified by `expiry:<service>:<sha256 hex>:<threshold>`; the scan uses it as the ticket's
 message_id, so rerunning the scan finds the ticket it opened instead of opening another one.
+
+Trust drift (DESIGN.md §2): what a host trusts must come only from the approved-anchor registry. `trust_drift`
+compares the anchors each trust file holds with the fingerprints the registry approves for its provider and reports
+both directions (held but not approved; approved but missing). Drift is reported, never ticketed: the next rollout
+rebuilds the bundle from the registry and removes it.
 """
 from __future__ import annotations
 
@@ -149,6 +154,100 @@ def scan_endpoints(endpoints, now, limits, timeout=10.0):
     return rows, problems
 
 
+# ---------------------------------------------------------------- trust drift against the approved-anchor registry
+
+_FP_PREFIX_RE = re.compile(r"^\s*(?:sha-?256\s*(?:fingerprint)?\s*[:=]?)", re.I)
+_HEX64_RE = re.compile(r"^[0-9A-F]{64}$")
+SEED_COMMAND = "playbooks/anchor.yml -e action=seed -e provider=%s"
+
+
+def fingerprint(value):
+    """The rows' form of a SHA-256 fingerprint (upper-case colon hex) from any usual spelling (colons, spaces,
+    case, a `sha256:` prefix) or from a PEM text holding one certificate; raises ValueError otherwise."""
+    text = str(value or "")
+    if "-----BEGIN" in text:
+        certs = pem_certificates(text)
+        if len(certs) != 1:
+            raise ValueError("an approved anchor given as PEM holds %d certificates, not one" % len(certs))
+        return certs[0][1].fingerprint
+    digits = re.sub(r"[\s:]", "", _FP_PREFIX_RE.sub("", text)).upper()
+    if not _HEX64_RE.match(digits):
+        raise ValueError("%r is not a SHA-256 fingerprint (64 hex digits)" % (text[:80],))
+    return ":".join(digits[i:i + 2] for i in range(0, 64, 2))
+
+
+def approved_fingerprints(approved):
+    """{provider: set of fingerprints} from {provider: [fingerprint or PEM]} (trust_anchor_info's `approved_pems`
+    can be passed as they are); raises ValueError naming the provider of a bad entry."""
+    if not isinstance(approved, dict):
+        raise ValueError("approved must map each provider to its approved fingerprints, not %s"
+                         % type(approved).__name__)
+    out = {}
+    for provider, values in approved.items():
+        if values is None:
+            values = []
+        if isinstance(values, str) or not isinstance(values, (list, tuple, set)):
+            raise ValueError("approved[%s] must be a list of fingerprints" % provider)
+        try:
+            out[str(provider)] = {fingerprint(v) for v in values}
+        except ValueError as exc:
+            raise ValueError("approved[%s]: %s" % (provider, exc)) from None
+    return out
+
+
+def trust_drift(rows, approved):
+    """Compare what each host's trust files hold (rows with role `trusts`) with the registry.
+
+    `approved` maps provider -> the fingerprints the registry approves (or PEMs; see `approved_fingerprints`). A
+    provider ABSENT from it has no registry entry at all (never seeded): flagging every anchor would only be noise,
+    so it gets one `registry_empty` entry instead. A provider present with an empty list has entries but approves
+    none: everything its hosts hold is drift. Each trust file is compared on its own (the service reads one file).
+
+    Returns (drift, registry_empty): drift entries {kind: held_not_approved | approved_missing, host, service,
+    path, fingerprint, subject (CN), not_after}, sorted by host, service, path; registry_empty entries {service,
+    hosts, message}."""
+    approved = approved_fingerprints(approved)
+    files = {}
+    for r in rows:
+        if r["role"] == "trusts":
+            held = files.setdefault((r["host"], r["service"], r["source"]), {})
+            held.setdefault(fingerprint(r["sha256"]), r)
+    drift, empty = [], {}
+    for (host, service, path), held in sorted(files.items()):
+        if service not in approved:
+            empty.setdefault(service, set()).add(host)
+            continue
+        for fp, r in sorted(held.items()):
+            if fp not in approved[service]:
+                drift.append({"kind": "held_not_approved", "host": host, "service": service, "path": path,
+                              "fingerprint": fp, "subject": r["subject_cn"], "not_after": r["not_after"]})
+        for fp in sorted(approved[service] - set(held)):
+            drift.append({"kind": "approved_missing", "host": host, "service": service, "path": path,
+                          "fingerprint": fp, "subject": None, "not_after": None})
+    registry_empty = [{"service": s, "hosts": sorted(h),
+                       "message": "registry empty for %s: seed it (%s)" % (s, SEED_COMMAND % s)}
+                      for s, h in sorted(empty.items())]
+    return drift, registry_empty
+
+
+def drift_lines(drift, registry_empty=()):
+    """The table's drift section: a heading, one DRIFT line per host and anchor, one line per empty registry."""
+    held = [d for d in drift if d["kind"] == "held_not_approved"]
+    heading = "TRUST DRIFT against the approved-anchor registry: %s" % (
+        "%d held but not approved, %d approved but missing" % (len(held), len(drift) - len(held)) if drift
+        else "none")
+    lines = [heading]
+    for d in drift:
+        if d["kind"] == "held_not_approved":
+            lines.append("DRIFT %s %s held, not approved: %s CN=%s not_after %s in %s" % (
+                d["host"], d["service"], d["fingerprint"], d["subject"] or "-", d["not_after"], d["path"]))
+        else:
+            lines.append("DRIFT %s %s approved, missing: %s from %s" % (
+                d["host"], d["service"], d["fingerprint"], d["path"]))
+    lines += ["REGISTRY %s (hosts: %s)" % (e["message"], ", ".join(e["hosts"])) for e in registry_empty]
+    return lines
+
+
 # ---------------------------------------------------------------- summary
 
 def alerts(rows):
@@ -172,27 +271,34 @@ def alerts(rows):
 _COLUMNS = ("HOST", "SERVICE", "ROLE", "DAYS", "ALERT", "NOT AFTER", "SUBJECT CN", "SHA256", "SOURCE")
 
 
-def table(rows, problems=()):
-    """Fixed-width text lines, most urgent first; problems (unreadable file, failed handshake) at the end."""
+def table(rows, problems=(), drift=()):
+    """Fixed-width text lines, most urgent first, then the trust drift section (`drift_lines`), then problems
+    (unreadable file, failed handshake)."""
     body = [(r["host"], r["service"], r["role"], str(r["days_left"]),
              "-" if r["threshold"] is None else "EXPIRED" if r["threshold"] == EXPIRED else "<=%dd" % r["threshold"],
              r["not_after"], r["subject_cn"] or "-", r["sha256"][:11], "%s#%d" % (r["source"], r["position"]))
             for r in sorted(rows, key=lambda r: (r["days_left"], r["host"], r["source"], r["position"]))]
     widths = [max(len(c[i]) for c in [_COLUMNS, *body]) for i in range(len(_COLUMNS))]
     lines = ["  ".join(c[i].ljust(widths[i]) for i in range(len(c))).rstrip() for c in [_COLUMNS, *body]]
+    lines += list(drift)
     lines += ["PROBLEM %s %s: %s" % (p["host"], p["source"], p["problem"]) for p in problems]
     return lines
 
 
-def summarize(rows, problems=(), expected_hosts=()):
-    """alerts, table and counts of a whole scan; an expected host with no row and no problem was not scanned."""
+def summarize(rows, problems=(), expected_hosts=(), approved=None):
+    """alerts, drift, table and counts of a whole scan; an expected host with no row and no problem was not scanned.
+    Trust drift is checked only when `approved` (see `trust_drift`) is given."""
     problems = list(problems)
     seen = {r["host"] for r in rows} | {p["host"] for p in problems}
     problems += [_problem(h, "-", "not scanned (unreachable or failed)") for h in expected_hosts if h not in seen]
     found = alerts(rows)
+    drift, empty = trust_drift(rows, approved) if approved is not None else ([], [])
+    lines = drift_lines(drift, empty) if approved is not None else []
     return {
-        "alerts": found, "table": table(rows, problems), "problems": problems,
+        "alerts": found, "drift": drift, "registry_empty": empty, "table": table(rows, problems, lines),
+        "problems": problems,
         "counts": {"certificates": len(rows), "alerts": len(found),
                    "expiring": sum(r["status"] == "expiring" for r in rows),
-                   "expired": sum(r["status"] == "expired" for r in rows), "problems": len(problems)},
+                   "expired": sum(r["status"] == "expired" for r in rows), "problems": len(problems),
+                   "drift": len(drift)},
     }

@@ -1,4 +1,5 @@
-"""playbooks/expiry_scan.yml on the lab: hosts' files, live TLS of the simulators, ticket store, SMTP sink."""
+"""playbooks/expiry_scan.yml on the lab: hosts' files, live TLS of the simulators, ticket store, SMTP sink, and
+trust drift against the approved-anchor registry."""
 from __future__ import annotations
 
 import datetime as dt
@@ -48,6 +49,23 @@ def near_expiry_anchor(days=10):
             .sign(key, hashes.SHA256()))
 
 
+def self_signed_ca(cn, days=3650):
+    """A CA anyone can make: what an attacker plants in one host's trust bundle."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    now = dt.datetime.now(dt.UTC)
+    return (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+
+
+def table_lines(out, prefix):
+    """The scan table's lines starting with `prefix`, as the debug task prints them (a JSON list of strings)."""
+    return sorted(set(re.findall(r'^\s*"(%s [^"]*)",?$' % prefix, out, flags=re.M)))
+
+
 def test_healthy_fleet_opens_no_ticket(fresh_lab):
     out = scan().stdout
     assert monitor_tickets(fresh_lab) == [] and expiry_notices(fresh_lab) == []
@@ -90,3 +108,28 @@ def test_unreachable_host_is_reported_not_silently_skipped(fresh_lab):
     assert p.returncode != 0  # ansible-playbook says a host was unreachable
     assert "PROBLEM consulta-03 -: not scanned (unreachable or failed)" in p.stdout
     assert monitor_tickets(fresh_lab) == []
+
+
+def test_rogue_anchor_planted_on_one_host_is_drift_on_that_host_only(fresh_lab):
+    lab = fresh_lab
+    with open_store(str(lab.STATE / "procedure" / "tickets.db")) as store:  # conftest seeded gen1, approved
+        [gen1] = store.approved_anchors("renapo")
+    rogue = self_signed_ca("RENAPO Lab Root G1")  # the look-alike name a forger would pick
+    rogue_fp = rogue.fingerprint(hashes.SHA256()).hex(":").upper()
+    bundle = lab.STATE / "hosts" / "consulta-02" / "etc-consulta" / "trust" / "renapo-bundle.pem"
+    bundle.write_bytes(bundle.read_bytes() + rogue.public_bytes(serialization.Encoding.PEM))
+
+    out = scan().stdout
+
+    drift = table_lines(out, "DRIFT")
+    assert len(drift) == 1, out[-4000:]
+    assert drift[0].startswith(f"DRIFT consulta-02 renapo held, not approved: {rogue_fp} CN=RENAPO Lab Root G1 "
+                               f"not_after {rogue.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ} in /etc/consulta/trust/")
+    assert gen1["fingerprint"] not in "\n".join(drift)  # the approved anchor is held everywhere: nothing missing
+    assert "TRUST DRIFT against the approved-anchor registry: 1 held but not approved, 0 approved but missing" in out
+    # SAT's registry was never seeded in the lab: one notice, not its anchors one by one
+    assert [line.split(" (hosts:")[0] for line in table_lines(out, "REGISTRY")] == [
+        "REGISTRY registry empty for sat: seed it (playbooks/anchor.yml -e action=seed -e provider=sat)"]
+    assert re.search(r"0 problems, 1 trust drift \(1 providers with an empty registry\)", out)
+    # drift is reported, never ticketed or mailed
+    assert monitor_tickets(lab) == [] and expiry_notices(lab) == []

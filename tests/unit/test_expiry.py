@@ -1,8 +1,10 @@
 """expiry: thresholds, days left, crossings and their dedupe key, file and live TLS scans (real files, a real TLS
-server on an ephemeral port), the summary table, and cert_expiry_info run the way operators run it."""
+server on an ephemeral port), trust drift against the approved-anchor registry, the summary table, and
+cert_expiry_info run the way operators run it."""
 import datetime as dt
 import json
 import os
+import re
 import socket
 import ssl
 import subprocess
@@ -211,7 +213,9 @@ def test_one_alert_per_crossing_naming_every_host_and_endpoint():
     assert alert["key"] == expiry.dedupe_key("renapo", sha256(near), 15)
     assert alert["hosts"] == ["web01", "web02"] and alert["endpoints"] == ["127.0.0.1:9443"]
     assert alert["days_left"] == 10 and alert["threshold"] == 15 and alert["status"] == "expiring"
-    assert summary["counts"] == {"certificates": 4, "alerts": 1, "expiring": 3, "expired": 0, "problems": 0}
+    assert summary["counts"] == {"certificates": 4, "alerts": 1, "expiring": 3, "expired": 0, "problems": 0,
+                                 "drift": 0}
+    assert summary["drift"] == [] and summary["registry_empty"] == []  # no registry given: drift not checked
     header, first, *_ = summary["table"]
     assert header.split()[:5] == ["HOST", "SERVICE", "ROLE", "DAYS", "ALERT"]
     assert first.split()[:5] == ["127.0.0.1:9443", "renapo", "live", "10", "<=15d"]
@@ -227,6 +231,121 @@ def test_healthy_fleet_has_no_alert_and_a_missing_host_is_a_problem():
     assert [p["host"] for p in summary["problems"]] == ["web02", "web03"]
     assert summary["table"][-2:] == ["PROBLEM web02 /x.pem: file not found",
                                      "PROBLEM web03 -: not scanned (unreachable or failed)"]
+
+
+# ---------------------------------------------------------------- trust drift against the registry
+
+BUNDLE = "/etc/consulta/trust/renapo-bundle.pem"
+SAT_CA = "/etc/consulta/trust/sat-ca.pem"
+GEN1, GEN2, ROGUE = issue("RENAPO Lab Root G1", 3000, serial=11), issue("RENAPO Lab Root G2", 3600, serial=12), \
+    issue("Rogue Root CA", 3650, serial=13)
+SAT_ROOT = issue("SAT Lab Root", 3000, serial=14)
+
+
+def _drift(rows, approved):
+    drift, empty = expiry.trust_drift(rows, approved)
+    return [(d["kind"], d["host"], d["service"], d["fingerprint"]) for d in drift], \
+        [(e["service"], e["hosts"]) for e in empty]
+
+
+@pytest.mark.parametrize("case, rows, approved, drift, empty", [
+    ("every host holds exactly what is approved",
+     [_row("web01", GEN1), _row("web02", GEN1)], {"renapo": [sha256(GEN1)]}, [], []),
+    ("a rogue anchor planted on one host is drift on that host only",
+     [_row("web01", GEN1), _row("web02", GEN1), _row("web02", ROGUE)], {"renapo": [sha256(GEN1)]},
+     [("held_not_approved", "web02", "renapo", sha256(ROGUE))], []),
+    ("an approved anchor a host lacks (approved after its last rollout)",
+     [_row("web01", GEN1), _row("web01", GEN2), _row("web02", GEN1)], {"renapo": [sha256(GEN1), sha256(GEN2)]},
+     [("approved_missing", "web02", "renapo", sha256(GEN2))], []),
+    ("a retired anchor still held: the registry has entries but approves none of them",
+     [_row("web01", GEN1)], {"renapo": []}, [("held_not_approved", "web01", "renapo", sha256(GEN1))], []),
+    ("a provider with no registry entry at all: one notice, never anchor by anchor",
+     [_row("web01", GEN1), _row("web01", SAT_ROOT, service="sat", source=SAT_CA),
+      _row("web02", SAT_ROOT, service="sat", source=SAT_CA)], {"renapo": [sha256(GEN1)]},
+     [], [("sat", ["web01", "web02"])]),
+    ("an anchor approved for another provider is drift here",
+     [_row("web01", GEN1), _row("web01", GEN1, service="sat", source=SAT_CA)],
+     {"renapo": [sha256(GEN1)], "sat": [sha256(SAT_ROOT)]},
+     [("held_not_approved", "web01", "sat", sha256(GEN1)), ("approved_missing", "web01", "sat", sha256(SAT_ROOT))],
+     []),
+    ("what a host presents and what endpoints present live are not trust",
+     [_row("web01", GEN1), _row("web01", ROGUE, role="presents", source="/etc/consulta/identity/sat/cert.pem"),
+      _row("127.0.0.1:9443", ROGUE, role="live", source="127.0.0.1:9443")], {"renapo": [sha256(GEN1)]}, [], []),
+    ("fingerprints in any spelling, or the registry's PEMs as they are",
+     [_row("web01", GEN1), _row("web01", GEN2)],
+     {"renapo": [sha256(GEN1).replace(":", "").lower(), pem(GEN2).decode()]}, [], []),
+])
+def test_trust_drift(case, rows, approved, drift, empty):
+    assert _drift(rows, approved) == (drift, empty), case
+
+
+def test_drift_entry_names_host_path_fingerprint_subject_and_expiry():
+    rows = [_row("web01", GEN1), _row("web02", GEN1), _row("web02", ROGUE)]
+    [entry], [] = expiry.trust_drift(rows, {"renapo": [sha256(GEN1)]})
+    assert entry == {"kind": "held_not_approved", "host": "web02", "service": "renapo", "path": BUNDLE,
+                     "fingerprint": sha256(ROGUE), "subject": "Rogue Root CA",
+                     "not_after": (NOW + dt.timedelta(days=3650)).strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+
+def test_each_trust_file_is_compared_on_its_own():
+    other = "/etc/consulta/trust/renapo-truststore.pem"
+    rows = [_row("web01", GEN1), _row("web01", GEN2), _row("web01", GEN1, source=other)]
+    drift, _ = expiry.trust_drift(rows, {"renapo": [sha256(GEN1), sha256(GEN2)]})
+    assert [(d["kind"], d["path"], d["fingerprint"]) for d in drift] == [
+        ("approved_missing", other, sha256(GEN2))]
+
+
+def test_duplicate_anchor_in_one_bundle_is_reported_once():
+    rows = [_row("web01", ROGUE), _row("web01", ROGUE), _row("web01", GEN1)]
+    drift, _ = expiry.trust_drift(rows, {"renapo": [sha256(GEN1)]})
+    assert [d["fingerprint"] for d in drift] == [sha256(ROGUE)]
+
+
+@pytest.mark.parametrize("value", [
+    sha256(GEN1), sha256(GEN1).lower(), sha256(GEN1).replace(":", ""), "sha256:" + sha256(GEN1).replace(":", ""),
+    "SHA256 Fingerprint=" + sha256(GEN1), " ".join(sha256(GEN1).split(":")), pem(GEN1).decode(),
+])
+def test_fingerprint_spellings(value):
+    assert expiry.fingerprint(value) == sha256(GEN1)
+
+
+@pytest.mark.parametrize("approved, msg", [
+    (["AB:CD"], "approved must map"),
+    ({"renapo": "AB:CD"}, "approved[renapo] must be a list"),
+    ({"renapo": ["AB:CD"]}, "approved[renapo]: 'AB:CD' is not a SHA-256 fingerprint"),
+    ({"renapo": [sha256(GEN1) + "00"]}, "is not a SHA-256 fingerprint"),
+    ({"renapo": [pem(GEN1, GEN2).decode()]}, "holds 2 certificates, not one"),
+])
+def test_approved_refused(approved, msg):
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        expiry.approved_fingerprints(approved)
+
+
+def test_summary_prints_drift_section_and_counts_it_without_alerting():
+    rows = [_row("web01", GEN1), _row("web02", GEN1), _row("web02", ROGUE), _row("web01", GEN1, service="sat",
+                                                                                 source=SAT_CA)]
+    summary = expiry.summarize(rows, [{"host": "web03", "source": "/x.pem", "problem": "file not found"}],
+                               approved={"renapo": [sha256(GEN1), sha256(GEN2)]})
+    assert summary["alerts"] == [] and summary["counts"]["drift"] == 3
+    section = summary["table"][5:-1]
+    assert section == [
+        "TRUST DRIFT against the approved-anchor registry: 1 held but not approved, 2 approved but missing",
+        f"DRIFT web01 renapo approved, missing: {sha256(GEN2)} from {BUNDLE}",
+        f"DRIFT web02 renapo held, not approved: {sha256(ROGUE)} CN=Rogue Root CA not_after "
+        f"{(NOW + dt.timedelta(days=3650)):%Y-%m-%dT%H:%M:%SZ} in {BUNDLE}",
+        f"DRIFT web02 renapo approved, missing: {sha256(GEN2)} from {BUNDLE}",
+        "REGISTRY registry empty for sat: seed it (playbooks/anchor.yml -e action=seed -e provider=sat) "
+        "(hosts: web01)"]
+    assert summary["table"][-1] == "PROBLEM web03 /x.pem: file not found"  # problems stay last
+    assert summary["registry_empty"] == [{
+        "service": "sat", "hosts": ["web01"],
+        "message": "registry empty for sat: seed it (playbooks/anchor.yml -e action=seed -e provider=sat)"}]
+
+
+def test_summary_says_when_there_is_no_drift():
+    summary = expiry.summarize([_row("web01", GEN1)], approved={"renapo": [sha256(GEN1)]})
+    assert summary["table"][-1] == "TRUST DRIFT against the approved-anchor registry: none"
+    assert summary["drift"] == [] and summary["counts"]["drift"] == 0
 
 
 # ---------------------------------------------------------------- the module, as operators run it
@@ -257,6 +376,24 @@ def test_module_files_endpoints_and_merged_rows(files, tls_server):
     assert res["alerts"][0]["sha256"] == sha256(leaf)
     assert res["problems"] == [{"host": "web10", "source": "-", "problem": "not scanned (unreachable or failed)"}]
     assert res["thresholds"] == [30, 15, 7, 2]
+
+
+def test_module_reports_drift_from_the_registry_pems(tmp_path):
+    (tmp_path / "bundle.pem").write_bytes(pem(GEN1, ROGUE))
+    rc, res = _ansible("cert_expiry_info", {
+        "host": "web01", "now": "2026-03-02T12:00:00Z",
+        "files": [{"path": str(tmp_path / "bundle.pem"), "service": "renapo"}],
+        "approved": {"renapo": [pem(GEN1).decode(), sha256(GEN2)]}}, "--check")
+    assert rc == 0 and res["changed"] is False and res["alerts"] == []
+    assert [(d["kind"], d["fingerprint"]) for d in res["drift"]] == [
+        ("held_not_approved", sha256(ROGUE)), ("approved_missing", sha256(GEN2))]
+    assert res["counts"]["drift"] == 2 and res["registry_empty"] == []
+    assert sum(line.startswith("DRIFT web01 renapo") for line in res["table"]) == 2
+
+
+def test_module_refuses_a_bad_approved_fingerprint(tmp_path):
+    rc, res = _ansible("cert_expiry_info", {"approved": {"renapo": ["AB:CD"]}}, "--check")
+    assert rc != 0 and res["msg"].startswith("invalid approved anchors: approved[renapo]: 'AB:CD'")
 
 
 def test_module_doc_renders():
