@@ -1,8 +1,8 @@
-"""The lab as a pytest fixture: real hosts (sshd + nginx), real simulators, real SMTP sink."""
+"""The lab as a pytest fixture: real hosts (sshd + nginx), real simulators, real mail host."""
 from __future__ import annotations
 
 import pytest
-from labtools import LAB_HOSTS, labctl
+from labtools import LAB_HOSTS, labctl, seed_registry
 
 
 @pytest.fixture(scope="session")
@@ -15,6 +15,8 @@ def lab():
 
 @pytest.fixture
 def fresh_lab(lab):
-    """The lab reset to day zero (RENAPO gen1, hosts trusting only it) for a test that changes things."""
+    """The lab reset to day zero (RENAPO gen1, hosts trusting only it, the registry approving only it) for a test
+    that changes things."""
     labctl.up(LAB_HOSTS, fresh=True)
+    seed_registry()
     return lab

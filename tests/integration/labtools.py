@@ -29,3 +29,15 @@ def run(cmd: list[str], check: bool = True, timeout: int = 300, env: dict | None
         raise AssertionError(f"{' '.join(cmd)} exited {p.returncode}\n"
                              f"STDOUT:\n{p.stdout[-4000:]}\nSTDERR:\n{p.stderr[-4000:]}")
     return p
+
+
+def seed_registry() -> None:
+    """Day zero of the anchor registry, as an operator's one-time seed would leave it: RENAPO's gen1 anchor approved
+    (playbooks/anchor.yml -e action=seed is tested on its own in test_trust.py)."""
+    from ansible.module_utils.ticket_store import open_store
+
+    (labctl.STATE / "procedure").mkdir(parents=True, exist_ok=True)
+    with open_store(str(labctl.STATE / "procedure" / "tickets.db")) as store:
+        if not store.anchors("renapo"):
+            store.anchor_seed("renapo", [labctl.pki.ensure(labctl.STATE)["renapo_anchor"].read_text()],
+                              actor="lab.seed", reason="lab day zero: the anchor the hosts were built with")
