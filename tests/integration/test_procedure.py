@@ -1,8 +1,7 @@
-"""The procedure end to end on the lab: mailbox -> tickets -> renew -> hosts, notices in the real SMTP sink."""
+"""The procedure end to end on the lab: mail through the real mail host -> IMAP mailbox -> tickets -> renew -> hosts,
+notices in the real SMTP sink."""
 from __future__ import annotations
 
-import email
-import email.header
 import hashlib
 import sys
 import time
@@ -85,13 +84,13 @@ def test_request_to_closed_ticket_then_switch_without_a_failed_consultation(fres
     assert again.returncode != 0 and "is 'closed'" in again.stdout
 
 
-def test_outsider_forgery_unconfirmed_anchor_and_smtp_down(fresh_lab):
+def test_outsider_forgery_unproven_anchor_and_smtp_down(fresh_lab):
     lab = fresh_lab
     procedure.deliver(procedure.request_mail(procedure.OUTSIDER))
     procedure.deliver(procedure.request_mail(procedure.STAFF))
     # SMTP down: intake stops with the ticket committed and the message in new/; the rerun finishes, no duplicate.
     down = playbook("intake.yml", "-e", "procedure_smtp_port=1", check=False)
-    assert down.returncode != 0 and "stays in new/" in down.stdout
+    assert down.returncode != 0 and "stays in the inbox" in down.stdout
     playbook("intake.yml")
     with procedure.store() as s:
         outsider, staff = s.find()
@@ -102,26 +101,34 @@ def test_outsider_forgery_unconfirmed_anchor_and_smtp_down(fresh_lab):
     assert sent_oficio["X-Lab-Rcpt-To"] == f"{procedure.OUTSIDER['email']}, {MESA}"
     assert staff["state"] == "requester_validated"
 
+    # RENAPO's own (authenticated) mail carrying a rogue certificate under the genuine letter: the letter's
+    # fingerprint matches no attachment.
     published = lab.pki.publish(lab.STATE)
     before = checksums(lab)
     rogue = procedure.rogue_certificate(lab.STATE / "rogue.pem",
                                         published["outbox"] / f"renapo_raiz_{published['generation']}.cer")
     procedure.deliver(procedure.delivery_mail(staff["folio"], published["outbox"], files=[rogue]))
     playbook("intake.yml")
-    [quarantined] = (lab.STATE / "procedure" / "cuarentena" / "new").iterdir()
-    reason = email.message_from_bytes(quarantined.read_bytes())["X-Quarantine-Reason"]
-    assert str(email.header.make_header(email.header.decode_header(reason))).startswith("FINGERPRINT_MISMATCH")
+    [quarantined] = procedure.quarantined()
+    assert procedure.reason(quarantined).startswith("FINGERPRINT_MISMATCH")
     assert mails("Correo en cuarentena")[0]["X-Lab-Rcpt-To"] == MESA
 
-    # The genuine certificate under a letter that states no fingerprint: the controller refuses it, no host touched.
+    # The genuine certificate under a letter that states no fingerprint: authenticated, but the letter proves
+    # nothing; renew refuses to trust the anchor, names the evidence missing, and touches no host.
     letter = "\n".join(ln for ln in (published["outbox"] / "oficio.txt").read_text().splitlines() if ":" not in ln)
     procedure.deliver(procedure.delivery_mail(staff["folio"], published["outbox"], letter=letter))
     playbook("intake.yml")
     refused = playbook("renew.yml", "-e", f"folio={staff['folio']}", check=False)
-    assert refused.returncode != 0
+    assert refused.returncode != 0 and "playbooks/anchor.yml" in refused.stdout, refused.stdout[-3000:]
     with procedure.store() as s:
         staff = s.get(staff["id"])
-    assert staff["state"] == "rolled_back" and "UNCONFIRMED_ANCHOR" in staff["cause"], staff["cause"]
-    assert staff["verified_hosts"] == [] and checksums(lab) == before
-    [rollback] = mails("Actualización de certificado revertida")
-    assert rollback["X-Lab-Rcpt-To"] == f"{MESA}, {procedure.STAFF['email']}"
+        assert s.anchor("renapo", published["fingerprint_sha256"])["state"] == "pending"
+    assert staff["state"] == "certificate_received" and staff["verified_hosts"] == [] and checksums(lab) == before
+
+    # RENAPO switches: its live endpoint now presents the new anchor, which is evidence the e-mail cannot forge.
+    lab.pki.switch(lab.STATE)
+    playbook("renew.yml", "-e", f"folio={staff['folio']}")
+    with procedure.store() as s:
+        staff, entry = s.get(staff["id"]), s.anchor("renapo", published["fingerprint_sha256"])
+    assert staff["state"] == "closed" and entry["state"] == "approved"
+    assert [e["kind"] for e in entry["evidence"] if e["kind"] != "claim"] == ["endpoint"]
