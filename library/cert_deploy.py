@@ -54,8 +54,17 @@ options:
         description:
           - Treat I(content) as PEM certificates to add to the PEM bundle already at I(path) (existing entries first,
             duplicates by SHA-256 fingerprint removed, expired ones dropped) instead of replacing it.
+          - The merge is computed under the lock of I(backup_dir), against the file as it is then, so two concurrent
+            merges into one file both land.
         type: bool
         default: false
+      removal_note:
+        description:
+          - Why certificates the file holds now and I(content) does not are removed, shown on their C(-) line of the
+            diff and in RV(files[].removed), for example C(not in the trust-anchor registry). Expired ones always say
+            C(expired).
+          - Default C(not in the new content).
+        type: str
   backup_dir:
     description: Directory holding one sub-directory per backup (created mode 0700).
     type: path
@@ -80,8 +89,9 @@ options:
     type: raw
 notes:
   - Check mode reports what would change, with the diff, and touches nothing (no backup, no write, no command).
-  - Diff mode shows, per changed file, each certificate as serial, SHA-256 fingerprint, subject CN and notAfter,
-    other files as their SHA-256, secret files only as changed.
+  - "Diff mode shows, per changed file, each certificate as serial, SHA-256 fingerprint, subject CN and notAfter,
+    other files as their SHA-256, secret files only as changed. A certificate removed says why on its line
+    (C(· removed: expired) or C(· removed: <removal_note>))."
 """
 
 EXAMPLES = r"""
@@ -140,7 +150,10 @@ changed:
   type: bool
   sample: true
 files:
-  description: One entry per file, in the order given (for restore, the order of the manifest).
+  description:
+    - One entry per file, in the order given (for restore, the order of the manifest).
+    - C(added) and C(removed) list the certificates that appear and go (fingerprint, subject_cn, not_after; a
+      removal also its reason); both empty for a secret file or one that is not certificates.
   returned: install and restore
   type: list
   elements: dict
@@ -153,6 +166,9 @@ files:
       description_before: ["serial 01A2 · sha256 AB:..:09 · CN=RENAPO lab anchor 1 · not_after 2027-01-01T00:00:00Z"]
       description: ["serial 01A2 · sha256 AB:..:09 · CN=RENAPO lab anchor 1 · not_after 2027-01-01T00:00:00Z",
                     "serial 7F31 · sha256 4C:..:E2 · CN=RENAPO lab anchor 2 · not_after 2031-01-01T00:00:00Z"]
+      added: [{fingerprint: "4C:..:E2", subject_cn: RENAPO lab anchor 2, not_after: "2031-01-01T00:00:00Z"}]
+      removed: [{fingerprint: "9D:..:11", subject_cn: Rogue CA, not_after: "2030-01-01T00:00:00Z",
+                 reason: not in the trust-anchor registry}]
 backup:
   description: The backup made (install) or used (restore), or null when nothing changed on install.
   returned: install and restore
@@ -206,6 +222,7 @@ def main():
                 group=dict(type="str"),
                 secret=dict(type="bool", default=False),
                 merge=dict(type="bool", default=False),
+                removal_note=dict(type="str"),
             )),
             backup_dir=dict(type="path", required=True),
             backup_keep=dict(type="int", default=5),
@@ -239,7 +256,7 @@ def main():
                 except (binascii.Error, ValueError):
                     module.fail_json(msg="content of %s is not valid base64" % f["path"], step="input")
                 targets.append(make_target(f["path"], content, f["mode"], f["owner"], f["group"], f["secret"],
-                                           f["merge"]))
+                                           f["merge"], removal_note=f["removal_note"]))
             result = install(targets, p["backup_dir"], keep=p["backup_keep"], label=p["backup_label"], **commands)
     except CertFilesError as exc:
         module.fail_json(**dict(exc.result, msg=exc.msg, step=exc.step, restored=exc.restored))

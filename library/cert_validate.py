@@ -11,13 +11,19 @@ description:
   - "Checks everything at once and fails listing every defect, one line each, as C(CODE: message). Codes are
     C(UNREADABLE), C(NO_CERTIFICATE), C(MULTIPLE_LEAVES), C(WRONG_PASSWORD), C(KEY_MISMATCH), C(NOT_YET_VALID),
     C(EXPIRED), C(EXPIRES_SOON), C(UNTRUSTED_CHAIN), C(INCOMPLETE_CHAIN), C(WEAK_KEY), C(WEAK_SIGNATURE),
-    C(MISSING_KEY_USAGE), C(WRONG_SUBJECT), C(WRONG_ISSUER), C(MISSING_KEY), C(UNCONFIRMED_ANCHOR),
-    C(FINGERPRINT_MISMATCH)."
-  - A C(trust) delivery adds an anchor (the self-signed certificate, or the top of the delivered chain) to the
-    trust bundle. A new anchor is accepted only when already trusted (in O(current) or O(trusted_roots)), when
-    its SHA-256 fingerprint (or that of a certificate it signed in the delivery) equals O(expected_fingerprint),
-    or when the live O(confirm_endpoint) presents a certificate chaining to it.
-  - When the delivery is already deployed (O(current)), the module reports C(changed=false) and says so.
+    C(MISSING_KEY_USAGE), C(WRONG_SUBJECT), C(WRONG_ISSUER), C(MISSING_KEY), C(UNAPPROVED_ANCHOR),
+    C(FINGERPRINT_MISMATCH), C(BAD_SIGNATURE)."
+  - "A C(trust) delivery is trusted only through the approved-anchor registry: its anchor (the self-signed top of
+    the delivered chain, or the approved anchor that signed the top) must be one of O(approved_anchors), else
+    C(UNAPPROVED_ANCHOR). Without O(approved_anchors) nothing is trusted (C(UNAPPROVED_ANCHOR) too)."
+  - "The staged trust bundle and Java truststore hold exactly the approved anchors that have not expired, in the
+    order given, never what the hosts hold. Certificates in O(current) that the registry does not approve are
+    returned as RV(drift): the rollout removes them."
+  - "A delivered certificate whose issuer is neither in the delivery nor among the approved anchors (or
+    O(trusted_roots) for an identity) is C(INCOMPLETE_CHAIN), naming the missing issuer; one whose signature does
+    not verify under a certificate bearing its issuer's name is C(BAD_SIGNATURE), naming both."
+  - When the delivery is already deployed (O(current) holds exactly the bundle, or the same identity leaf), the module
+    reports C(changed=false) and says so.
   - No passphrase and no key byte ever appears in the result.
 version_added: "0.1.0"
 author: DGTIC certificate renewal team
@@ -44,18 +50,31 @@ options:
     description: Passphrase of O(pkcs12).
     type: str
   trusted_roots:
-    description: CA certificate files the identity chain must lead to; also count as already trusted anchors.
+    description:
+      - CA certificate files the identity chain must lead to.
+      - Ignored (with a warning) for C(trust) - only O(approved_anchors) are trusted there.
     type: list
     elements: path
     default: []
   expected_fingerprint:
     description:
-      - SHA-256 fingerprint of the new anchor as stated through a second channel (the provider's letter).
+      - SHA-256 fingerprint the provider's letter states (of the anchor or of a delivered certificate).
+      - A consistency check only - a mismatch is C(FINGERPRINT_MISMATCH), a match never makes an anchor trusted
+        (a forged letter states the forger's fingerprint); trust comes from O(approved_anchors).
       - C(AA:BB:..), C(aabb..), with or without colons, any case; a C(SHA256 Fingerprint=) prefix is accepted.
     type: str
-  confirm_endpoint:
-    description: C(host:port) whose live TLS certificate may confirm a new anchor (once the provider switched).
+  approved_anchors:
+    description:
+      - PEM strings of the anchors the trust-anchor registry approves for the provider (C(trust_anchor_info)'s
+        C(approved_pems)). The only source of trust for C(trust) and the exact content of the staged bundle
+        (expired ones dropped).
+      - Not given - nothing is trusted (C(UNAPPROVED_ANCHOR)). Ignored for C(identity).
+    type: list
+    elements: str
+  provider:
+    description: Provider the delivery comes from (C(renapo), C(sat)); named in the messages.
     type: str
+    default: the provider
   min_days_valid:
     description: Defect C(EXPIRES_SOON) when a certificate of the chain expires in fewer days.
     type: int
@@ -69,19 +88,25 @@ options:
     type: int
     default: 256
   expected_subject:
-    description: Regular expression (searched) on the leaf's subject as an RFC 4514 string.
-    type: str
+    description:
+      - The leaf's whole subject as an RFC 4514 name (C(CN=renapo.lab,O=RENAPO,C=MX)), or a list of allowed names.
+      - "Matched whole, never as a substring: the same RDNs in the same order; inside a multi-valued RDN the
+        attribute order does not matter; values compare case-insensitively, runs of spaces as one. C(CN=renapo.lab CA)
+        does not match C(CN=renapo.lab)."
+    type: raw
   expected_issuer:
-    description: Regular expression (searched) on the leaf's issuer as an RFC 4514 string.
-    type: str
+    description: The leaf's whole issuer name (RFC 4514), or a list of allowed names; matched as O(expected_subject).
+    type: raw
   current:
-    description: Path of what is deployed now (certificate, or trust bundle); missing means nothing deployed yet.
+    description:
+      - Path of what is deployed now (certificate, or the hosts' trust bundles); missing means nothing deployed yet.
+      - For C(trust) it only reports RV(drift) and RV(already_deployed); it never adds to what is trusted.
     type: path
   staging_dir:
     description:
       - Where normalised artefacts are written atomically when the delivery is valid (nothing in check mode).
       - identity - C(cert.pem), C(chain.pem), C(fullchain.pem), C(key.pem) (PKCS#8, unencrypted, mode 0600).
-      - trust - C(anchor.pem), C(bundle.pem) (valid entries of O(current) plus the anchor), C(truststore.p12).
+      - trust - C(anchor.pem), C(bundle.pem) (the approved anchors not expired), C(truststore.p12) (the same).
     type: path
   truststore_passphrase:
     description: Password of the staged Java PKCS#12 truststore.
@@ -94,10 +119,6 @@ options:
     type: list
     elements: path
     default: []
-  endpoint_timeout:
-    description: Seconds to wait for O(confirm_endpoint).
-    type: float
-    default: 5.0
 notes:
   - Supports check mode (nothing is written) and diff mode (fingerprints before and after, never key bytes).
 requirements:
@@ -105,19 +126,28 @@ requirements:
 """
 
 EXAMPLES = r"""
-- name: Validate RENAPO's renewed certificate against the fingerprint in its letter
+- name: Read the anchors the registry approves for RENAPO
+  trust_anchor_info:
+    store: /var/lib/renovacion/tickets.db
+    provider: renapo
+  register: renapo_registry
+
+- name: Validate RENAPO's renewed certificate against the registry (the letter's fingerprint only cross-checked)
   cert_validate:
     kind: trust
+    provider: renapo
     certificate: /srv/intake/renapo-2026.cer
+    approved_anchors: "{{ renapo_registry.approved_pems }}"
     expected_fingerprint: "3F:2A:...:9C"
+    expected_subject: "CN=renapo.gob.mx,O=Registro Nacional de Poblacion,C=MX"
     current: /srv/deployed/renapo-bundle.pem
     staging_dir: /srv/staging/renapo
   register: renapo_delivery
 
-- name: Show what the rollout will add
+- name: Show what the rollout will install, and what it will remove from the hosts
   ansible.builtin.assert:
     that: renapo_delivery.anchor.fingerprint_sha256 in renapo_delivery.bundle_fingerprints
-    success_msg: "{{ renapo_delivery.msg }}"
+    success_msg: "{{ renapo_delivery.msg }}; drift {{ renapo_delivery.drift | map(attribute='subject') | list }}"
 
 - name: Validate SAT's e.firma (.cer + encrypted PKCS#8 .key)
   cert_validate:
@@ -126,7 +156,7 @@ EXAMPLES = r"""
     private_key: /srv/intake/sat.key
     private_key_passphrase: "{{ vault_sat_key_passphrase }}"
     trusted_roots: [/etc/dgtic/sat-ca.pem]
-    expected_subject: "CN=SECRETARIA"
+    expected_subject: "CN=SECRETARIA DE AGRICULTURA,O=SAT"
     staging_dir: /srv/staging/sat
   register: sat_delivery
 
@@ -236,17 +266,23 @@ chain:
   elements: str
   sample: ["CN=consulta.example", "CN=RENAPO Intermediate"]
 anchor:
-  description: The trust anchor the delivery adds (subject, fingerprint_sha256, not_after, confirmed_by).
-  returned: kind=trust and a certificate was read
+  description: The delivery's trust anchor (subject, fingerprint_sha256, not_after, approved, confirmed_by).
+  returned: kind=trust and the chain leads to an anchor
   type: dict
   sample: {"subject": "CN=RENAPO Root G2", "fingerprint_sha256": "3f:2a:...", "not_after": "20360101000000Z",
-           "confirmed_by": "confirmed by expected_fingerprint"}
+           "approved": true, "confirmed_by": "approved in the trust-anchor registry of renapo"}
 bundle_fingerprints:
-  description: SHA-256 fingerprints of what the staged bundle holds (valid current entries first, new anchor last).
+  description: SHA-256 fingerprints of what the staged bundle holds (the approved anchors not expired, in order).
   returned: kind=trust and a certificate was read
   type: list
   elements: str
   sample: ["11:22:...", "3f:2a:..."]
+drift:
+  description: Certificates in O(current) that the registry does not approve (the rollout removes them).
+  returned: kind=trust and a certificate was read
+  type: list
+  elements: dict
+  sample: [{"fingerprint": "9c:0d:...", "subject": "CN=Rogue CA", "not_after": "20300101000000Z"}]
 staged:
   description: Paths of the staged artefacts (cert, chain, fullchain, key | anchor, bundle, truststore).
   returned: when staging_dir is set and there is no defect
@@ -282,17 +318,17 @@ def main():
             pkcs12_passphrase=dict(type="str", no_log=True),
             trusted_roots=dict(type="list", elements="path", default=[]),
             expected_fingerprint=dict(type="str"),
-            confirm_endpoint=dict(type="str"),
+            approved_anchors=dict(type="list", elements="str"),
+            provider=dict(type="str", default="the provider"),
             min_days_valid=dict(type="int", default=30),
             min_rsa_bits=dict(type="int", default=2048),
             min_ec_bits=dict(type="int", default=256),
-            expected_subject=dict(type="str"),
-            expected_issuer=dict(type="str"),
+            expected_subject=dict(type="raw"),
+            expected_issuer=dict(type="raw"),
             current=dict(type="path"),
             staging_dir=dict(type="path"),
             truststore_passphrase=dict(type="str", no_log=True, default="changeit"),
             current_truststores=dict(type="list", elements="path", default=[]),
-            endpoint_timeout=dict(type="float", default=5.0),
         ),
         required_one_of=[("certificate", "pkcs12")],
         mutually_exclusive=[("certificate", "pkcs12"), ("private_key", "pkcs12")],
@@ -301,14 +337,17 @@ def main():
     if IMPORT_ERROR:
         module.fail_json(msg=f"cert_validate needs the cryptography library on the controller: {IMPORT_ERROR}")
     p = module.params
+    for option in ("expected_subject", "expected_issuer"):
+        if p[option] is not None and not isinstance(p[option], (str, list)):
+            module.fail_json(msg=f"{option} must be an RFC 4514 name or a list of them")
     report = validate(
         p["kind"], certificate=p["certificate"], private_key=p["private_key"],
         private_key_passphrase=p["private_key_passphrase"], pkcs12=p["pkcs12"],
         pkcs12_passphrase=p["pkcs12_passphrase"], trusted_roots=p["trusted_roots"],
-        expected_fingerprint=p["expected_fingerprint"], confirm_endpoint=p["confirm_endpoint"],
+        expected_fingerprint=p["expected_fingerprint"], approved_anchors=p["approved_anchors"],
         min_days_valid=p["min_days_valid"], min_rsa_bits=p["min_rsa_bits"], min_ec_bits=p["min_ec_bits"],
         expected_subject=p["expected_subject"], expected_issuer=p["expected_issuer"], current=p["current"],
-        endpoint_timeout=p["endpoint_timeout"],
+        provider=p["provider"],
     )
     for warning in report.warnings:
         module.warn(warning)
@@ -326,7 +365,10 @@ def main():
         result["changed"] = staged_changed and not report.already_deployed
     if module._diff:
         after = report.facts.get("bundle_fingerprints") or [report.facts["fingerprints"]["sha256"]]
-        result["diff"] = {"before": "\n".join(report.current_fingerprints) + "\n", "after": "\n".join(after) + "\n"}
+        drifted = {d["fingerprint"] for d in report.drift}
+        before = [fp + ("  (not in the trust-anchor registry: removed)" if fp in drifted else "")
+                  for fp in report.current_fingerprints]
+        result["diff"] = {"before": "\n".join(before) + "\n", "after": "\n".join(after) + "\n"}
     module.exit_json(msg=report.message, **result)
 
 

@@ -20,12 +20,14 @@ import secrets
 import shutil
 import stat
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 MANIFEST = "manifest.json"
 LOCK = ".lock"
 HIDDEN_CHANGED = "<secret file changed>"
 HIDDEN = "<secret file>"
+# Why a certificate of the current file is missing from the wanted content, unless the caller says (removal_note).
+REMOVED_DEFAULT = "not in the new content"
 _LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _PEM_RE = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.DOTALL)
 _CERT_LABELS = (b"CERTIFICATE", b"X509 CERTIFICATE")
@@ -177,6 +179,35 @@ def describe_content(content, secret=False):
         return ["sha256 %s (%d bytes)" % (hashlib.sha256(content).hexdigest(), len(content))]
 
 
+def _certificates_or_none(content):
+    """CertInfo of each certificate of a PEM file (or a lone DER one), or None when content is not certificates."""
+    if content is None:
+        return []
+    try:
+        return [c for _b, c in pem_certificates(content)] or [parse_certificate(content)]
+    except ValueError:
+        return None
+
+
+def certificate_changes(before, after, now, removal_note=None):
+    """(added, removed) certificates between two contents, by SHA-256; each removal says why (expired, or the note).
+
+    Both are [] unless both contents are certificates."""
+    old, new = _certificates_or_none(before), _certificates_or_none(after)
+    if old is None or new is None:
+        return [], []
+    old_fps, new_fps = {c.fingerprint for c in old}, {c.fingerprint for c in new}
+
+    def entry(c, **extra):
+        return dict({"fingerprint": c.fingerprint, "subject_cn": c.subject_cn,
+                     "not_after": c.not_after.strftime("%Y-%m-%dT%H:%M:%SZ")}, **extra)
+
+    added = [entry(c) for c in new if c.fingerprint not in old_fps]
+    removed = [entry(c, reason="expired" if c.not_after < now else (removal_note or REMOVED_DEFAULT))
+               for c in old if c.fingerprint not in new_fps]
+    return added, removed
+
+
 def merge_pem_bundles(current, new, now):
     """Merge PEM certificate bundles: existing first, new last, deduplicated by SHA-256 of the DER, expired dropped.
 
@@ -212,13 +243,19 @@ class FileState:
 
 @dataclass
 class Target:
-    """What one file must become; content None means absent."""
+    """What one file must become; content None means absent.
+
+    merge_content: PEM certificates to merge into whatever the file holds when the plan is made (under the backup
+    dir's lock in install), so two concurrent merges both land; content is then recomputed by `plan`."""
     path: str
     content: bytes | None
     mode: int | None = None
     uid: int | None = None
     gid: int | None = None
     secret: bool = False
+    merge_content: bytes | None = None
+    now: dt.datetime | None = None
+    removal_note: str | None = None
 
 
 def read_state(path):
@@ -316,13 +353,22 @@ class Plan:
     def changed(self):
         return _differs(self.target, self.before)
 
+    def changes(self):
+        """(added, removed) certificates; never for a secret file."""
+        t = self.target
+        if t.secret:
+            return [], []
+        return certificate_changes(self.before.content, t.content, t.now or dt.datetime.now(dt.UTC), t.removal_note)
+
     def report(self):
         t, b = self.target, self.before
+        added, removed = self.changes()
         return {"path": t.path, "sha256_before": b.sha256,
                 "sha256_after": None if t.content is None else hashlib.sha256(t.content).hexdigest(),
                 "changed": self.changed, "secret": t.secret,
                 "description_before": describe_content(b.content, t.secret),
-                "description": describe_content(t.content, t.secret)}
+                "description": describe_content(t.content, t.secret),
+                "added": added, "removed": removed}
 
     def diff(self):
         t, b = self.target, self.before
@@ -330,40 +376,62 @@ class Plan:
             before = "absent" if b.content is None else HIDDEN
             after = "absent" if t.content is None else HIDDEN_CHANGED
         else:
-            before, after = (describe_content(x, False) for x in (b.content, t.content))
-            before, after = "\n".join(before), "\n".join(after)
+            # Each certificate that goes says why on its own '-' line: a reader sees drift removed, not just a change.
+            why = {r["fingerprint"]: r["reason"] for r in self.changes()[1]}
+            old = _certificates_or_none(b.content)
+            lines = describe_content(b.content, False)
+            if old and len(old) == len(lines):
+                lines = [line + (" · removed: %s" % why[c.fingerprint] if c.fingerprint in why else "")
+                         for line, c in zip(lines, old, strict=True)]
+            before, after = "\n".join(lines), "\n".join(describe_content(t.content, False))
         return {"before_header": t.path, "after_header": t.path, "before": before + "\n", "after": after + "\n"}
 
 
-def make_target(path, content, mode=None, owner=None, group=None, secret=False, merge=False, now=None):
-    """Resolve a requested file into a Target: merge into the current bundle, default mode/owner from what exists."""
+def _merged(path, current, add, now):
+    try:
+        content = merge_pem_bundles(current, add, now or dt.datetime.now(dt.UTC))
+    except ValueError as exc:
+        raise CertFilesError("input", "cannot merge into %s: %s" % (path, exc)) from None
+    if not pem_certificates(content):
+        raise CertFilesError("input", "merged bundle %s would hold no valid certificate" % path)
+    return content
+
+
+def make_target(path, content, mode=None, owner=None, group=None, secret=False, merge=False, now=None,
+                removal_note=None):
+    """Resolve a requested file into a Target: default mode/owner from what exists; a merge is only recorded here
+    (checked against today's file) and computed again by `plan`, under the lock, against the file as it is then."""
     if not os.path.isabs(path):
         raise CertFilesError("input", "path %r must be absolute" % path)
     state = read_state(path)
+    add = None
     if merge:
-        try:
-            content = merge_pem_bundles(state.content, content, now or dt.datetime.now(dt.UTC))
-        except ValueError as exc:
-            raise CertFilesError("input", "cannot merge into %s: %s" % (path, exc)) from None
-        if not pem_certificates(content):
-            raise CertFilesError("input", "merged bundle %s would hold no valid certificate" % path)
+        add = bytes(content)
+        content = _merged(path, state.content, add, now)
     mode, uid, gid = parse_mode(mode), resolve_uid(owner), resolve_gid(group)
     exists = state.content is not None
     return Target(path, content,
                   mode if mode is not None else (state.mode if exists else (0o600 if secret else 0o644)),
                   uid if uid is not None else (state.uid if exists else os.geteuid()),
                   gid if gid is not None else (state.gid if exists else os.getegid()),
-                  secret)
+                  secret, merge_content=add, now=now, removal_note=removal_note)
 
 
 def plan(targets):
+    """Each target against the file as it is now; a merge target is merged into that very content."""
     paths = [t.path for t in targets]
     if len(set(paths)) != len(paths):
         raise CertFilesError("input", "a path is listed twice")
     for t in targets:
         if t.content is not None and not os.path.isdir(os.path.dirname(t.path)):
             raise CertFilesError("input", "directory of %s does not exist" % t.path)
-    return [Plan(t, read_state(t.path)) for t in targets]
+    plans = []
+    for t in targets:
+        before = read_state(t.path)
+        if t.merge_content is not None:
+            t = replace(t, content=_merged(t.path, before.content, t.merge_content, t.now))
+        plans.append(Plan(t, before))
+    return plans
 
 
 # ---------------------------------------------------------------- backups

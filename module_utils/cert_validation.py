@@ -2,6 +2,10 @@
 
 Pure code (no Ansible import): `validate(...)` reads and checks everything and returns a `Report` listing every
 defect at once with a stable code; `stage(report, staging_dir, ...)` writes the artefacts atomically.
+
+Trust (kind `trust`) comes only from the approved-anchor registry (DESIGN.md §2): the delivery's anchor must be one of
+`approved_anchors`, and the staged bundle is exactly the approved anchors that have not expired, never what hosts
+hold (a rogue anchor planted on one host must not spread). What hosts hold beyond the registry is reported as drift.
 """
 from __future__ import annotations
 
@@ -30,8 +34,13 @@ KINDS = ("trust", "identity")
 CODES = (
     "UNREADABLE", "NO_CERTIFICATE", "MULTIPLE_LEAVES", "WRONG_PASSWORD", "KEY_MISMATCH", "NOT_YET_VALID", "EXPIRED",
     "EXPIRES_SOON", "UNTRUSTED_CHAIN", "INCOMPLETE_CHAIN", "WEAK_KEY", "WEAK_SIGNATURE", "MISSING_KEY_USAGE",
-    "WRONG_SUBJECT", "WRONG_ISSUER", "MISSING_KEY", "UNCONFIRMED_ANCHOR", "FINGERPRINT_MISMATCH",
+    "WRONG_SUBJECT", "WRONG_ISSUER", "MISSING_KEY", "UNAPPROVED_ANCHOR", "FINGERPRINT_MISMATCH", "BAD_SIGNATURE",
 )
+# How the refusal of an unapproved anchor tells the operator to proceed: evidence first, in the registry.
+APPROVE_HINT = ("approve it with evidence first (ansible-playbook playbooks/anchor.yml -e provider={provider} "
+                "-e action=approve -e certificate={certificate} -e operator=<you>; or record the fingerprint you "
+                "confirmed by telephone or from the signed oficio: -e fingerprint={fingerprint} -e operator=<you> "
+                "-e channel=telefono)")
 _ASN1_TIME = "%Y%m%d%H%M%SZ"
 _WEAK_HASHES = (hashes.SHA1, hashes.MD5)
 # OpenSSL's long names, as community.crypto's x509_certificate_info returns them.
@@ -64,6 +73,7 @@ class Report:
     anchor: x509.Certificate | None = None
     bundle: list = field(default_factory=list)
     current_fingerprints: list = field(default_factory=list)
+    drift: list = field(default_factory=list)  # held by a host, not approved: [{fingerprint, subject, not_after}]
     already_deployed: bool = False
     message: str = ""
 
@@ -266,20 +276,34 @@ def find_issuer(cert, pool):
 
 # ---------------------------------------------------------------- live endpoint
 
-def fetch_endpoint_chain(endpoint, timeout=5.0):
-    """Certificates the live endpoint presents (unverified handshake: only used to confirm an anchor)."""
+def _is_ip(host):
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def fetch_endpoint_chain(endpoint, timeout=5.0, server_name=None):
+    """Certificates the live endpoint presents (unverified handshake: trust is decided by the caller).
+
+    SNI is server_name, else the endpoint's host when it is a name; an IP address sends no SNI (RFC 6066 forbids
+    it), so a name-based virtual host needs server_name."""
     import socket  # imported here: most runs never open a connection, and ssl costs ~6 ms to import
     import ssl
 
     host, sep, port = endpoint.strip().rpartition(":")
     if not sep or not host or not port.isdigit():
-        raise ValueError(f"confirm_endpoint '{endpoint}' is not host:port")
+        raise ValueError(f"endpoint '{endpoint}' is not host:port")
     host = host.strip("[]")
+    sni = server_name or (None if _is_ip(host) else host)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE  # noqa: S503 - the handshake only reads what is presented; trust is decided here
     with socket.create_connection((host, int(port)), timeout=timeout) as raw, \
-            ctx.wrap_socket(raw, server_hostname=host) as tls:
+            ctx.wrap_socket(raw, server_hostname=sni) as tls:
         # Python 3.11 exposes the presented chain only privately; the leaf alone is the documented fallback.
         get_chain = getattr(getattr(tls, "_sslobj", None), "get_unverified_chain", None)
         ders = [c.public_bytes(ssl._ssl.ENCODING_DER) for c in get_chain()] if get_chain else []
@@ -383,18 +407,75 @@ def _check_usage(report, leaf):
         report.defect("MISSING_KEY_USAGE", f"{who} states neither digitalSignature nor clientAuth")
 
 
-def _check_names(report, leaf, expected_subject, expected_issuer):
-    for code, pattern, value, what in (("WRONG_SUBJECT", expected_subject, name_of(leaf), "subject"),
-                                       ("WRONG_ISSUER", expected_issuer, leaf.issuer.rfc4514_string(), "issuer")):
-        if not pattern:
+# RFC 4514 attribute types are case-insensitive; cryptography knows only the upper-case short names (CN, O, C...).
+_LOWER_ATTRIBUTE_NAMES = {k.lower(): v for k, v in getattr(x509.name, "_NAME_TO_NAMEOID", {}).items()}
+
+
+def _name_key(name):
+    """Comparable form of an x509.Name: RDNs in order, each a set of (OID, value casefolded, spaces collapsed)."""
+    return [frozenset((a.oid.dotted_string, " ".join(str(a.value).split()).casefold()) for a in rdn)
+            for rdn in name.rdns]
+
+
+def parse_expected_names(expected):
+    """An expected name (or list of allowed names), RFC 4514 strings, as x509.Name objects; ValueError names the bad
+    one. None/empty means no expectation."""
+    if not expected:
+        return []
+    names = []
+    for text in [expected] if isinstance(expected, str) else list(expected):
+        if not str(text).strip():
             continue
         try:
-            found = re.search(pattern, value)
-        except re.error as e:
-            report.defect(code, f"expected_{what} is not a valid regular expression: {e}")
+            names.append(x509.Name.from_rfc4514_string(str(text), _LOWER_ATTRIBUTE_NAMES))
+        except ValueError:
+            raise ValueError(f"'{text}' is not an RFC 4514 name such as 'CN=renapo.lab,O=RENAPO,C=MX'") from None
+    return names
+
+
+def name_matches(name, allowed):
+    """True when name equals one of the allowed names as a WHOLE: the same RDNs in the same order; inside one
+    (multi-valued) RDN the attribute order does not matter; values compare case-insensitively with runs of spaces
+    taken as one (RFC 4518's insignificant-space rule, simplified). 'CN=renapo.lab CA' never equals 'CN=renapo.lab'."""
+    key = _name_key(name)
+    return any(_name_key(a) == key for a in allowed)
+
+
+def _check_names(report, leaf, expected_subject, expected_issuer):
+    for code, expected, name, what in (("WRONG_SUBJECT", expected_subject, leaf.subject, "subject"),
+                                       ("WRONG_ISSUER", expected_issuer, leaf.issuer, "issuer")):
+        try:
+            allowed = parse_expected_names(expected)
+        except ValueError as e:
+            report.defect(code, f"expected_{what} {e}")
             continue
-        if not found:
-            report.defect(code, f"{what} '{value}' does not match expected_{what} '{pattern}'")
+        if allowed and not name_matches(name, allowed):
+            wanted = " or ".join(f"'{a.rfc4514_string()}'" for a in allowed)
+            report.defect(code, f"{what} '{name.rfc4514_string()}' is not the expected {wanted} (whole name)")
+
+
+def _diagnose_top(report, top, delivered, trusted, trusted_what):
+    """The certificate of trusted that signed top, or None after naming why the chain stops at top.
+
+    A missing issuer is INCOMPLETE_CHAIN naming its DN; an issuer present by name (in the delivery or in trusted)
+    whose key does not verify top's signature is BAD_SIGNATURE naming both: each points at its own fix."""
+    signer = next((t for t in trusted if issued_by(top, t)), None)
+    if signer is not None:
+        return signer
+    same_name = [c for c in _unique(list(delivered) + list(trusted)) if c.subject == top.issuer]
+    issuer_dn = top.issuer.rfc4514_string()
+    if top.issuer == top.subject and not issued_by(top, top):
+        report.defect("BAD_SIGNATURE", f"'{name_of(top)}' names itself as issuer but its self-signature does not "
+                                       "verify: the certificate was altered")
+    elif same_name:
+        where = "the delivery" if any(c in delivered for c in same_name) else trusted_what
+        report.defect("BAD_SIGNATURE", f"the signature of '{name_of(top)}' does not verify under its issuer "
+                                       f"'{issuer_dn}' ({sha256_fp(same_name[0])}, in {where}): signed by another "
+                                       "key of the same name, or altered")
+    else:
+        report.defect("INCOMPLETE_CHAIN", f"issuer '{issuer_dn}' of '{name_of(top)}' is missing from the delivery "
+                                          f"and from {trusted_what} (missing intermediate?)")
+    return None
 
 
 def _check_identity_chain(report, path, unused, roots):
@@ -402,8 +483,7 @@ def _check_identity_chain(report, path, unused, roots):
     self_signed = issued_by(top, top)
     if not roots:
         if not self_signed and any(is_ca(c) for c in unused):
-            report.defect("INCOMPLETE_CHAIN", f"issuer '{top.issuer.rfc4514_string()}' of '{name_of(top)}' "
-                                              "is missing from the delivery")
+            _diagnose_top(report, top, unused, [], "trusted_roots (none given)")
         report.warnings.append("no trusted_roots given: the chain was not checked against a trusted root")
         return
     if find_issuer(top, roots) is not None:
@@ -411,68 +491,93 @@ def _check_identity_chain(report, path, unused, roots):
     if self_signed:
         report.defect("UNTRUSTED_CHAIN", f"the chain ends at self-signed '{name_of(top)}', "
                                          "which is not among trusted_roots")
-    elif any(r.subject == top.issuer for r in roots):
-        report.defect("UNTRUSTED_CHAIN", f"the signature of '{name_of(top)}' does not verify against the trusted "
-                                         f"root '{top.issuer.rfc4514_string()}'")
-    else:
-        report.defect("INCOMPLETE_CHAIN", f"issuer '{top.issuer.rfc4514_string()}' of '{name_of(top)}' is neither "
-                                          "in the delivery nor in trusted_roots (missing intermediate?)")
-        report.defect("UNTRUSTED_CHAIN", "the chain does not lead to any certificate of trusted_roots")
+        return
+    _diagnose_top(report, top, unused, roots, "trusted_roots")
+    report.defect("UNTRUSTED_CHAIN", "the chain does not lead to any certificate of trusted_roots")
 
 
-def _confirm_anchor(report, anchor, path, pool, expected_fingerprint, confirm_endpoint, endpoint_timeout):
-    """Accept the anchor only when already trusted, confirmed by fingerprint, or presented by the live endpoint."""
-    anchor_fp = sha256_fp(anchor)
-    if any(sha256_fp(c) == anchor_fp for c in pool):
-        return "already trusted"
-    if expected_fingerprint:
-        wanted = normalise_fingerprint(expected_fingerprint)
-        if wanted is None:
-            report.defect("FINGERPRINT_MISMATCH", f"expected_fingerprint '{expected_fingerprint}' "
-                                                  "is not a SHA-256 fingerprint (64 hex digits)")
-            return None
-        # The letter may state the anchor's or the renewed certificate's fingerprint; the path is signature-linked.
-        matched = next((c for c in [anchor, *path] if sha256_fp(c) == wanted), None)
-        if matched is None:
-            report.defect("FINGERPRINT_MISMATCH", f"the anchor '{name_of(anchor)}' has SHA-256 {anchor_fp}, "
-                                                  f"not the expected {wanted}")
-            return None
-        return "confirmed by expected_fingerprint" + ("" if matched is anchor else f" of '{name_of(matched)}'")
-    if confirm_endpoint:
+def _trust_anchor(report, path, unused, approved, provider):
+    """The delivery's anchor: the top of the chain when approved or self-signed, else the approved anchor that
+    signed the top; None (with the defect named) when the chain is broken."""
+    top = path[-1]
+    approved_fps = {sha256_fp(a) for a in approved}
+    if sha256_fp(top) in approved_fps or issued_by(top, top):
+        return top
+    return _diagnose_top(report, top, unused, approved, f"the approved anchors of {provider}")
+
+
+def _check_approved(report, anchor, approved, approved_anchors, provider, now, source):
+    fp = sha256_fp(anchor)
+    hint = APPROVE_HINT.format(provider=provider, certificate=source or "<delivery>", fingerprint=fp.upper())
+    if approved_anchors is None:
+        report.defect("UNAPPROVED_ANCHOR", f"anchor '{name_of(anchor)}' ({fp}) cannot be trusted: no approved anchors "
+                                           f"were given (nothing is trusted without the trust-anchor registry of "
+                                           f"{provider}); {hint}")
+    elif fp not in {sha256_fp(a) for a in approved}:
+        report.defect("UNAPPROVED_ANCHOR", f"anchor '{name_of(anchor)}' ({fp}) is not approved in the trust-anchor "
+                                           f"registry of {provider}; {hint}")
+    elif anchor.not_valid_after_utc < now:
+        report.defect("EXPIRED", f"approved anchor '{name_of(anchor)}' ({fp}) expired on "
+                                 f"{anchor.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
+
+
+def _check_expected_fingerprint(report, anchor, path, expected_fingerprint):
+    """A consistency check only: the letter's fingerprint must be in the delivery; it never makes anything trusted."""
+    if not expected_fingerprint:
+        return
+    wanted = normalise_fingerprint(expected_fingerprint)
+    if wanted is None:
+        report.defect("FINGERPRINT_MISMATCH", f"expected_fingerprint '{expected_fingerprint}' "
+                                              "is not a SHA-256 fingerprint (64 hex digits)")
+    elif not any(sha256_fp(c) == wanted for c in [*([anchor] if anchor is not None else []), *path]):
+        what = f"the anchor '{name_of(anchor)}' has SHA-256 {sha256_fp(anchor)}" if anchor is not None else \
+            "no certificate of the delivery has it"
+        report.defect("FINGERPRINT_MISMATCH", f"{what}, not the expected {wanted}")
+
+
+def _approved_certificates(approved_anchors, report):
+    """Parse the registry's PEM strings; an unreadable entry is a defect (the registry must be fixed, not skipped)."""
+    certs = []
+    for i, text in enumerate(approved_anchors or (), 1):
+        data = text.encode("ascii", "replace") if isinstance(text, str) else bytes(text)
         try:
-            presented = fetch_endpoint_chain(confirm_endpoint, endpoint_timeout)
-        except (OSError, ValueError) as e:
-            report.defect("UNCONFIRMED_ANCHOR", f"new anchor '{name_of(anchor)}' ({anchor_fp}) could not be confirmed:"
-                                                f" {confirm_endpoint} unreachable ({e})")
-            return None
-        if endpoint_confirms(presented, anchor, path):
-            return f"confirmed by the live endpoint {confirm_endpoint}"
-        report.defect("UNCONFIRMED_ANCHOR", f"{confirm_endpoint} does not present a certificate chaining to the new "
-                                            f"anchor '{name_of(anchor)}' ({anchor_fp})")
-        return None
-    report.defect("UNCONFIRMED_ANCHOR", f"new anchor '{name_of(anchor)}' ({anchor_fp}) is not trusted yet: give "
-                                        "expected_fingerprint (from the provider's letter) or confirm_endpoint")
-    return None
+            found = parse_certificates(data, f"approved anchor {i}")
+        except LoadError as e:
+            report.defect(e.code, e.message)
+            continue
+        certs.extend(found)
+    return _unique(certs)
 
 
 def validate(kind, certificate=None, private_key=None, private_key_passphrase=None, pkcs12=None,
-             pkcs12_passphrase=None, trusted_roots=(), expected_fingerprint=None, confirm_endpoint=None,
+             pkcs12_passphrase=None, trusted_roots=(), expected_fingerprint=None, approved_anchors=None,
              min_days_valid=30, min_rsa_bits=2048, min_ec_bits=256, expected_subject=None, expected_issuer=None,
-             current=None, now=None, endpoint_timeout=5.0):
-    """Check a delivery; every defect is listed in the returned Report (no exception for a bad delivery)."""
+             current=None, now=None, provider="the provider"):
+    """Check a delivery; every defect is listed in the returned Report (no exception for a bad delivery).
+
+    kind trust: approved_anchors (PEM strings from the trust-anchor registry) is the only source of trust; None
+    (not given) trusts nothing (UNAPPROVED_ANCHOR). expected_subject/expected_issuer: an RFC 4514 name or a list of
+    allowed names, matched whole (see name_matches)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}")
     now = _utc(now)
     report = Report(kind)
     certs, key = _load_delivery(report, certificate, private_key, private_key_passphrase, pkcs12, pkcs12_passphrase)
     roots = _read_certificate_files(trusted_roots or (), "trusted_roots", report)
+    approved = _approved_certificates(approved_anchors, report) if kind == "trust" else []
     current_certs = []
     if current:
         if os.path.exists(current):
-            current_certs = _read_certificate_files([current], "current", report)
+            current_certs = _unique(_read_certificate_files([current], "current", report))
         else:
             report.warnings.append(f"current {current} does not exist: nothing is deployed yet")
-    report.current_fingerprints = [sha256_fp(c) for c in _unique(current_certs)]
+    report.current_fingerprints = [sha256_fp(c) for c in current_certs]
+    if kind == "trust":
+        approved_fps = {sha256_fp(a) for a in approved}
+        report.bundle = [a for a in approved if a.not_valid_after_utc >= now]
+        report.drift = [{"fingerprint": sha256_fp(c), "subject": name_of(c),
+                         "not_after": c.not_valid_after_utc.strftime(_ASN1_TIME)}
+                        for c in current_certs if sha256_fp(c) not in approved_fps]
     if not certs:
         return report
 
@@ -492,6 +597,8 @@ def validate(kind, certificate=None, private_key=None, private_key_passphrase=No
     if kind == "identity":
         if key is not None and not key_signs_for(key, leaf.public_key()):
             report.defect("KEY_MISMATCH", f"the private key does not belong to '{name_of(leaf)}'")
+        if approved_anchors:
+            report.warnings.append("approved_anchors is for kind trust: ignored for an identity")
         report.key = key
         _check_identity_chain(report, path, unused, roots)
         report.already_deployed = sha256_fp(leaf) in report.current_fingerprints
@@ -499,26 +606,33 @@ def validate(kind, certificate=None, private_key=None, private_key_passphrase=No
     else:
         if key is not None:
             report.warnings.append("a trust delivery needs no private key: the key given is ignored")
-        pool = _unique(current_certs + roots)
-        top = path[-1]
-        trusted_issuer = None if issued_by(top, top) else find_issuer(top, pool)
-        anchor = trusted_issuer or top
-        how = _confirm_anchor(report, anchor, path, pool, expected_fingerprint, confirm_endpoint, endpoint_timeout)
+        if roots:
+            report.warnings.append("trusted_roots is ignored for kind trust: only approved_anchors are trusted")
+        anchor = _trust_anchor(report, path, unused, approved, provider)
+        _check_expected_fingerprint(report, anchor, path, expected_fingerprint)
+        if anchor is not None:
+            _check_approved(report, anchor, approved, approved_anchors, provider, now, certificate or pkcs12)
         report.anchor = anchor
-        valid_current = [c for c in _unique(current_certs) if c.not_valid_after_utc >= now]
-        report.bundle = _unique(valid_current + [anchor])
-        report.already_deployed = sha256_fp(anchor) in report.current_fingerprints
-        report.facts["anchor"] = {"subject": name_of(anchor), "fingerprint_sha256": sha256_fp(anchor),
-                                  "not_after": anchor.not_valid_after_utc.strftime(_ASN1_TIME),
-                                  "confirmed_by": how}
-        report.facts["bundle_fingerprints"] = [sha256_fp(c) for c in report.bundle]
-        if not issued_by(anchor, anchor):
-            report.warnings.append(f"anchor '{name_of(anchor)}' is not self-signed: OpenSSL clients such as nginx "
-                                   "verify only up to a self-signed root unless partial-chain checking is on")
-        what = f"anchor '{name_of(anchor)}' ({sha256_fp(anchor)}, {how})"
+        bundle_fps = [sha256_fp(c) for c in report.bundle]
+        report.already_deployed = set(report.current_fingerprints) == set(bundle_fps)
+        if anchor is not None:
+            report.facts["anchor"] = {"subject": name_of(anchor), "fingerprint_sha256": sha256_fp(anchor),
+                                      "not_after": anchor.not_valid_after_utc.strftime(_ASN1_TIME),
+                                      "approved": sha256_fp(anchor) in {sha256_fp(a) for a in approved},
+                                      "confirmed_by": f"approved in the trust-anchor registry of {provider}"}
+            if not issued_by(anchor, anchor):
+                report.warnings.append(f"anchor '{name_of(anchor)}' is not self-signed: OpenSSL clients such as nginx "
+                                       "verify only up to a self-signed root unless partial-chain checking is on")
+        report.facts["bundle_fingerprints"] = bundle_fps
+        report.facts["drift"] = report.drift
+        what = (f"anchor '{name_of(anchor)}' ({sha256_fp(anchor)}, approved in the trust-anchor registry)"
+                if anchor is not None else "the delivery")
     report.message = (f"{what} is already deployed: nothing to change" if report.already_deployed
                       else f"{what} is accepted; " + ("it" if kind == "identity" else f"'{name_of(leaf)}'")
                       + f" expires {leaf.not_valid_after_utc:%Y-%m-%d} ({report.facts['days_left']} days left)")
+    if kind == "trust" and report.drift and not report.already_deployed:
+        report.message += (f"; {len(report.drift)} certificate(s) held by hosts are not in the registry and will be "
+                           "removed")
     return report
 
 

@@ -1,4 +1,5 @@
-"""The rollout on the lab: what each host serves and trusts after every fault issue 4 names."""
+"""The rollout on the lab: what each host serves and trusts after every fault issue 4 names, and issue 10's
+integrity: hosts trust the approved-anchor registry only, drift is removed, one rollout per provider at a time."""
 from __future__ import annotations
 
 import datetime as dt
@@ -79,9 +80,43 @@ def rollout(*extra: str, check: bool = True, env: dict | None = None) -> subproc
     return run([*PLAYBOOK, *extra], check=check, env=env)
 
 
-def renapo_args(cert: Path, fp: str) -> list[str]:
-    return ["-e", "rollout_service=renapo", "-e", f"rollout_certificate={cert}",
-            "-e", f"rollout_expected_fingerprint={fp}"]
+def anchor_pems(lab, *gens: str) -> list[str]:
+    """RENAPO's anchors as the registry's approved_pems would hold them (default: every generation of the lab)."""
+    base = lab.STATE / "pki" / "renapo"
+    gens = gens or tuple(sorted((p.name for p in base.glob("gen*")), key=lambda g: int(g[3:])))
+    return [(base / g / "ca.pem").read_text() for g in gens]
+
+
+def approved(lab, *gens: str, var: str = "rollout_approved_anchors") -> list[str]:
+    """The approved anchors given explicitly, instead of the registry read (check.yml: check_approved_anchors)."""
+    return ["-e", json.dumps({var: anchor_pems(lab, *gens)})]
+
+
+def renapo_args(lab, cert: Path, fp: str | None = None) -> list[str]:
+    """A RENAPO rollout of cert with every lab generation approved (fp: the letter's, only cross-checked)."""
+    return ["-e", "rollout_service=renapo", "-e", f"rollout_certificate={cert}", *approved(lab),
+            *(["-e", f"rollout_expected_fingerprint={fp}"] if fp else [])]
+
+
+def store(lab) -> str:
+    return str(lab.STATE / "procedure" / "tickets.db")
+
+
+def adhoc(module: str, args: dict, check: bool = True) -> subprocess.CompletedProcess:
+    """One module run on the controller, as an operator types it."""
+    return run([str(ROOT / ".venv/bin/ansible"), "localhost", "-m", module, "-a", json.dumps(args)], check=check)
+
+
+def lock_holder(lab) -> str | None:
+    out = adhoc("trust_anchor_info", {"store": store(lab), "provider": "renapo"}).stdout
+    lock = json.loads(out[out.index("{"):])["lock"]
+    return lock and lock["holder"]
+
+
+def plant(lab, host: str, cert: x509.Certificate) -> None:
+    """A rogue anchor appended to one host's trust bundle, as an intruder (or a stray manual fix) would leave it."""
+    bundle = host_file(lab, host, BUNDLE)
+    bundle.write_bytes(bundle.read_bytes() + cert.public_bytes(serialization.Encoding.PEM))
 
 
 def recap(stdout: str) -> dict[str, dict[str, int]]:
@@ -111,7 +146,7 @@ def test_rollout_before_the_switch_means_zero_failed_consultations(fresh_lab, tm
     cert, fp, anchor = publish(lab)
     old = {h: fingerprints(host_file(lab, h, BUNDLE)) for h in hosts(lab)}
 
-    first = rollout(*renapo_args(cert, fp))
+    first = rollout(*renapo_args(lab, cert, fp))
     for h in hosts(lab):
         now = fingerprints(host_file(lab, h, BUNDLE))
         assert now == old[h] + [anchor], f"{h} must keep today's anchor and add the new one"
@@ -128,7 +163,7 @@ def test_rollout_before_the_switch_means_zero_failed_consultations(fresh_lab, tm
     assert held == set(fingerprints(host_file(lab, "consulta-02", BUNDLE)))
 
     # Nothing to do, even from a fresh staging dir (as under AWX): the salted truststore is not rewritten either.
-    rerun = rollout(*renapo_args(cert, fp), "-e", f"delivery_validate_staging_dir={tmp_path / 'staging'}")
+    rerun = rollout(*renapo_args(lab, cert, fp), "-e", f"delivery_validate_staging_dir={tmp_path / 'staging'}")
     assert all(r["changed"] == 0 for r in recap(rerun.stdout).values()), rerun.stdout[-2500:]
 
     # RENAPO switches under a continuous probe of every host: not one consultation may fail.
@@ -160,21 +195,22 @@ def test_a_host_that_missed_the_rollout_fails_after_the_switch_and_a_rollout_fix
     lab = fresh_lab
     cert, fp, _ = publish(lab)
     left_out = hosts(lab)[-1]
-    rollout(*renapo_args(cert, fp), "--limit", f"consulta_hosts:!{left_out}")
+    rollout(*renapo_args(lab, cert, fp), "--limit", f"consulta_hosts:!{left_out}")
     lab.pki.switch(lab.STATE)
     with pytest.raises(ConsultaError) as err:
         serves(lab, left_out)
     assert err.value.kind == "gateway"
     log = host_file(lab, left_out, Path("log-nginx/error.log")).read_text()
     assert "upstream SSL certificate verify error" in log
-    # After the switch the live endpoint confirms the anchor, even without the letter's fingerprint.
-    rollout("-e", "rollout_service=renapo", "-e", f"rollout_certificate={cert}", "--limit", left_out)
+    # The registry's approval is what counts, with or without the letter's fingerprint.
+    rollout(*renapo_args(lab, cert), "--limit", left_out)
     assert serves(lab, left_out)["status_oper"] == "EXITOSO"
 
 
 # ------------------------------------------------------------------ fault 1: bad deliveries touch nothing
 
-@pytest.mark.parametrize("case", ["expired", "unconfirmed", "fingerprint_mismatch", "sat_key_mismatch"])
+@pytest.mark.parametrize("case", ["expired", "unapproved", "registry_without_it", "forged_letter",
+                                  "fingerprint_mismatch", "sat_key_mismatch"])
 def test_a_bad_delivery_touches_no_host(fresh_lab, tmp_path, case):
     lab = fresh_lab
     cert, fp, _ = publish(lab)
@@ -182,13 +218,23 @@ def test_a_bad_delivery_touches_no_host(fresh_lab, tmp_path, case):
     if case == "expired":
         bad = tmp_path / "expired.pem"
         self_signed(bad, "renapo.lab", days=-2)
-        args, code = ["-e", "rollout_service=renapo", "-e", f"rollout_certificate={bad}"], "EXPIRED"
-    elif case == "unconfirmed":  # an e-mailed anchor nobody vouches for: no letter, RENAPO does not present it
-        args, code = ["-e", "rollout_service=renapo", "-e", f"rollout_certificate={cert}"], "UNCONFIRMED_ANCHOR"
+        args, code = ["-e", "rollout_service=renapo", "-e", f"rollout_certificate={bad}", *approved(lab)], "EXPIRED"
+    elif case == "unapproved":  # RENAPO's genuine delivery, but nobody approved its anchor yet: the letter is no proof
+        args, code = [*renapo_args(lab, cert, fp)[:4], *approved(lab, "gen1"), "-e",
+                      f"rollout_expected_fingerprint={fp}"], "UNAPPROVED_ANCHOR"
+    elif case == "registry_without_it":  # the real registry (day zero: gen1 only), read by the rollout itself
+        args, code = ["-e", "rollout_service=renapo", "-e", f"rollout_certificate={cert}",
+                      "-e", f"rollout_expected_fingerprint={fp}"], "is not approved in the trust-anchor registry"
+    elif case == "forged_letter":  # the forger's own CA, and a letter stating the forger's own fingerprint
+        rogue = tmp_path / "rogue.pem"
+        forged = self_signed(rogue, "renapo.lab", days=365)
+        args = ["-e", "rollout_service=renapo", "-e", f"rollout_certificate={rogue}", *approved(lab),
+                "-e", f"rollout_expected_fingerprint={forged.fingerprint(hashes.SHA256()).hex(':').upper()}"]
+        code = "UNAPPROVED_ANCHOR"
     elif case == "fingerprint_mismatch":
         rogue = tmp_path / "rogue.pem"
         self_signed(rogue, "renapo.lab", days=365)
-        args, code = renapo_args(rogue, fp), "FINGERPRINT_MISMATCH"
+        args, code = renapo_args(lab, rogue, fp), "FINGERPRINT_MISMATCH"
     else:
         c1, _ = lab.pki.issue_sat_client(lab.STATE, "renewal-a")
         _, k2 = lab.pki.issue_sat_client(lab.STATE, "renewal-b")
@@ -200,6 +246,8 @@ def test_a_bad_delivery_touches_no_host(fresh_lab, tmp_path, case):
     assert tree_checksums(lab) == before
     for h in hosts(lab):
         assert serves(lab, h)["status_oper"] == "EXITOSO"
+    assert lock_holder(lab) is None  # the refused run released the fleet lock it took
+    assert not list((lab.STATE / "staging").glob("*/*"))  # and removed its staging directory
 
 
 # ------------------------------------------------------------------ fault 2: config test fails on one host
@@ -211,7 +259,7 @@ def test_config_test_failure_restores_that_host_and_halts(fresh_lab):
     originals = {h: host_file(lab, h, BUNDLE).read_bytes() for h in (h1, h2, h3)}
     # A broken include planted on the second host: nginx keeps serving its loaded config, but `nginx -t` fails.
     host_file(lab, h2, Path("etc-nginx/conf.d/zz-broken.conf")).write_text("this is not nginx syntax;\n")
-    p = rollout(*renapo_args(cert, fp), check=False)
+    p = rollout(*renapo_args(lab, cert, fp), check=False)
     assert p.returncode != 0
     assert re.search(rf"{h2}: step .* failed: config test failed", p.stdout), p.stdout[-3000:]
     assert "hosts not yet reached are untouched" in p.stdout
@@ -290,11 +338,93 @@ def test_check_diff_touches_nothing_and_shows_fingerprints(fresh_lab):
     lab = fresh_lab
     cert, fp, anchor = publish(lab)
     before = tree_checksums(lab)
-    p = rollout(*renapo_args(cert, fp), "--check", "--diff")
+    p = rollout(*renapo_args(lab, cert, fp), "--check", "--diff")
     assert tree_checksums(lab) == before
     colon_fp = ":".join(anchor[i:i + 2] for i in range(0, 64, 2)).upper()
     assert colon_fp in p.stdout
     assert "BEGIN CERTIFICATE" not in p.stdout
+
+
+# ------------------------------------------------------------------ issue 10: the registry, drift, the fleet lock
+
+def test_a_rogue_anchor_planted_on_one_host_is_removed_there_and_added_nowhere(fresh_lab, tmp_path):
+    lab = fresh_lab
+    cert, fp, anchor = publish(lab)
+    names = hosts(lab)
+    target = names[1]
+    rogue = self_signed(tmp_path / "rogue.pem", "renapo.lab", days=365)
+    plant(lab, target, rogue)
+    rogue_fp = rogue.fingerprint(hashes.SHA256()).hex()
+    wanted = [x509.load_pem_x509_certificate(p.encode()).fingerprint(hashes.SHA256()).hex()
+              for p in anchor_pems(lab)]
+
+    # check.yml reads the real registry (day zero: gen1 approved) and names the drift on that host only.
+    check = run([str(ROOT / ".venv/bin/ansible-playbook"), "playbooks/check.yml"], check=False)
+    assert check.returncode != 0 and recap(check.stdout)[target]["failed"] == 1, check.stdout[-3000:]
+    assert all(recap(check.stdout)[h]["failed"] == 0 for h in names if h != target)
+    assert f"{target} trusts 1 certificate(s) the trust-anchor registry does not approve" in check.stdout
+    assert rogue.fingerprint(hashes.SHA256()).hex(":").upper() in check.stdout
+
+    p = rollout(*renapo_args(lab, cert, fp))
+    for h in names:
+        # Exactly the registry: the rogue anchor removed where it was, added nowhere.
+        assert fingerprints(host_file(lab, h, BUNDLE)) == wanted, h
+        assert rogue_fp not in fingerprints(host_file(lab, h, BUNDLE))
+        assert serves(lab, h)["status_oper"] == "EXITOSO"
+    assert anchor in wanted
+    assert f"{target} trusts what the registry does not approve: renapo.lab" in p.stdout
+    check = run([str(ROOT / ".venv/bin/ansible-playbook"), "playbooks/check.yml",
+                 *approved(lab, var="check_approved_anchors")])
+    assert "drift (trusted, not approved): none" in check.stdout
+
+
+def test_check_diff_shows_the_drift_removal_and_touches_nothing(fresh_lab, tmp_path):
+    lab = fresh_lab
+    cert, fp, anchor = publish(lab)
+    target = hosts(lab)[0]
+    rogue = self_signed(tmp_path / "rogue.pem", "rogue-ca.example", days=365)
+    plant(lab, target, rogue)
+    before = tree_checksums(lab)
+    p = rollout(*renapo_args(lab, cert, fp), "--check", "--diff")
+    assert tree_checksums(lab) == before
+    rogue_colon = rogue.fingerprint(hashes.SHA256()).hex(":").upper()
+    removed = re.findall(rf"(?m)^-serial [0-9A-F]+ · sha256 {rogue_colon} · CN=rogue-ca.example · .* · removed: (.*)$",
+                         p.stdout)
+    assert removed and set(removed) == {"not in the trust-anchor registry"}, p.stdout[-3000:]
+    added = ":".join(anchor[i:i + 2] for i in range(0, 64, 2)).upper()
+    assert re.search(rf"(?m)^\+serial [0-9A-F]+ · sha256 {added} ", p.stdout)
+    assert lock_holder(lab) is None  # a dry run takes no lock
+
+
+def test_rollout_reads_the_registry_and_holds_the_fleet_lock(fresh_lab):
+    """No anchors given: the rollout reads the real registry (gen1 seeded; gen2 approved by an operator)."""
+    lab = fresh_lab
+    cert, fp, anchor = publish(lab)
+    adhoc("trust_anchor", {"store": store(lab), "provider": "renapo", "state": "approved", "certificate": str(cert),
+                           "actor": "jdoe", "evidence": [{"kind": "operator", "detail": "oficio firmado, folio 1"}],
+                           "policy": {"accept": ["operator"]}})
+    # Another rollout of RENAPO holds the lock: this one is refused naming it, before any host is touched.
+    adhoc("fleet_lock", {"store": store(lab), "provider": "renapo", "holder": "awx-job-7 (mgarcia)", "ttl": 600})
+    before = tree_checksums(lab)
+    p = rollout("-e", "rollout_service=renapo", "-e", f"rollout_certificate={cert}", check=False)
+    assert p.returncode != 0 and "awx-job-7 (mgarcia)" in p.stdout, p.stdout[-3000:]
+    assert tree_checksums(lab) == before and lock_holder(lab) == "awx-job-7 (mgarcia)"
+    adhoc("fleet_lock", {"store": store(lab), "provider": "renapo", "holder": "awx-job-7 (mgarcia)",
+                         "state": "absent"})
+
+    p = rollout("-e", "rollout_service=renapo", "-e", f"rollout_certificate={cert}",
+                "-e", "rollout_lock_holder=operator jdoe")
+    for h in hosts(lab):
+        assert fingerprints(host_file(lab, h, BUNDLE))[-1] == anchor
+    assert "Take or release the provider's fleet lock" in p.stdout
+    assert lock_holder(lab) is None  # it took the lock, so it released it at the end
+    assert not list((lab.STATE / "staging").glob("*/*"))  # its staging directory is gone too
+
+    # A caller that already holds the lock (renew.yml) keeps it: the rollout did not take it, so it does not release.
+    adhoc("fleet_lock", {"store": store(lab), "provider": "renapo", "holder": "DGTIC-RENAPO-2026-000001"})
+    rollout("-e", "rollout_service=renapo", "-e", f"rollout_certificate={cert}",
+            "-e", "rollout_lock_holder=DGTIC-RENAPO-2026-000001")
+    assert lock_holder(lab) == "DGTIC-RENAPO-2026-000001"
 
 
 # ------------------------------------------------------------------ faults 4 and 5: hosts and controller die
@@ -319,7 +449,7 @@ def test_a_host_going_down_mid_rollout_stops_the_play_cleanly(fresh_lab):
     cert, fp, anchor = publish(lab)
     names = hosts(lab)
     originals = {h: host_file(lab, h, BUNDLE).read_bytes() for h in names}
-    proc = _start_rollout(renapo_args(cert, fp))
+    proc = _start_rollout(renapo_args(lab, cert, fp))
     # As soon as the canary has its new bundle, the last host dies.
     assert _wait_for(lambda: anchor in fingerprints(host_file(lab, names[0], BUNDLE)))
     lab.stop_host(names[-1])
@@ -338,8 +468,11 @@ def test_sigkill_of_ansible_leaves_every_host_old_or_new_and_a_rerun_converges(f
     cert, fp, anchor = publish(lab)
     names = hosts(lab)
     originals = {h: host_file(lab, h, BUNDLE).read_bytes() for h in names}
-    proc = _start_rollout(renapo_args(cert, fp))
-    assert _wait_for(lambda: any(host_file(lab, h, Path("backups")).iterdir() for h in names))
+    # The killed run cannot release its fleet lock: the rerun is the same holder (an operator retrying the same job).
+    args = [*renapo_args(lab, cert, fp), "-e", "rollout_lock_holder=operator-retry"]
+    proc = _start_rollout(args)
+    # (a generator is always true: look for an actual entry, so the kill lands mid-rollout, not before it starts)
+    assert _wait_for(lambda: any(next(host_file(lab, h, Path("backups")).iterdir(), None) for h in names))
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     new_bytes = None
@@ -352,7 +485,8 @@ def test_sigkill_of_ansible_leaves_every_host_old_or_new_and_a_rerun_converges(f
                      if p.name not in (BUNDLE.name, TRUSTSTORE.name, "sat-ca.pem")]
         assert leftovers == [], f"{h} has half-written files: {leftovers}"
         assert serves(lab, h)["status_oper"] == "EXITOSO"
-    rollout(*renapo_args(cert, fp))
+    assert lock_holder(lab) == "operator-retry"  # held until it expires, or its holder comes back
+    rollout(*args)
     for h in names:
         assert anchor in fingerprints(host_file(lab, h, BUNDLE))
 
@@ -364,7 +498,7 @@ def test_rollback_returns_hosts_to_the_backup_byte_for_byte(fresh_lab):
     cert, fp, anchor = publish(lab)
     names = hosts(lab)
     originals = {h: host_file(lab, h, BUNDLE).read_bytes() for h in names}
-    rollout(*renapo_args(cert, fp))
+    rollout(*renapo_args(lab, cert, fp))
     target = names[1]
     label = next(host_file(lab, target, Path("backups")).glob("*/manifest.json")).parent.name
     rollback = [str(ROOT / ".venv/bin/ansible-playbook"), "playbooks/rollback.yml"]

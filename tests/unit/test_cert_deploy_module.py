@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from test_cert_files import fingerprint, key_pem, make_cert, tree
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,3 +100,22 @@ def test_bad_content_is_named(site):
     args = dict(site["args"], files=[dict(site["args"]["files"][0], content="not base64!")])
     status, res, _ = ansible(args)
     assert status == "FAILED" and res["step"] == "input" and "not valid base64" in res["msg"]
+
+
+def test_two_concurrent_module_merges_keep_both_entries(site):
+    """Two `cert_deploy` runs (two processes, as two rollouts would start them) merge into one bundle at once."""
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    now = dt.datetime.now(dt.UTC)
+    new = [make_cert("concurrent %d" % i, serial=0x60 + i, not_before=now - dt.timedelta(days=1),
+                     not_after=now + dt.timedelta(days=365)) for i in range(2)]
+    procs = []
+    for pem, _cert in new:
+        args = {"files": [{"path": str(site["etc"] / "trust.pem"), "content": base64.b64encode(pem).decode(),
+                           "merge": True}], "backup_dir": site["args"]["backup_dir"]}
+        procs.append(subprocess.Popen([str(ROOT / ".venv/bin/ansible"), "localhost", "-m", "cert_deploy", "-a",
+                                       json.dumps(args), "-e", "ansible_python_interpreter=/usr/bin/python3"],
+                                      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    held = {fingerprint(c) for c in x509.load_pem_x509_certificates((site["etc"] / "trust.pem").read_bytes())}
+    assert held == {fingerprint(site["anchor_cert"])} | {fingerprint(c) for _p, c in new}

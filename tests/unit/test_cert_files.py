@@ -152,6 +152,69 @@ def test_merge_rejects_corrupt_certificate():
         cf.merge_pem_bundles(a, a + truncated, NOW)
 
 
+def _merge_in_a_process(path, backups, pem, barrier, errors):
+    """One cert_deploy merge run: resolve the target, wait until the other run has resolved its own, then install."""
+    try:
+        target = cf.make_target(path, pem, mode="0644", merge=True, now=NOW)
+        barrier.wait(timeout=30)  # both targets are made from the same bundle before either installs
+        cf.install([target], backups, run, now=NOW)
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which fails the test
+        errors.put(repr(exc))
+
+
+def test_two_concurrent_merges_into_one_bundle_keep_both_entries(host):
+    """Two processes merge a different anchor into the same file: the merge is computed under the backup lock."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    barrier, errors = ctx.Barrier(2), ctx.Queue()
+    new = [make_cert("concurrent %d" % i, serial=0x50 + i) for i in range(2)]
+    procs = [ctx.Process(target=_merge_in_a_process, args=(str(host["etc"] / "trust.pem"), str(host["backups"]),
+                                                           pem, barrier, errors)) for pem, _c in new]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=60)
+    assert [p.exitcode for p in procs] == [0, 0] and errors.empty(), errors.get() if not errors.empty() else ""
+    held = [i.fingerprint for _b, i in cf.pem_certificates((host["etc"] / "trust.pem").read_bytes())]
+    assert held[0] == fingerprint(host["anchor_cert"])
+    assert sorted(held[1:]) == sorted(fingerprint(c) for _p, c in new)  # neither merge lost the other's entry
+    assert len(cf.list_backups(str(host["backups"]))) == 2
+
+
+def test_a_merge_target_is_merged_again_against_the_file_at_plan_time(host):
+    a2, c2 = make_cert("anchor 2", serial=2)
+    a3, c3 = make_cert("anchor 3", serial=3)
+    late = cf.make_target(str(host["etc"] / "trust.pem"), a3, merge=True, now=NOW)  # made before a2 lands
+    do_install(host, targets(host, a2, merge=True))
+    res = do_install(host, [late])
+    held = [i.fingerprint for _b, i in cf.pem_certificates((host["etc"] / "trust.pem").read_bytes())]
+    assert held == [fingerprint(host["anchor_cert"]), fingerprint(c2), fingerprint(c3)]
+    assert [a["fingerprint"] for a in res["files"][0]["added"]] == [fingerprint(c3)]
+
+
+def test_diff_says_why_each_certificate_goes(host):
+    rogue, rogue_cert = make_cert("Rogue CA", serial=0x66)
+    stale, stale_cert = make_cert("stale", serial=0x77, not_after=NOW - dt.timedelta(days=1),
+                                  not_before=NOW - dt.timedelta(days=9))
+    (host["etc"] / "trust.pem").write_bytes(host["anchor"] + rogue + stale)
+    a2, c2 = make_cert("anchor 2", serial=2)
+    tg = [cf.make_target(str(host["etc"] / "trust.pem"), host["anchor"] + a2, mode="0644", now=NOW,
+                         removal_note="not in the trust-anchor registry")]
+    res = do_install(host, tg, check_mode=True, diff=True)
+    before = res["diff"][0]["before"].splitlines()
+    assert before[0].startswith("serial 01 ") and "removed" not in before[0]  # kept: no note
+    assert before[1].endswith("CN=Rogue CA · not_after 2027-01-15T12:00:00Z"
+                              " · removed: not in the trust-anchor registry")
+    assert before[2].endswith(" · removed: expired")
+    f = res["files"][0]
+    assert [(r["fingerprint"], r["reason"]) for r in f["removed"]] == [
+        (fingerprint(rogue_cert), "not in the trust-anchor registry"), (fingerprint(stale_cert), "expired")]
+    assert [a["subject_cn"] for a in f["added"]] == ["anchor 2"]
+    key = cf.make_target(str(host["etc"] / "client.key"), key_pem(), secret=True)
+    assert cf.plan([key])[0].report()["removed"] == []  # a secret file never lists anything
+
+
 # ---------------------------------------------------------------- install
 
 def test_noop_when_equal_creates_no_backup_and_runs_nothing(host):

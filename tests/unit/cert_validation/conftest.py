@@ -30,7 +30,8 @@ GOOD = [
     "identity_pem_fullchain", "identity_pem_any_order_pkcs1_encrypted", "identity_der_leaf",
     "identity_sat_cer_key", "identity_p12_modern", "identity_p12_legacy_3des", "identity_p12_legacy_rc2",
     "identity_combined_pem", "identity_ec", "trust_self_signed_fingerprint", "trust_chain_fingerprint_plain",
-    "trust_fingerprint_of_leaf", "trust_already_trusted_root", "trust_p7b",
+    "trust_fingerprint_of_leaf", "trust_leaf_under_approved_anchor", "trust_p7b", "trust_exact_subject",
+    "trust_subject_one_of_several",
 ]
 BAD = {
     "garbage_certificate": ["UNREADABLE"],
@@ -47,8 +48,9 @@ BAD = {
     "expired": ["EXPIRED"],
     "expires_soon": ["EXPIRES_SOON"],
     "rogue_chain_with_root": ["UNTRUSTED_CHAIN"],
-    "rogue_leaf_alone": ["UNTRUSTED_CHAIN"],
+    "rogue_leaf_alone": ["UNTRUSTED_CHAIN", "BAD_SIGNATURE"],
     "missing_intermediate": ["INCOMPLETE_CHAIN"],
+    "identity_bad_intermediate": ["BAD_SIGNATURE"],
     "rsa_1024": ["WEAK_KEY"],
     "ec_192": ["WEAK_KEY"],
     "sha1_signature": ["WEAK_SIGNATURE"],
@@ -57,8 +59,15 @@ BAD = {
     "wrong_subject": ["WRONG_SUBJECT"],
     "wrong_issuer": ["WRONG_ISSUER"],
     "identity_without_key": ["MISSING_KEY"],
-    "trust_unconfirmed": ["UNCONFIRMED_ANCHOR"],
+    "trust_unapproved": ["UNAPPROVED_ANCHOR"],
+    "trust_no_registry": ["UNAPPROVED_ANCHOR"],
+    "trust_forged_letter": ["UNAPPROVED_ANCHOR"],
     "trust_fingerprint_mismatch": ["FINGERPRINT_MISMATCH"],
+    "trust_missing_issuer": ["INCOMPLETE_CHAIN"],
+    "trust_bad_signature": ["BAD_SIGNATURE"],
+    "trust_bad_signature_in_delivery": ["BAD_SIGNATURE"],
+    "trust_tampered_self_signed": ["BAD_SIGNATURE"],
+    "trust_subject_substring": ["WRONG_SUBJECT"],
     "md5_signature": ["WEAK_SIGNATURE"],
     "several_at_once": ["EXPIRED", "WEAK_KEY", "MISSING_KEY_USAGE", "KEY_MISMATCH"],
 }
@@ -122,6 +131,18 @@ def fingerprint(issued):
     return issued.cert.fingerprint(hashes.SHA256()).hex()
 
 
+def pem_str(*items):
+    """PEM strings, one per certificate: what the trust-anchor registry returns as approved_pems."""
+    return [pem(i).decode() for i in items]
+
+
+def tampered(issued):
+    """The same certificate with one byte of its signature flipped (an altered copy)."""
+    der = bytearray(issued.cert.public_bytes(DER))
+    der[-5] ^= 0x01
+    return Issued(x509.load_der_x509_certificate(bytes(der)), issued.key)
+
+
 class Catalogue:
     """Writes the deliveries into a directory and maps case names to validate() kwargs."""
 
@@ -153,11 +174,17 @@ def build(root):
     renapo_self = issue("ws.renapo.lab", ekus=(SERVER_AUTH,), days=730)
     rogue = issue("Lab Root CA", ca=True, k=key("rogue"))  # same name as the real root, other key
     rogue_leaf = issue("consulta-client-rogue", rogue, ekus=(CLIENT_AUTH,))
+    impostor = issue("RENAPO Root G2", ca=True, k=key("impostor"))  # RENAPO's new root's name, another key
+    impostor_leaf = issue("consultas.renapo.lab", impostor, k=key("impostor-leaf"), san="127.0.0.1")
+    lookalike = issue("renapo.lab CA", renapo_new, k=key("lookalike"))  # 'CN=renapo.lab' as a substring
     sat_ca = issue("AC del Servicio de Administracion Tributaria", ca=True, days=3650, org="SAT")
     sat_leaf = issue("SECRETARIA DE AGRICULTURA", sat_ca, ekus=(CLIENT_AUTH, ExtendedKeyUsageOID.EMAIL_PROTECTION),
                      org="SAT")
     c.pki = dict(ca=ca, inter=inter, client=client, renapo_old=renapo_old, renapo_new=renapo_new,
-                 renapo_leaf=renapo_leaf, renapo_self=renapo_self, sat_ca=sat_ca, sat_leaf=sat_leaf)
+                 renapo_leaf=renapo_leaf, renapo_self=renapo_self, sat_ca=sat_ca, sat_leaf=sat_leaf,
+                 impostor=impostor, rogue=rogue)
+    # The registry's answer (approved_pems): today's RENAPO root and the renewed one.
+    approved = pem_str(renapo_old, renapo_new)
 
     roots = [f("root.pem", pem(ca))]
     key_pem = f("client.key", key_bytes(client.key))
@@ -179,8 +206,9 @@ def build(root):
     sat_roots = [f("sat-ca.pem", pem(sat_ca))]
     sat_key = f("sat.key", key_bytes(sat_leaf.key, DER, passphrase=PASSPHRASE))
     c.add("identity_sat_cer_key", "identity", certificate=sat_cer, private_key=sat_key,
-          private_key_passphrase=PASSPHRASE, trusted_roots=sat_roots, expected_subject="CN=SECRETARIA",
-          expected_issuer="Servicio de Administracion Tributaria")
+          private_key_passphrase=PASSPHRASE, trusted_roots=sat_roots,
+          expected_subject="CN=SECRETARIA DE AGRICULTURA,O=SAT",
+          expected_issuer="cn=AC del Servicio de  Administracion Tributaria,o=SAT")  # case and spaces do not matter
     c.add("identity_p12_modern", "identity", pkcs12=p12("modern.p12", serialization.BestAvailableEncryption(
         PASSPHRASE.encode())), pkcs12_passphrase=PASSPHRASE, trusted_roots=roots)
     legacy = (serialization.PrivateFormat.PKCS12.encryption_builder().kdf_rounds(2048)
@@ -199,16 +227,21 @@ def build(root):
     c.add("trust_self_signed_fingerprint", "trust", certificate=f("renapo-self.cer",
                                                                   renapo_self.cert.public_bytes(DER)),
           expected_fingerprint=renapo_self.cert.fingerprint(hashes.SHA256()).hex(":").upper(),
-          current=current_bundle)
+          current=current_bundle, approved_anchors=pem_str(renapo_old, renapo_self))
     c.add("trust_chain_fingerprint_plain", "trust", certificate=f("renapo-chain.pem", pem(renapo_new, renapo_leaf)),
-          expected_fingerprint=fingerprint(renapo_new), current=current_bundle)
+          expected_fingerprint=fingerprint(renapo_new), current=current_bundle, approved_anchors=approved)
     c.add("trust_fingerprint_of_leaf", "trust", certificate=f("renapo-chain2.pem", pem(renapo_leaf, renapo_new)),
           expected_fingerprint="SHA256 Fingerprint=" + renapo_leaf.cert.fingerprint(hashes.SHA256()).hex(":").upper(),
-          current=current_bundle)
-    c.add("trust_already_trusted_root", "trust", certificate=f("renapo-leaf.pem", pem(renapo_leaf)),
-          trusted_roots=[f("renapo-new.pem", pem(renapo_new))], current=current_bundle)
+          current=current_bundle, approved_anchors=approved)
+    c.add("trust_leaf_under_approved_anchor", "trust", certificate=f("renapo-leaf.pem", pem(renapo_leaf)),
+          current=current_bundle, approved_anchors=approved)
     c.add("trust_p7b", "trust", certificate=f("renapo.p7b", pkcs7.serialize_certificates(
-        [renapo_leaf.cert, renapo_new.cert], DER)), expected_fingerprint=fingerprint(renapo_new))
+        [renapo_leaf.cert, renapo_new.cert], DER)), approved_anchors=approved)
+    c.add("trust_exact_subject", "trust", certificate=str(root / "renapo-chain.pem"), approved_anchors=approved,
+          expected_subject="CN=consultas.renapo.lab,O=Lab", expected_issuer="CN=RENAPO Root G2,O=Lab")
+    c.add("trust_subject_one_of_several", "trust", certificate=str(root / "renapo-chain.pem"),
+          approved_anchors=approved,
+          expected_subject=["CN=ws.renapo.lab,O=Lab", "O=Lab+CN=other", "CN=consultas.renapo.lab,O=Lab"])
 
     # ---- bad deliveries, one code each (and one with several)
     c.add("garbage_certificate", "trust", certificate=f("garbage.cer", b"\x30\x82\x01\x00 not a certificate"))
@@ -242,6 +275,8 @@ def build(root):
           private_key=str(root / "rogue.key"), trusted_roots=roots)
     c.add("missing_intermediate", "identity", certificate=f("leaf-only.pem", pem(client)), private_key=key_pem,
           trusted_roots=roots)
+    c.add("identity_bad_intermediate", "identity", certificate=f("bad-inter.pem", pem(client, tampered(inter))),
+          private_key=key_pem, trusted_roots=roots)
     weak = issue("consulta-weak", inter, k=key("rsa1024", size=1024), ekus=(CLIENT_AUTH,))
     c.add("rsa_1024", "identity", certificate=f("weak.pem", pem(weak, inter)),
           private_key=f("weak.key", key_bytes(weak.key)), trusted_roots=roots)
@@ -256,15 +291,31 @@ def build(root):
           private_key=key_pem, trusted_roots=roots)
     client_only = issue("ws-client-only.renapo.lab", ekus=(CLIENT_AUTH,))
     c.add("trust_client_only", "trust", certificate=f("client-only.pem", pem(client_only)),
-          expected_fingerprint=fingerprint(client_only))
+          expected_fingerprint=fingerprint(client_only), approved_anchors=pem_str(client_only))
     c.add("wrong_subject", "identity", certificate=str(root / "fullchain.pem"), private_key=key_pem,
-          trusted_roots=roots, expected_subject="^CN=other")
+          trusted_roots=roots, expected_subject="CN=other")
     c.add("wrong_issuer", "identity", certificate=str(root / "fullchain.pem"), private_key=key_pem,
           trusted_roots=roots, expected_issuer="CN=SAT")
     c.add("identity_without_key", "identity", certificate=str(root / "fullchain.pem"), trusted_roots=roots)
-    c.add("trust_unconfirmed", "trust", certificate=str(root / "renapo-chain.pem"), current=current_bundle)
+    c.add("trust_unapproved", "trust", certificate=str(root / "renapo-chain.pem"), current=current_bundle,
+          approved_anchors=pem_str(renapo_old))
+    c.add("trust_no_registry", "trust", certificate=str(root / "renapo-chain.pem"), current=current_bundle)
+    # The forger's delivery with a letter stating the forger's own fingerprint: the match trusts nothing.
+    c.add("trust_forged_letter", "trust", certificate=f("rogue-anchor.pem", pem(rogue)),
+          expected_fingerprint=fingerprint(rogue), current=current_bundle, approved_anchors=approved)
     c.add("trust_fingerprint_mismatch", "trust", certificate=str(root / "renapo-chain.pem"),
-          expected_fingerprint=fingerprint(renapo_old), current=current_bundle)
+          expected_fingerprint=fingerprint(renapo_old), current=current_bundle, approved_anchors=approved)
+    c.add("trust_missing_issuer", "trust", certificate=str(root / "renapo-leaf.pem"),
+          approved_anchors=pem_str(renapo_old))
+    c.add("trust_bad_signature", "trust", certificate=f("impostor-leaf.pem", pem(impostor_leaf)),
+          approved_anchors=approved)
+    c.add("trust_bad_signature_in_delivery", "trust", certificate=f("impostor-chain.pem", pem(impostor_leaf,
+                                                                                             renapo_new)),
+          approved_anchors=approved)
+    c.add("trust_tampered_self_signed", "trust", certificate=f("tampered-self.pem", pem(tampered(renapo_self))),
+          approved_anchors=pem_str(renapo_self))
+    c.add("trust_subject_substring", "trust", certificate=f("lookalike.pem", pem(lookalike)),
+          approved_anchors=approved, expected_subject="CN=renapo.lab,O=Lab")
     many = issue("consulta-many", inter, k=key("rsa1024"), ekus=(SERVER_AUTH,), start=-400 * DAY, days=-2)
     c.add("several_at_once", "identity", certificate=f("many.pem", pem(many, inter)), private_key=key_pem,
           trusted_roots=roots)
@@ -313,6 +364,8 @@ class TLSServer:
         (tmp / "srv.key").write_bytes(key_pem)
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ctx.load_cert_chain(tmp / "srv.pem", tmp / "srv.key")
+        self.sni = []  # the server name each client sent (None: no SNI extension)
+        self.ctx.sni_callback = lambda _sock, name, _ctx: self.sni.append(name)
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.endpoint = f"127.0.0.1:{self.sock.getsockname()[1]}"
         self.thread = threading.Thread(target=self._serve, daemon=True)
@@ -338,9 +391,9 @@ class TLSServer:
 def tls_server(tmp_path):
     servers = []
 
-    def start(chain_pem, key_pem):
+    def start(chain_pem, key_pem, server=False):
         servers.append(TLSServer(chain_pem, key_pem, tmp_path))
-        return servers[-1].endpoint
+        return servers[-1] if server else servers[-1].endpoint
 
     yield start
     for s in servers:

@@ -7,8 +7,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import hashes
 
-from .conftest import BAD, DER, PASSPHRASE, key_bytes
+from .conftest import BAD, DER, PASSPHRASE, key_bytes, pem
 
 ROOT = Path(__file__).resolve().parents[3]
 ENV = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
@@ -31,7 +32,8 @@ def test_module_passes_good_delivery(catalogue, case):
     assert result["changed"] is False  # nothing staged, nothing changed
 
 
-@pytest.mark.parametrize("case", ["missing_intermediate", "trust_unconfirmed", "several_at_once"])
+@pytest.mark.parametrize("case", ["missing_intermediate", "trust_unapproved", "trust_forged_letter",
+                                  "trust_bad_signature", "trust_subject_substring", "several_at_once"])
 def test_module_fails_naming_the_codes(catalogue, case):
     ok, result, out = run_module(catalogue.cases[case])
     assert not ok and "localhost | FAILED!" in out
@@ -56,6 +58,26 @@ def test_module_stages_trust_honours_check_mode_and_current(catalogue, tmp_path)
     ok, deployed, _ = run_module(dict(args, current=result["staged"]["bundle"]))
     assert ok and deployed["changed"] is False and deployed["already_deployed"]
     assert "already deployed" in deployed["msg"]
+
+
+def test_module_diff_names_the_drift_it_will_remove(catalogue, tmp_path):
+    p = catalogue.pki
+    hosts = catalogue.file("hosts-with-rogue.pem", pem(p["renapo_old"], p["rogue"]))
+    args = dict(catalogue.cases["trust_chain_fingerprint_plain"], current=hosts, provider="renapo")
+    ok, result, out = run_module(args, "--diff")
+    assert ok, out
+    rogue_fp = p["rogue"].cert.fingerprint(hashes.SHA256()).hex(":")
+    assert [d["fingerprint"] for d in result["drift"]] == [rogue_fp]
+    assert f"-{rogue_fp}  (not in the trust-anchor registry: removed)" in out
+    assert result["anchor"]["approved"] is True
+    assert result["anchor"]["confirmed_by"] == "approved in the trust-anchor registry of renapo"
+
+
+def test_module_takes_a_list_of_allowed_subjects(catalogue):
+    ok, result, _ = run_module(catalogue.cases["trust_subject_one_of_several"])
+    assert ok and result["defects"] == [], result
+    ok, result, _ = run_module(dict(catalogue.cases["trust_exact_subject"], expected_subject={"CN": "x"}))
+    assert not ok and "must be an RFC 4514 name or a list" in result["msg"]
 
 
 def test_module_facts_equal_openssl(catalogue, tmp_path):

@@ -1,4 +1,5 @@
-"""Pure validation: the catalogue, chain ordering, anchors, staging. Real files, real TLS, no mocks."""
+"""Pure validation: the catalogue, chain ordering, the approved-anchor registry, names, staging. Real files, real TLS,
+no mocks."""
 import os
 import re
 import subprocess
@@ -6,16 +7,20 @@ import subprocess
 import pytest
 from ansible.module_utils.cert_validation import (
     CODES,
+    fetch_endpoint_chain,
+    name_matches,
     normalise_fingerprint,
     order_chain,
+    parse_expected_names,
     sha256_fp,
     stage,
     validate,
 )
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
-from .conftest import BAD, PASSPHRASE, key_bytes, pem
+from .conftest import BAD, DAY, PASSPHRASE, issue, key_bytes, pem, pem_str
 
 
 def test_good_delivery_passes(catalogue, good_case):
@@ -72,14 +77,29 @@ def test_trust_facts_and_bundle_order(catalogue):
     assert report.already_deployed is False
 
 
-def test_expired_entries_of_the_current_bundle_are_pruned(catalogue, tmp_path):
-    from .conftest import DAY, issue
+def test_bundle_is_the_approved_anchors_only_never_what_hosts_hold(catalogue, tmp_path):
+    p = catalogue.pki
     stale = issue("RENAPO Root G0", ca=True, start=-900 * DAY, days=-5)
-    current = tmp_path / "bundle.pem"
-    current.write_bytes(pem(stale, catalogue.pki["renapo_old"]))
-    report = validate(**dict(catalogue.cases["trust_chain_fingerprint_plain"], current=str(current)))
-    assert sha256_fp(stale.cert) not in report.facts["bundle_fingerprints"]
-    assert len(report.facts["bundle_fingerprints"]) == 2
+    current = tmp_path / "hosts-bundles.pem"
+    current.write_bytes(pem(p["rogue"], p["renapo_old"], stale))  # a rogue anchor planted on one host
+    report = validate(**dict(catalogue.cases["trust_chain_fingerprint_plain"], current=str(current),
+                             approved_anchors=pem_str(stale, p["renapo_old"], p["renapo_new"])))
+    assert report.defects == [], report.error_text()
+    # Approved and not expired, in the registry's order; the rogue anchor is not carried over, the stale one pruned.
+    assert report.facts["bundle_fingerprints"] == [sha256_fp(p["renapo_old"].cert), sha256_fp(p["renapo_new"].cert)]
+    assert report.facts["drift"] == [{"fingerprint": sha256_fp(p["rogue"].cert), "subject": "CN=Lab Root CA,O=Lab",
+                                      "not_after": p["rogue"].cert.not_valid_after_utc.strftime("%Y%m%d%H%M%SZ")}]
+    assert not report.already_deployed and "1 certificate(s) held by hosts are not in the registry" in report.message
+
+
+def test_already_deployed_means_hosts_hold_exactly_the_bundle(catalogue, tmp_path):
+    p = catalogue.pki
+    exact = catalogue.file("exact-bundle.pem", pem(p["renapo_new"], p["renapo_old"]))  # order does not matter
+    report = validate(**dict(catalogue.cases["trust_chain_fingerprint_plain"], current=exact))
+    assert report.already_deployed and report.drift == []
+    with_rogue = catalogue.file("rogue-bundle.pem", pem(p["renapo_new"], p["renapo_old"], p["rogue"]))
+    report = validate(**dict(catalogue.cases["trust_chain_fingerprint_plain"], current=with_rogue))
+    assert not report.already_deployed and [d["subject"] for d in report.drift] == ["CN=Lab Root CA,O=Lab"]
 
 
 def test_already_deployed_trust_and_identity(catalogue, tmp_path):
@@ -98,28 +118,128 @@ def test_missing_current_is_a_first_deployment(catalogue, tmp_path):
     assert any("nothing is deployed yet" in w for w in report.warnings)
 
 
-def test_anchor_confirmed_by_live_endpoint(catalogue, tls_server):
+# ---------------------------------------------------------------- the registry is the only source of trust
+
+def test_unapproved_anchor_names_it_and_the_way_to_approve_it(catalogue):
     p = catalogue.pki
-    endpoint = tls_server(pem(p["renapo_leaf"], p["renapo_new"]), key_bytes(p["renapo_leaf"].key))
-    kwargs = dict(catalogue.cases["trust_unconfirmed"], confirm_endpoint=endpoint)
-    report = validate(**kwargs)
-    assert report.defects == [], report.error_text()
-    assert report.facts["anchor"]["confirmed_by"] == f"confirmed by the live endpoint {endpoint}"
+    report = validate(**dict(catalogue.cases["trust_unapproved"], provider="renapo"))
+    assert report.codes == ["UNAPPROVED_ANCHOR"]
+    msg = report.defects[0]["message"]
+    assert msg.startswith(f"anchor 'CN=RENAPO Root G2,O=Lab' ({sha256_fp(p['renapo_new'].cert)}) is not approved in "
+                          "the trust-anchor registry of renapo; approve it with evidence first")
+    assert "playbooks/anchor.yml" in msg
 
 
-def test_endpoint_presenting_another_anchor_does_not_confirm(catalogue, tls_server):
+def test_without_the_registry_nothing_is_trusted(catalogue):
+    report = validate(**catalogue.cases["trust_no_registry"])
+    assert report.codes == ["UNAPPROVED_ANCHOR"] and "no approved anchors were given" in report.error_text()
+    assert validate(**dict(catalogue.cases["trust_no_registry"], approved_anchors=[])).codes == ["UNAPPROVED_ANCHOR"]
+
+
+def test_a_forged_letter_stating_the_forgers_fingerprint_trusts_nothing(catalogue):
+    report = validate(**catalogue.cases["trust_forged_letter"])
+    assert report.codes == ["UNAPPROVED_ANCHOR"]  # the fingerprint matches, and that proves nothing
+    assert sha256_fp(catalogue.pki["rogue"].cert) not in report.facts["bundle_fingerprints"]
+
+
+def test_trusted_roots_never_trust_an_anchor(catalogue):
+    case = dict(catalogue.cases["trust_unapproved"], trusted_roots=[catalogue.file(
+        "renapo-new.pem", pem(catalogue.pki["renapo_new"]))])
+    report = validate(**case)
+    assert report.codes == ["UNAPPROVED_ANCHOR"]
+    assert any("trusted_roots is ignored for kind trust" in w for w in report.warnings)
+
+
+def test_an_unreadable_registry_entry_is_a_defect(catalogue):
+    case = dict(catalogue.cases["trust_chain_fingerprint_plain"],
+                approved_anchors=["-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n"])
+    report = validate(**case)
+    assert "UNREADABLE" in report.codes and "approved anchor 1" in report.error_text()
+
+
+def test_expected_fingerprint_is_only_a_consistency_check(catalogue):
+    case = catalogue.cases["trust_chain_fingerprint_plain"]
+    assert validate(**dict(case, expected_fingerprint=None)).defects == []  # the registry alone decides
+    mismatch = validate(**catalogue.cases["trust_fingerprint_mismatch"])
+    assert mismatch.codes == ["FINGERPRINT_MISMATCH"]
+
+
+# ---------------------------------------------------------------- diagnostics that point at the fix
+
+def test_missing_issuer_is_an_incomplete_chain_naming_it(catalogue):
+    report = validate(**catalogue.cases["trust_missing_issuer"])
+    assert report.codes == ["INCOMPLETE_CHAIN"], report.error_text()
+    assert "issuer 'CN=RENAPO Root G2,O=Lab' of 'CN=consultas.renapo.lab,O=Lab' is missing from the delivery" in \
+        report.error_text()
+    identity = validate(**catalogue.cases["missing_intermediate"])
+    assert "issuer 'CN=Lab Issuing CA,O=Lab' of 'CN=consulta-client,O=Lab' is missing" in identity.error_text()
+
+
+@pytest.mark.parametrize("case, where", [("trust_bad_signature", "the approved anchors of"),
+                                         ("trust_bad_signature_in_delivery", "the delivery")])
+def test_signature_not_verifying_under_the_named_issuer_is_bad_signature(catalogue, case, where):
     p = catalogue.pki
-    endpoint = tls_server(pem(p["renapo_self"]), key_bytes(p["renapo_self"].key))
-    report = validate(**dict(catalogue.cases["trust_unconfirmed"], confirm_endpoint=endpoint))
-    assert report.codes == ["UNCONFIRMED_ANCHOR"]
+    report = validate(**case_with_provider(catalogue, case))
+    assert report.codes == ["BAD_SIGNATURE"], report.error_text()
+    msg = report.defects[0]["message"]
+    assert "'CN=consultas.renapo.lab,O=Lab' does not verify under its issuer 'CN=RENAPO Root G2,O=Lab'" in msg
+    assert sha256_fp(p["renapo_new"].cert) in msg and where in msg
 
 
-def test_endpoint_down_is_unconfirmed_not_a_crash(catalogue, tls_server):
-    endpoint = tls_server(pem(catalogue.pki["renapo_self"]), key_bytes(catalogue.pki["renapo_self"].key))
-    kwargs = dict(catalogue.cases["trust_unconfirmed"], confirm_endpoint="127.0.0.1:1", endpoint_timeout=1)
-    report = validate(**kwargs)
-    assert report.codes == ["UNCONFIRMED_ANCHOR"] and "unreachable" in report.error_text()
-    assert endpoint  # a live server elsewhere does not matter
+def test_altered_self_signed_anchor_and_intermediate_are_bad_signatures(catalogue):
+    assert validate(**catalogue.cases["trust_tampered_self_signed"]).codes == ["BAD_SIGNATURE"]
+    identity = validate(**catalogue.cases["identity_bad_intermediate"])
+    assert "BAD_SIGNATURE" in identity.codes and "INCOMPLETE_CHAIN" not in identity.codes
+    assert "under its issuer 'CN=Lab Root CA,O=Lab'" in identity.error_text()
+
+
+def case_with_provider(catalogue, case):
+    return dict(catalogue.cases[case], provider="renapo")
+
+
+# ---------------------------------------------------------------- whole names, never substrings
+
+@pytest.mark.parametrize("actual, expected, matches", [
+    ("CN=renapo.lab CA", "CN=renapo.lab", False),
+    ("CN=renapo.lab", "CN=renapo.lab CA", False),
+    ("CN=renapo.lab,O=RENAPO,C=MX", "CN=renapo.lab", False),  # the whole name, not one attribute
+    ("CN=renapo.lab,O=RENAPO,C=MX", "CN=renapo.lab,O=RENAPO,C=MX", True),
+    ("CN=renapo.lab,O=RENAPO,C=MX", "cn=RENAPO.lab,o=renapo,c=mx", True),  # case-insensitive values and types
+    ("CN=renapo.lab,O=Registro  Nacional,C=MX", "CN=renapo.lab,O=Registro Nacional,C=MX", True),
+    ("CN=renapo.lab,O=RENAPO,C=MX", "O=RENAPO,CN=renapo.lab,C=MX", False),  # RDN order matters
+    ("CN=a+O=b,C=MX", "O=b+CN=a,C=MX", True),  # inside one multi-valued RDN it does not
+])
+def test_name_matching_is_whole_name(actual, expected, matches):
+    assert name_matches(x509.Name.from_rfc4514_string(actual), parse_expected_names(expected)) is matches
+
+
+def test_lookalike_subject_is_refused_and_a_list_allows_several(catalogue):
+    report = validate(**catalogue.cases["trust_subject_substring"])
+    assert report.codes == ["WRONG_SUBJECT"]
+    assert "subject 'CN=renapo.lab CA,O=Lab' is not the expected 'CN=renapo.lab,O=Lab'" in report.error_text()
+    assert validate(**catalogue.cases["trust_subject_one_of_several"]).defects == []
+    bad = validate(**dict(catalogue.cases["trust_exact_subject"], expected_subject="CN=renapo\\.lab"))
+    assert bad.codes == ["WRONG_SUBJECT"] and "is not an RFC 4514 name" in bad.error_text()
+
+
+# ---------------------------------------------------------------- the live endpoint (used by the registry's evidence)
+
+def test_fetch_endpoint_chain_sends_sni_and_returns_the_presented_chain(catalogue, tls_server):
+    p = catalogue.pki
+    server = tls_server(pem(p["renapo_leaf"], p["renapo_new"]), key_bytes(p["renapo_leaf"].key), server=True)
+    port = server.endpoint.rsplit(":", 1)[1]
+    chain = fetch_endpoint_chain(server.endpoint, timeout=5, server_name="renapo.lab")
+    assert chain == [p["renapo_leaf"].cert, p["renapo_new"].cert]
+    fetch_endpoint_chain(f"localhost:{port}", timeout=5)  # a host name is its own SNI
+    fetch_endpoint_chain(server.endpoint, timeout=5)  # an IP address sends none
+    assert server.sni == ["renapo.lab", "localhost", None]
+
+
+def test_fetch_endpoint_chain_refuses_a_malformed_endpoint_and_reports_a_dead_one():
+    with pytest.raises(ValueError, match="is not host:port"):
+        fetch_endpoint_chain("renapo.lab")
+    with pytest.raises(OSError):
+        fetch_endpoint_chain("127.0.0.1:1", timeout=1)
 
 
 def test_identity_staging_is_atomic_idempotent_and_private(catalogue, tmp_path):
@@ -189,7 +309,7 @@ def test_facts_equal_openssl(catalogue, case, tmp_path):
 
 
 def test_truststore_equals_keytool(catalogue, tmp_path):
-    report = validate(**catalogue.cases["trust_already_trusted_root"])
+    report = validate(**catalogue.cases["trust_leaf_under_approved_anchor"])
     _, staged = stage(report, str(tmp_path))
     out = subprocess.run(["keytool", "-list", "-keystore", staged["truststore"], "-storetype", "PKCS12",
                           "-storepass", "changeit"], check=True, capture_output=True, text=True).stdout
@@ -208,9 +328,9 @@ def test_pkcs1_key_pem_is_read(catalogue, tmp_path):
     assert report.defects == []
 
 
-def test_bare_leaf_as_anchor_is_accepted_with_a_warning(catalogue):
+def test_an_approved_bare_leaf_is_its_own_anchor_with_a_warning(catalogue):
     leaf = catalogue.pki["renapo_leaf"]
-    report = validate("trust", certificate=catalogue.cases["trust_already_trusted_root"]["certificate"],
-                      expected_fingerprint=leaf.cert.fingerprint(hashes.SHA256()).hex())
+    report = validate("trust", certificate=catalogue.cases["trust_leaf_under_approved_anchor"]["certificate"],
+                      expected_fingerprint=leaf.cert.fingerprint(hashes.SHA256()).hex(), approved_anchors=pem_str(leaf))
     assert report.defects == [] and report.anchor == leaf.cert
     assert any("not self-signed" in w for w in report.warnings)
