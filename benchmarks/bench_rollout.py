@@ -26,8 +26,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("LAB_SLOT", "3")
 sys.path.insert(0, str(ROOT / "lab"))
+sys.path.insert(0, str(ROOT))
 
+# isort: off
+import conftest  # noqa: E402,F401  (first: makes ansible.module_utils.<project module> importable)
 import labctl  # noqa: E402
+from ansible.module_utils.ticket_store import open_store  # noqa: E402
+# isort: on
 
 BIN = ROOT / ".venv" / "bin"
 FLOOR_DEST = "/etc/consulta/bench-floor.pem"  # per-host tree (bind-mounted), never read by nginx
@@ -49,10 +54,18 @@ def ansible(args: list[str], junit_dir: Path | None = None) -> tuple[float, str]
 
 
 def published_delivery() -> tuple[Path, str, str]:
-    """RENAPO publishes its renewal: the certificate it mails, the fingerprint its letter states, the new anchor."""
+    """RENAPO publishes its renewal: the certificate it mails, the fingerprint its letter states, the new anchor,
+    approved in the lab's registry (seeded with G1) on an operator's recorded confirmation, as an operator would."""
     pub = labctl.pki.publish(labctl.STATE)
     outbox = Path(pub["outbox"])
     fp = re.search(r"(?:[0-9A-F]{2}:){31}[0-9A-F]{2}", (outbox / "oficio.txt").read_text(errors="replace")).group(0)
+    (labctl.STATE / "procedure").mkdir(parents=True, exist_ok=True)
+    with open_store(str(labctl.STATE / "procedure" / "tickets.db")) as store:
+        store.anchor_seed("renapo", [Path(labctl.pki.ensure(labctl.STATE)["renapo_anchor"]).read_text()],
+                          actor="bench", reason="lab day zero")
+        store.anchor_record("renapo", Path(pub["anchor"]).read_text(), actor="bench")
+        store.anchor_add_evidence("renapo", fp, "operator", "confirmada por teléfono (benchmark)", actor="bench")
+        store.anchor_approve("renapo", fp, actor="bench", policy={"accept": ["operator"], "operators": 1})
     return outbox / f"renapo_ws_{pub['generation']}.pem", fp, Path(pub["anchor"]).read_text()
 
 
