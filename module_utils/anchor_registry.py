@@ -172,7 +172,7 @@ def refusal_message(provider, fingerprint, subject, evaluation, evidence, not_af
 
 def commands(provider, fingerprint, missing, *, certificate=None):
     """The exact commands that supply each missing kind of evidence and then approve (playbooks/anchor.yml)."""
-    approve = (f"ansible-playbook playbooks/anchor.yml -e provider={provider} -e action=approve "
+    approve = (f"ansible-playbook playbooks/anchor.yml -e provider={provider} -e op=approve "
                f"-e certificate={certificate or '<delivered certificate file>'} -e operator=<you>")
     out = []
     for kind in missing:

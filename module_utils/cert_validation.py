@@ -38,7 +38,7 @@ CODES = (
 )
 # How the refusal of an unapproved anchor tells the operator to proceed: evidence first, in the registry.
 APPROVE_HINT = ("approve it with evidence first (ansible-playbook playbooks/anchor.yml -e provider={provider} "
-                "-e action=approve -e certificate={certificate} -e operator=<you>; or record the fingerprint you "
+                "-e op=approve -e certificate={certificate} -e operator=<you>; or record the fingerprint you "
                 "confirmed by telephone or from the signed oficio: -e fingerprint={fingerprint} -e operator=<you> "
                 "-e channel=telefono)")
 _ASN1_TIME = "%Y%m%d%H%M%SZ"

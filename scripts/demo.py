@@ -3,9 +3,10 @@
 
 Act 1 — the outage the product exists to prevent: RENAPO publishes and switches its certificate, nobody renews the
 hosts, and every consultation through every host fails on TLS verification.
-Act 2 — the renewal: on a fresh lab, RENAPO publishes; the renewal is validated against the fingerprint in RENAPO's
-letter and rolled out host by host; a rerun changes nothing; RENAPO switches while a probe consults every host
-continuously, and not one consultation fails. Then the recovery path: a host added from an old image fails after the
+Act 2 — the renewal: on a fresh lab, RENAPO publishes; an operator confirms the new anchor's fingerprint by another
+channel and the registry approves it; the renewal is validated against the registry and rolled out host by host; a
+rerun changes nothing; RENAPO switches while a probe consults every host continuously, and not one consultation
+fails. Then the recovery path: a host added from an old image fails after the
 switch, and a rollout to it fixes it.
 
 Every step is a real `ansible`/`ansible-playbook` run; its full output goes to .lab/demo/NN-step.log.
@@ -37,6 +38,7 @@ from ansible.module_utils.consulta import ConsultaError, consult  # noqa: E402
 # isort: on
 
 LOGS = labctl.STATE / "demo"
+ANCHOR = [".venv/bin/ansible-playbook", "playbooks/anchor.yml", "-e", "provider=renapo", "-e", "operator=jdoe"]
 _step = 0
 
 
@@ -133,7 +135,10 @@ def act1(n: int) -> None:
     r = labctl.up(n, fresh=True)
     print(f"   lab up in {r['seconds']}s")
     ansible([".venv/bin/ansible", "consulta_hosts", "-m", "ansible.builtin.ping", "-o"], "ping every host")
-    say("One consultation through every host's gateway (nginx verifies RENAPO against the host's trust bundle)")
+    say("Day zero of the anchor registry: an operator seeds it, once, from what every host trusts today")
+    ansible(ANCHOR + ["-e", "op=seed"], "seed the anchor registry")
+    say("One consultation through every host's gateway (nginx verifies RENAPO against the host's trust bundle), "
+        "and what each host trusts compared with the registry")
     ansible([".venv/bin/ansible-playbook", "playbooks/check.yml"], "consult through every host")
     before = {h: consult_host(u) for h, u in hosts()}
     say("RENAPO publishes its renewed certificate and switches to it — and nobody renewed the hosts")
@@ -156,14 +161,21 @@ def act2(n: int) -> None:
     say("Act 2 — the renewal. A fresh lab: every host trusts only today's RENAPO anchor (G1)")
     labctl.up(n, fresh=True)
     start = {h: anchors(h) for h, _ in hosts()}
+    anchor = ANCHOR
+    ansible(anchor + ["-e", "op=seed"], "seed the anchor registry")
     pub = labctl.pki.publish(labctl.STATE)
     outbox = Path(pub["outbox"])
     fp = fingerprint_from_letter(outbox)
     cert = outbox / f"renapo_ws_{pub['generation']}.pem"
     print(f"   RENAPO published {pub['generation']} (not presented yet); its letter states fingerprint {fp[:23]}...")
-    say("Rollout: validated on the controller against the letter's fingerprint, then host by host, canary first")
+    say("Hosts trust only what the registry approves: the operator confirms the fingerprint by telephone, approves")
+    ansible(anchor + ["-e", f"fingerprint={fp}", "-e", "channel=telefono"], "record the confirmed fingerprint")
+    p = ansible(anchor + ["-e", "op=approve", "-e", f"certificate={cert}"], "approve the new anchor")
+    for line in re.findall(r'"(APPROVED  [^"]+)"', p.stdout):
+        print(f"     {line}")
+    say("Rollout: validated on the controller against the registry, then host by host, canary first")
     rollout = [".venv/bin/ansible-playbook", "playbooks/rollout.yml", "-e", "rollout_service=renapo",
-               "-e", f"rollout_certificate={cert}", "-e", f"rollout_expected_fingerprint={fp}"]
+               "-e", f"rollout_certificate={cert}"]
     t0 = time.monotonic()
     ansible(rollout, "rollout")
     rollout_s = time.monotonic() - t0

@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
 """The procedure part of `make demo`: from the request e-mail to the closed ticket, on the lab of $LAB_SLOT.
 
-1. Ana (staff) asks for the RENAPO renewal by e-mail -> intake: ticket, folio, requester validated.
-2. RENAPO publishes; its e-mail (certificate attached, fingerprint in the letter) lands -> certificate_received.
-3. renew.yml -> every host verified -> notices in the SMTP sink -> ticket closed; RENAPO switches under a probe:
-   no consultation fails.
-4. A request from someone outside the Secretaría -> oficio de respuesta -> ticket closed.
-5. A forged delivery (a rogue certificate under RENAPO's genuine letter) -> refused, quarantined; no host touched.
+Every e-mail goes through the lab's real mail host (Postfix, OpenDKIM, dnsmasq) into the Mesa's IMAP mailbox.
+0. An operator seeds the anchor registry once from what the hosts trust (playbooks/anchor.yml -e op=seed).
+1. Ana (staff) asks for the RENAPO renewal by e-mail (DKIM-signed) -> intake: ticket, folio, requester validated.
+2. Forged deliveries (RENAPO's real address unsigned with a planted Authentication-Results, a look-alike domain, Ana's
+   address unsigned), each with the forger's own CA and a letter stating its fingerprint -> quarantined, recorded
+   only as claims; no host touched, no rogue entry in the registry.
+3. RENAPO publishes; its DKIM-signed e-mail (no folio of ours) lands -> attached to Ana's ticket.
+4. renew.yml -> the new anchor approved on the authenticated letter (evidence printed) -> every host verified ->
+   notices in the SMTP sink -> ticket closed; RENAPO switches under a probe: no consultation fails.
+5. A request from someone outside the Secretaría -> oficio de respuesta -> ticket closed.
 Each ticket's timeline (audit log) is printed at the end. `run(n_hosts)` is what scripts/demo.py calls.
 
 The helpers that write e-mails into the Mesa de Servicios inbox are shared with tests/integration/test_procedure.py.
@@ -20,6 +24,7 @@ import hashlib
 import json
 import mailbox
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -33,6 +38,7 @@ import conftest  # noqa: E402,F401  (ansible.module_utils.<project module> impor
 
 sys.path.insert(0, str(ROOT / "lab"))
 import labctl  # noqa: E402
+import mailhost  # noqa: E402
 from ansible.module_utils.consulta import ConsultaError, consult  # noqa: E402
 from ansible.module_utils.ticket_store import open_store  # noqa: E402
 from cryptography import x509  # noqa: E402
@@ -42,6 +48,7 @@ from sim import padron  # noqa: E402
 
 STAFF = {"name": "Ana López Ruiz", "email": "ana.lopez@agricultura.gob.mx",
          "unit": "Dirección General de Padrones y Registros"}
+MESA = mailhost.MESA_ADDRESS
 OUTSIDER = {"name": "Pedro Gálvez Ortega", "email": "pedro.galvez@agricultura.gob.mx",
             "unit": "Dirección General de Padrones y Registros"}
 RENAPO_SENDER = "Dirección de Servicios de Consulta RENAPO <servicios.consulta@renapo.gob.mx>"
@@ -49,14 +56,20 @@ RENAPO_SENDER = "Dirección de Servicios de Consulta RENAPO <servicios.consulta@
 
 # ---- e-mails into the Mesa de Servicios inbox -------------------------------------------------------------------
 
-def deliver(msg: EmailMessage) -> str:
-    """Drops a message into the lab's Mesa de Servicios inbox (new/), as the mail server would."""
+def deliver(msg: EmailMessage, via: str | None = None) -> str:
+    """Mails a message to the Mesa de Servicios through the lab's real mail host and waits until it is in the IMAP
+    mailbox. via: the signing MTA of the From: domain (RENAPO, SAT, the Secretaría) when it has one, else "external"
+    (straight to the Secretaría's MX, unsigned, as any outside sender or forger)."""
     if "Message-ID" not in msg:
         msg["Message-ID"] = email.utils.make_msgid(domain=msg["From"].rpartition("@")[2].rstrip(">"))
     msg["Date"] = email.utils.formatdate(localtime=True)
     msg["To"] = "mesa.servicios@agricultura.gob.mx"
-    mailbox.Maildir(labctl.STATE / "mail" / "mesa", create=True).add(msg.as_bytes())
-    return msg["Message-ID"]
+    if via is None:
+        domain = email.utils.parseaddr(msg["From"])[1].rpartition("@")[2].lower()
+        via = next((name for name, d in mailhost.SIGNING_DOMAINS.items() if d == domain), "external")
+    message_id = mailhost.send(msg, via)
+    mailhost.wait_for(message_id)
+    return message_id
 
 
 def request_mail(person: dict, system: str = "Padrón de Productores", service: str = "RENAPO",
@@ -97,7 +110,8 @@ def delivery_mail(folio: str, outbox: Path, files: list[Path] | None = None, let
 
 def rogue_certificate(dest: Path, like: Path) -> Path:
     """A self-signed certificate with the same subject as RENAPO's new root: what a forger would attach."""
-    genuine = x509.load_der_x509_certificate(like.read_bytes())
+    data = like.read_bytes()
+    genuine = (x509.load_pem_x509_certificate if b"-----BEGIN" in data else x509.load_der_x509_certificate)(data)
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     now = dt.datetime.now(dt.UTC)
     cert = (x509.CertificateBuilder().subject_name(genuine.subject).issuer_name(genuine.subject)
@@ -129,10 +143,86 @@ def store():
     return open_store(str(labctl.STATE / "procedure" / "tickets.db"))
 
 
+def mail_settled(timeout: float = 20) -> bool:
+    """Waits until the lab mail host's Postfix queues (outbound MTA and MX) are empty, i.e. every notice the
+    procedure submitted is in the SMTP sink or the Mesa's mailbox; False if mail is still queued after timeout."""
+    queues = [mailhost._dir(labctl.STATE) / f"postfix-{role}" / "queue" for role in ("out", "mx")]
+    deadline = time.monotonic() + timeout
+    while True:
+        queued = [f for q in queues for sub in ("maildrop", "incoming", "active", "deferred", "hold")
+                  if (q / sub).is_dir() for f in (q / sub).rglob("*") if f.is_file()]
+        if not queued:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+
+
+def _mesa_notices() -> list[email.message.Message]:
+    """The procedure's notices delivered to the Mesa's own mailbox (any folder: INBOX until intake files them)."""
+    found: dict[str, email.message.Message] = {}
+    try:
+        conn = mailhost.imap_connect()
+    except OSError:  # no mail host (a lab without it): only the sink
+        return []
+    with conn:
+        _typ, boxes = conn.list()
+        for line in boxes or []:
+            name = line.decode().rsplit(' "/" ', 1)[-1].strip('"') if line else ""
+            if not name or conn.select(f'"{name}"', readonly=True)[0] != "OK":
+                continue
+            _typ, data = conn.uid("SEARCH", None, "FROM", f'"{MESA}"', "HEADER", "Auto-Submitted", '"auto-generated"')
+            for uid in (data[0].split() if data and data[0] else []):
+                _typ, parts = conn.uid("FETCH", uid, "(BODY.PEEK[])")
+                for part in parts:
+                    if isinstance(part, tuple):
+                        msg = mailbox.MaildirMessage(part[1])  # as the sink's messages: get_date() sorts them
+                        try:
+                            msg.set_date(email.utils.parsedate_to_datetime(msg["Date"]).timestamp())
+                        except (TypeError, ValueError):
+                            pass
+                        found.setdefault(str(msg["Message-ID"]).strip(), msg)
+    return list(found.values())
+
+
 def sink() -> list[email.message.Message]:
-    """Every message the lab's SMTP sink received, oldest first."""
+    """Every notice the procedure sent, oldest first, with X-Lab-Rcpt-To naming all its envelope recipients.
+
+    Notices go through the lab's mail host: the MX delivers the Mesa's copy to its IMAP mailbox and relays the other
+    recipients to the SMTP sink. Both copies are merged here, so X-Lab-Rcpt-To reads as if one server had received
+    the message (recipients in To, Cc order, as smtplib submits them)."""
+    mail_settled()
     box = mailbox.Maildir(labctl.STATE / "mail" / "sink", create=True)
-    return sorted((box.get_message(k) for k in box.keys()), key=lambda m: m.get_date() or 0)
+    messages = [box.get_message(k) for k in box.keys()]
+    by_id = {str(m["Message-ID"]).strip(): m for m in messages if m["Message-ID"]}
+    for copy in _mesa_notices():
+        merged = by_id.get(str(copy["Message-ID"]).strip())
+        if merged is None:
+            copy["X-Lab-Rcpt-To"] = MESA
+            messages.append(copy)
+            continue
+        rcpts = {r.strip().lower() for r in str(merged["X-Lab-Rcpt-To"] or "").split(",") if r.strip()} | {MESA}
+        order = [a.lower() for _n, a in email.utils.getaddresses(merged.get_all("To", []) + merged.get_all("Cc", []))]
+        ordered = [a for a in dict.fromkeys(order) if a in rcpts] + sorted(rcpts - set(order))
+        merged.replace_header("X-Lab-Rcpt-To", ", ".join(ordered))
+    return sorted(messages, key=lambda m: m.get_date() or 0)
+
+
+def quarantined() -> list[email.message.Message]:
+    """The messages intake moved to the Mesa's quarantine folder (IMAP), each with its X-Quarantine-Reason."""
+    out = []
+    with mailhost.imap_connect() as conn:
+        if conn.select('"Cuarentena"', readonly=True)[0] != "OK":
+            return out
+        _typ, data = conn.uid("SEARCH", None, "ALL")
+        for uid in (data[0].split() if data and data[0] else []):
+            _typ, parts = conn.uid("FETCH", uid, "(BODY.PEEK[])")
+            out += [email.message_from_bytes(p[1]) for p in parts if isinstance(p, tuple)]
+    return out
+
+
+def reason(msg) -> str:
+    return str(email.header.make_header(email.header.decode_header(msg["X-Quarantine-Reason"])))
 
 
 def subject(msg) -> str:
@@ -193,28 +283,75 @@ def timeline(ticket_id: int) -> None:
                   f" {(a['reason'] or '')[:70]}")
 
 
+def rogue_letter(rogue: Path) -> str:
+    """The strong forgery's letter: RENAPO's wording, stating the forger's own CA's (matching) fingerprint."""
+    cert = x509.load_pem_x509_certificate(rogue.read_bytes())
+    return ("Oficio No. RENAPO/DSC/2026/GEN2\nA las dependencias usuarias del servicio ConsultaPorCurpService:\n"
+            "Se adjunta el nuevo certificado. Huella digital SHA-256 de la nueva raiz de confianza:\n"
+            f"{cert.fingerprint(hashes.SHA256()).hex(':').upper()}\n")
+
+
+def forged_publication(sender: str, rogue: Path) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["Subject"] = "Renovación del certificado del servicio web ConsultaPorCurpService (GEN2)"
+    # A forger can write any header; the Secretaría's receiving server removes this one before adding its own.
+    msg["Authentication-Results"] = "mx.agricultura.gob.mx; dkim=pass header.d=renapo.gob.mx"
+    msg.set_content(rogue_letter(rogue))
+    msg.add_attachment(rogue.read_bytes(), maintype="application", subtype="x-pem-file",
+                       filename="renapo_raiz_gen2.pem")
+    return msg
+
+
 def run(n_hosts: int = 5) -> int:
     """The procedure end to end on the lab slot in $LAB_SLOT (started fresh here); returns an exit code."""
-    say(f"Procedure: lab slot {labctl.SLOT}, {n_hosts} hosts, fresh state")
+    say(f"Procedure: lab slot {labctl.SLOT}, {n_hosts} hosts, fresh state, mail through the lab's real mail host")
     labctl.up(n_hosts, fresh=True)
     urls = [f"http://{labctl.host_ip(i)}:{labctl.GATEWAY_PORT}" for i in range(1, n_hosts + 1)]
     curp = padron.check_curp(labctl.STATE)
+    step("anchor.yml", "-e", "provider=renapo", "-e", "op=seed", "-e", "operator=jdoe")
 
-    say("1.1–3.2  Ana's request lands in the Mesa de Servicios inbox -> intake")
+    say("1.1–3.2  Ana's request, signed by the Secretaría's mail server, lands in the Mesa's IMAP mailbox -> intake")
     deliver(request_mail(STAFF))
     step("intake.yml")
     with store() as s:
         first = s.find()[0]
     print(f"   ticket #{first['id']} folio {first['folio']} state {first['state']}")
 
-    say("4.2  RENAPO publishes its renewal and mails it (certificate attached, fingerprint in the letter)")
+    say("The attack: forged RENAPO deliveries, each with the forger's own CA and a letter stating its fingerprint")
+    rogue = rogue_certificate(labctl.STATE / "demo" / "renapo_raiz_falsa.pem",
+                              labctl.pki.ensure(labctl.STATE)["renapo_anchor"])
+    before = bundle_checksums()
+    spoofed = forged_publication("Dirección de Servicios de Consulta RENAPO <servicios.consulta@renapo.gob.mx>", rogue)
+    deliver(spoofed, via="external")  # RENAPO's real address, unsigned, straight to the Secretaría's MX
+    deliver(forged_publication("RENAPO <servicios.consulta@renapo-gob.mx>", rogue), via="external")  # look-alike
+    deliver(forged_publication("Ana López Ruiz <ana.lopez@agricultura.gob.mx>", rogue), via="external")
+    step("intake.yml")
+    for msg in quarantined():
+        sender = str(email.header.make_header(email.header.decode_header(msg["From"])))
+        print(f"   quarantined: {sender[:58]:<58} {reason(msg)[:110]}")
+    rogue_fp = x509.load_pem_x509_certificate(rogue.read_bytes()).fingerprint(hashes.SHA256()).hex(":").upper()
+    with store() as s:
+        registry = s.anchors("renapo")
+        claims = [e["kind"] for e in s.anchor_evidence("renapo", rogue_fp)]
+        untouched = s.get(first["id"])["state"] == "requester_validated"
+    print(f"   rogue anchor in the registry: {rogue_fp in {a['fingerprint'] for a in registry}}; its fingerprint is "
+          f"recorded only as: {', '.join(sorted(set(claims))) or 'nothing'}; ticket untouched: {untouched}; "
+          f"hosts' trust bundles unchanged: {bundle_checksums() == before}")
+
+    say("4.2  RENAPO publishes its renewal and mails it, DKIM-signed, to the agencies (no folio of ours)")
     published = labctl.pki.publish(labctl.STATE)
-    deliver(delivery_mail(first["folio"], published["outbox"]))
+    message_id = mailhost.mail_publication(labctl.STATE, published)
+    arrived = mailhost.wait_for(message_id)
+    print(f"   {message_id}: " + next((ln.strip() for ln in arrived.decode(errors="replace").splitlines()
+                                      if "dkim=" in ln), "no Authentication-Results"))
     step("intake.yml")
 
-    say("4.1, 5.1, 5.2  renew.yml: validate, roll out host by host, verify, notify, close")
+    say("4.1, 5.1, 5.2  renew.yml: approve the anchor on its evidence, roll out host by host, verify, notify, close")
     before = bundle_checksums()
-    step("renew.yml", "-e", f"folio={first['folio']}")
+    p = step("renew.yml", "-e", f"folio={first['folio']}")
+    evidence = re.search(r'"msg": "([^"]*approved:[^"]*)"', p.stdout)
+    print(f"   registry: {evidence.group(1) if evidence else '?'}")
     with store() as s:
         first = s.get(first["id"])
     print(f"   ticket {first['folio']}: {first['state']}, serial {first['deployed_serial']}, "
@@ -236,22 +373,6 @@ def run(n_hosts: int = 5) -> int:
     deliver(request_mail(OUTSIDER))
     step("intake.yml")
 
-    say("Forged delivery: a rogue certificate under RENAPO's genuine letter, for a validated ticket")
-    deliver(request_mail(STAFF, service="RENAPO", system="Sistema de Apoyos a la Comercialización"))
-    step("intake.yml")
-    with store() as s:
-        third = [t for t in s.find() if t["state"] == "requester_validated"][-1]
-    rogue = rogue_certificate(labctl.STATE / "demo" / "renapo_raiz_falsa.pem",
-                              published["outbox"] / f"renapo_raiz_{published['generation']}.cer")
-    before = bundle_checksums()
-    deliver(delivery_mail(third["folio"], published["outbox"], files=[rogue]))
-    step("intake.yml")
-    refused = step("renew.yml", "-e", f"folio={third['folio']}", expect_ok=False)
-    print(f"   renew.yml for {third['folio']}: rc={refused.returncode} (ticket not in certificate_received)")
-    quarantined = sorted((labctl.STATE / "procedure" / "cuarentena" / "new").iterdir())
-    print(f"   quarantine: {len(quarantined)} message(s); hosts' trust bundles unchanged: "
-          f"{bundle_checksums() == before}")
-
     say("Notices in the SMTP sink")
     for msg in sink():
         print(f"   {msg['X-Lab-Rcpt-To'][:60]:<60} {subject(msg)[:90]}")
@@ -263,8 +384,9 @@ def run(n_hosts: int = 5) -> int:
         timeline(ticket_id)
     with store() as s:
         states = {t["id"]: t["state"] for t in s.find()}
-    ok = (states.get(1) == "closed" and not probe.failed and states.get(2) == "closed"
-          and states.get(third["id"]) == "requester_validated" and bundle_checksums() == before)
+        approved = {a["fingerprint"] for a in s.anchors("renapo", states=["approved"])}
+    ok = (states.get(1) == "closed" and not probe.failed and states.get(2) == "closed" and untouched
+          and rogue_fp not in approved and published["fingerprint_sha256"] in approved)
     print(f"\n   procedure demo: {'OK' if ok else 'FAILED'} — states {json.dumps(states)}")
     return 0 if ok else 1
 

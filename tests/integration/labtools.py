@@ -33,7 +33,7 @@ def run(cmd: list[str], check: bool = True, timeout: int = 300, env: dict | None
 
 def seed_registry() -> None:
     """Day zero of the anchor registry, as an operator's one-time seed would leave it: RENAPO's gen1 anchor approved
-    (playbooks/anchor.yml -e action=seed is tested on its own in test_trust.py)."""
+    (playbooks/anchor.yml -e op=seed is tested on its own in test_trust.py)."""
     from ansible.module_utils.ticket_store import open_store
 
     (labctl.STATE / "procedure").mkdir(parents=True, exist_ok=True)

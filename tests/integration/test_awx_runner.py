@@ -239,6 +239,14 @@ def test_sliced_rollout_two_concurrent_jobs_record_every_host_once(fresh_lab, tm
     hosts = sorted(trust_checksums(lab))
     published = lab.pki.publish(lab.STATE)
     with open_store(shared_store) as store:
+        # The shared store's registry: today's anchor seeded, RENAPO's new one approved on an operator's word.
+        store.anchor_seed("renapo", [lab.pki.ensure(lab.STATE)["renapo_anchor"].read_text()], actor="t",
+                          reason="alta inicial")
+        store.anchor_record("renapo", published["anchor"].read_text(), actor="t")
+        store.anchor_add_evidence("renapo", published["fingerprint_sha256"], "operator", "confirmada por teléfono",
+                                  actor="jdoe")
+        store.anchor_approve("renapo", published["fingerprint_sha256"], actor="t",
+                             policy={"accept": ["operator"], "operators": 1})
         ticket = store.create("renapo", actor="t", requester={"name": "Ana", "email": "ana@agricultura.gob.mx"}).ticket
         for state in ("folio_issued", "requester_validated", "certificate_received"):
             ticket = store.transition(ticket["id"], state, actor="t").ticket

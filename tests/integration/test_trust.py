@@ -194,8 +194,8 @@ def test_seeding_is_an_explicit_one_time_operator_action(fresh_lab):
     lab = fresh_lab
     for path in (lab.STATE / "procedure").glob("tickets.db*"):  # fresh_lab seeded it in Python; now as an operator
         path.unlink()
-    playbook("anchor.yml", "-e", "provider=renapo", "-e", "action=seed", "-e", "operator=jdoe")
-    again = playbook("anchor.yml", "-e", "provider=renapo", "-e", "action=seed", "-e", "operator=jdoe", check=False)
+    playbook("anchor.yml", "-e", "provider=renapo", "-e", "op=seed", "-e", "operator=jdoe")
+    again = playbook("anchor.yml", "-e", "provider=renapo", "-e", "op=seed", "-e", "operator=jdoe", check=False)
     assert again.returncode != 0
     with procedure.store() as s:
         [entry] = s.anchors("renapo")

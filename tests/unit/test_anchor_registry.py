@@ -111,7 +111,7 @@ def test_unaccepted_evidence_is_marked():
 
 def test_commands_for_each_missing_kind():
     lines = commands("renapo", FP, ["operator", "endpoint", "authenticated_mail"], certificate="/srv/renapo_ws.pem")
-    approve = ("ansible-playbook playbooks/anchor.yml -e provider=renapo -e action=approve "
+    approve = ("ansible-playbook playbooks/anchor.yml -e provider=renapo -e op=approve "
                "-e certificate=/srv/renapo_ws.pem -e operator=<you>")
     assert lines[0].startswith(f"ansible-playbook playbooks/anchor.yml -e provider=renapo -e fingerprint={FP} "
                                "-e operator=<you> -e channel=oficio")

@@ -126,7 +126,7 @@ def test_endpoint_evidence_only_with_the_right_sni(db, files, server):
         assert rc != 0 and refused["approved"] is False and refused["endpoint_check"]["confirmed"] is False
         assert refused["endpoint_check"]["presented"] == ["CN=renapo-old.lab,O=Lab", "CN=RENAPO CA 2024,O=Lab"]
         assert "which does not end in this anchor" in refused["msg"]
-        assert "playbooks/anchor.yml -e provider=renapo -e action=approve" in refused["msg"]
+        assert "playbooks/anchor.yml -e provider=renapo -e op=approve" in refused["msg"]
     with open_store(db) as store:
         assert [e["kind"] for e in store.anchor("renapo", files["new_fp"])["evidence"]] == ["claim"]
 
@@ -152,7 +152,7 @@ def test_refusal_names_the_missing_evidence_and_the_commands(db, files):
     assert "claim by jdoe" in refused["msg"] and "never evidence" in refused["msg"]
     assert (f"ansible-playbook playbooks/anchor.yml -e provider=renapo -e fingerprint={files['new_fp']} "
             "-e operator=<you> -e channel=oficio") in refused["msg"]
-    assert f"-e action=approve -e certificate={files['new']} -e operator=<you>" in refused["msg"]
+    assert f"-e op=approve -e certificate={files['new']} -e operator=<you>" in refused["msg"]
     assert "ansible-playbook playbooks/intake.yml" in refused["msg"]
     for n, (operator, approved) in enumerate((("ana", False), ("ana", False), ("luis", True))):  # four eyes
         rc, result, _ = ansible("trust_anchor", {
