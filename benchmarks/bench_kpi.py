@@ -4,7 +4,7 @@
 
 Fills a results database (padron_batch's schema) with synthetic results spread over --runs runs, generated inside
 SQLite (no Python row loop), then computes every KPI (kpi.compute) in a fresh child process and prints its time
-and peak RSS (resource.getrusage of that process alone). Targets (issue 6): under 15 s and under 300 MB.
+and peak RSS (resource.getrusage of that process alone). Targets (issues 6 and 12): under 15 s and under 300 MB.
 """
 import argparse
 import json
@@ -39,12 +39,12 @@ def fill(path: str, rows: int, runs: int) -> None:
         run_id, day = f"2026{r + 1:02d}01T090000", f"2026-{r + 1:02d}-01"
         db.execute("INSERT INTO runs VALUES (?, ?, ?, 'padron.csv', 'synthetic', ?, 'https://renapo.lab')",
                    (run_id, f"{day}T09:00:00-06:00", f"{day}T18:00:00-06:00", per_run))
-        # 3% not found, 1% malformed, 2% name mismatch; the CURP is synthetic but unique per record.
+        # 3% not found, 1% malformed (never sent: 0 attempts), 2% name mismatch; the CURP is synthetic but unique.
         db.execute(f"""
             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)
             INSERT INTO results (run_id, row_no, curp, consulted_at, attempts, category, status_oper, status_curp,
                                  mismatch_nombre, edad, entidad, revisado, exitoso, inconsistente, baja, defuncion)
-            SELECT run_id, row_no, curp, at, 1, c, oper, st, mm, edad, entidad, 1, c = 'found',
+            SELECT run_id, row_no, curp, at, c != 'malformed', c, oper, st, mm, edad, entidad, 1, c = 'found',
                    c != 'found' OR mm, IFNULL(st IN ({inactive}), 0), IFNULL(st = 'BD', 0)
             FROM (SELECT ? AS run_id, i + 1 AS row_no, printf('CURP%014d', i) AS curp,
                          ? || printf('T%02d:%02d:00-06:00', 9 + i % 9, i % 60) AS at, c,

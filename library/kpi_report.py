@@ -6,11 +6,14 @@ module: kpi_report
 short_description: Write the procedure's KPI report (Spanish HTML page with charts, CSV and JSON)
 description:
   - Computes the KPIs of the procedure from the stored padrón consultation results and the ticket store
-    (% inconsistencias, % bajas, índice de mortalidad overall, by age band and by entidad, % población actualizada,
-    deploy lead time, SLA compliance per service) and writes C(<basename>.html), C(<basename>.csv) and
-    C(<basename>.json) in I(output_dir).
-  - The HTML page is self-contained (inline SVG charts, no JavaScript, fonts or style sheets fetched) and prints each
-    KPI's definition. The CSV and JSON hold the same numbers for other systems.
+    (coverage of the consultation, % población actualizada, % inconsistencias by cause, % bajas by statusCurp,
+    índice de mortalidad overall, by age band and by entidad with a 95 % interval and a small-sample mark, the SAT
+    opinión de cumplimiento shares, deploy lead time in business hours, SLA compliance per service) and writes
+    C(<basename>.html), C(<basename>.csv) and C(<basename>.json) in I(output_dir).
+  - The HTML page is self-contained (inline SVG charts, no JavaScript, fonts or style sheets fetched), in Spanish
+    with es-MX numbers and local times in words, and prints each KPI's definition with its numerator and
+    denominator. The CSV and JSON hold the same numbers for other systems; a CSV cell that a spreadsheet would run
+    as a formula is neutralised.
   - Files are rewritten only when their content changes (the page states the moment of the data, not of the run),
     so a rerun over the same data reports no change. In check mode nothing is written.
 version_added: "0.1.0"
@@ -51,15 +54,22 @@ options:
         from Ansible's payload, where the project tree is not next to the module.
     type: path
   non_working_days:
-    description: Extra non-working days (DOF suspension days), YYYY-MM-DD, for business hours and SLA clocks.
-    type: list
-    elements: str
+    description:
+      - Extra non-working days (DOF suspension days), YYYY-MM-DD, for business hours and SLA clocks.
+      - "A list of dates, or one list per year (C({2027: [2027-03-25]})); a year with no list gets a warning."
+    type: raw
     default: []
   workday_hours:
     description: First and last office hour counted as business hours.
     type: list
     elements: int
     default: [9, 18]
+  min_sample:
+    description:
+      - Found records below which a mortality rate by entidad or age band is marked as a small sample (its 95 %
+        interval is always shown).
+    type: int
+    default: 30
 """
 
 EXAMPLES = r"""
@@ -95,11 +105,11 @@ json:
   type: str
   sample: /var/www/reportes/kpi_report.json
 kpis:
-  description: The KPIs, as in the JSON export (indicadores, corridas, breakdowns, tiempo_despliegue, cumplimiento_sla,
-    definiciones).
+  description: The KPIs, as in the JSON export (indicadores, ultima_corrida with its cobertura, corridas, breakdowns,
+    sat, tiempo_despliegue, cumplimiento_sla, definiciones).
   returned: always
   type: dict
-  sample: {"indicadores": {"bajas": {"valor": 7.0, "numerador": 70, "denominador": 1000}}}
+  sample: {"indicadores": {"bajas": {"valor": 7.45, "numerador": 70, "denominador": 940}}}
 """
 
 import os
@@ -139,19 +149,22 @@ def main():
             organization=dict(type="str",
                               default="Dirección General de Tecnologías de la Información y Comunicaciones"),
             template_dir=dict(type="path"),
-            non_working_days=dict(type="list", elements="str", default=[]),
+            non_working_days=dict(type="raw", default=[]),
             workday_hours=dict(type="list", elements="int", default=[9, 18]),
+            min_sample=dict(type="int", default=30),
         ),
         supports_check_mode=True,
     )
     p = module.params
+    if p["min_sample"] < 1:
+        module.fail_json(msg=f"min_sample must be a count of records >= 1, got {p['min_sample']}")
     if len(p["workday_hours"]) != 2 or not 0 <= p["workday_hours"][0] < p["workday_hours"][1] <= 24:
         module.fail_json(msg=f"workday_hours must be [first, last] hours with 0 <= first < last <= 24, "
                              f"got {p['workday_hours']}")
     try:
         policy = SlaPolicy.from_options(non_working_days=p["non_working_days"])
         kpis = compute(p["results_db"], p["tickets_db"], p["period_start"], p["period_end"], policy=policy,
-                       workday=tuple(p["workday_hours"]))
+                       workday=tuple(p["workday_hours"]), min_sample=p["min_sample"])
         docs = build(kpis, p["title"], p["organization"], p["basename"], p["template_dir"])
     except TemplateNotFound as e:
         module.fail_json(msg=f"report template {e} not found: set template_dir to the project's templates/report")

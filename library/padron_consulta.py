@@ -3,7 +3,7 @@
 DOCUMENTATION = r"""
 ---
 module: padron_consulta
-short_description: Consult every CURP of a producers' padrón at RENAPO and store the results (resumable batch)
+short_description: Consult every CURP of a padrón at RENAPO, or every RFC at SAT, and store the results (resumable)
 description:
   - Reads a padrón CSV file and consults each CURP with RENAPO's C(consultarPorCurp), through a host's
     consultation gateway or RENAPO directly, with bounded concurrency, and stores each result in a SQLite database
@@ -17,12 +17,24 @@ description:
     failure stop the batch at once.
   - Checkpoint; results are committed as they arrive. A run killed half-way is resumed by the next invocation over
     the same padrón file, which consults only the records without a committed result.
+  - A padrón C(entidad) that is not a CURP state code (a name, a typo, a spreadsheet formula) is refused; the CURP's
+    state is used and the rows are returned in RV(invalid_entidad_rows).
+  - RENAPO's answer declares UTF-8 and carries accents and Ñ as ISO-8859-1 bytes; the client decodes them right and
+    stores RENAPO's names as received. RENAPO's 01/09 (invalid CURP) is a definitive answer, never retried.
+  - With O(service=sat) the file is a CSV of RFCs (column C(rfc), optional C(curp)) and each RFC's opinión de
+    cumplimiento is consulted at SAT (mutual TLS with O(client_cert)/O(client_key) when the endpoint is SAT
+    itself), through the same batch machinery, into the same database.
   - In check mode the padrón is read and checked and the module reports what it would consult; nothing is sent.
 version_added: "0.1.0"
 author: DGTIC certificate renewal team
 options:
+  service:
+    description: C(renapo) consults the padrón's CURPs; C(sat) the opinión de cumplimiento of an RFC file.
+    type: str
+    choices: [renapo, sat]
+    default: renapo
   padron:
-    description: Path of the padrón CSV file.
+    description: Path of the padrón CSV file (C(service=renapo)) or of the RFC CSV file (C(service=sat)).
     type: path
     required: true
   results_db:
@@ -36,15 +48,19 @@ options:
     type: str
     required: true
   usuario:
-    description: RENAPO user of the consultation.
+    description: RENAPO user of the consultation (required with C(service=renapo)).
     type: str
-    required: true
   password:
-    description: RENAPO password of the consultation; never returned or logged.
+    description: RENAPO password of the consultation; never returned or logged (required with C(service=renapo)).
     type: str
-    required: true
   ca_path:
-    description: PEM bundle that verifies an HTTPS endpoint (RENAPO's anchor).
+    description: PEM bundle that verifies an HTTPS endpoint (RENAPO's anchor, or SAT's CA).
+    type: path
+  client_cert:
+    description: PEM client certificate presented to SAT (mutual TLS), when the endpoint is SAT itself.
+    type: path
+  client_key:
+    description: PEM private key of O(client_cert).
     type: path
   concurrency:
     description: Consultations in flight at once.
@@ -89,6 +105,19 @@ EXAMPLES = r"""
     that:
       - corrida.stored == corrida.padron_total
       - corrida.error == 0
+
+- name: The opinión de cumplimiento of the padrón's RFCs through the same gateway
+  padron_consulta:
+    service: sat
+    padron: /srv/padron/rfc.csv
+    results_db: /var/lib/consulta/padron_resultados.db
+    endpoint: http://127.0.0.2:8080
+  register: corrida_sat
+
+- name: Every RFC has an opinion
+  ansible.builtin.assert:
+    that:
+      - corrida_sat.answered + corrida_sat.malformed + corrida_sat.duplicate == corrida_sat.padron_total
 """
 
 RETURN = r"""
@@ -167,8 +196,29 @@ mismatched:
   returned: success
   type: int
   sample: 45
+answered:
+  description: With C(service=sat), RFCs SAT answered with an opinion.
+  returned: success with service sat
+  type: int
+  sample: 900
+opinions:
+  description: With C(service=sat), RFCs per opinion.
+  returned: success with service sat
+  type: dict
+  sample: {"POSITIVA": 700, "NEGATIVA": 120, "INSCRITO SIN OBLIGACIONES": 60, "NO INSCRITO": 20}
+invalid_entidad:
+  description: Padrón rows whose entidad is not a CURP state code (the CURP's state was used).
+  returned: success with service renapo
+  type: int
+  sample: 2
+invalid_entidad_rows:
+  description: Up to 20 padrón line numbers with an invalid entidad (the values are not echoed).
+  returned: success with service renapo
+  type: list
+  elements: int
+  sample: [17, 402]
 duplicated_curps:
-  description: Number of CURPs listed more than once in the padrón.
+  description: Number of CURPs (or RFCs) listed more than once in the file.
   returned: always
   type: int
   sample: 0
@@ -187,18 +237,21 @@ results_db:
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.padron_batch import PadronError, plan, read_padron, run_batch
+from ansible.module_utils.padron_batch import PadronError, plan, read_padron, read_rfcs, run_batch, run_sat_batch
 
 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
+            service=dict(type="str", choices=["renapo", "sat"], default="renapo"),
             padron=dict(type="path", required=True),
             results_db=dict(type="path", required=True),
             endpoint=dict(type="str", required=True),
-            usuario=dict(type="str", required=True),
-            password=dict(type="str", required=True, no_log=True),
+            usuario=dict(type="str"),
+            password=dict(type="str", no_log=True),
             ca_path=dict(type="path"),
+            client_cert=dict(type="path"),
+            client_key=dict(type="path", no_log=False),
             concurrency=dict(type="int", default=8),
             retries=dict(type="int", default=3),
             backoff=dict(type="float", default=0.5),
@@ -206,23 +259,30 @@ def main():
             run_id=dict(type="str"),
             resume=dict(type="bool", default=True),
         ),
+        required_if=[("service", "renapo", ("usuario", "password"))],
+        required_together=[("client_cert", "client_key")],
         supports_check_mode=True,
     )
     p = module.params
+    sat = p["service"] == "sat"
     try:
         if module.check_mode:
-            padron = read_padron(p["padron"])
-            would = plan(p["results_db"], padron, p["run_id"], p["resume"])
+            padron = read_rfcs(p["padron"]) if sat else read_padron(p["padron"])
+            would = plan(p["results_db"], padron, p["run_id"], p["resume"], p["service"])
             module.exit_json(changed=would["to_consult"] + would["prechecked"] > 0, run_id=would["run_id"],
                              resumed=would["resumed"], consulted=0, would_consult=would["to_consult"],
                              already_stored=would["already_done"], padron_total=len(padron["records"]),
                              duplicated_curps=len(padron["duplicates"]),
                              duplicates=dict(list(padron["duplicates"].items())[:20]), results_db=p["results_db"])
         os.makedirs(os.path.dirname(os.path.abspath(p["results_db"])), exist_ok=True)
-        result = run_batch(p["padron"], p["results_db"], p["endpoint"], usuario=p["usuario"],
-                           password=p["password"], ca_path=p["ca_path"], timeout=p["timeout"],
-                           concurrency=p["concurrency"], retries=p["retries"], backoff=p["backoff"],
-                           run_id=p["run_id"], resume=p["resume"])
+        common = {"ca_path": p["ca_path"], "timeout": p["timeout"], "concurrency": p["concurrency"],
+                  "retries": p["retries"], "backoff": p["backoff"], "run_id": p["run_id"], "resume": p["resume"]}
+        if sat:
+            result = run_sat_batch(p["padron"], p["results_db"], p["endpoint"], client_cert=p["client_cert"],
+                                   client_key=p["client_key"], **common)
+        else:
+            result = run_batch(p["padron"], p["results_db"], p["endpoint"], usuario=p["usuario"],
+                               password=p["password"], **common)
     except PadronError as e:
         module.fail_json(msg=str(e), results_db=p["results_db"])
     module.exit_json(changed=result["stored"] > result["already_stored"], results_db=p["results_db"], **result)

@@ -6,6 +6,7 @@ ConsultaError whose `kind` names the cause and whose message says it in words; t
 """
 from __future__ import annotations
 
+import codecs
 import datetime
 import functools
 import http.client
@@ -30,10 +31,24 @@ CURP_FIELDS = ("CURP", "apellido1", "apellido2", "nombres", "sexo", "fechNac", "
 STATUS_ACTIVE = ("AN", "AH", "RCC", "RCN", "CRA")
 STATUS_INACTIVE = ("BAP", "BSU", "BD", "BDM", "BDP", "BJD", "BDA", "BCC", "BCN")
 OPINIONS = ("POSITIVA", "NEGATIVA", "INSCRITO SIN OBLIGACIONES", "NO INSCRITO")
-# (TipoError, CodigoError) → what a NO EXITOSO answer means (01/06 is RENAPO's; the others are the lab simulator's).
-NO_EXITOSO = {("01", "06"): "CURP not found", ("01", "03"): "malformed CURP", ("02", "01"): "wrong usuario/password"}
+# (TipoError, CodigoError) → what a NO EXITOSO answer means: 01/06 not found and 01/09 invalid CURP are RENAPO's
+# (DESIGN.md §6); 01/03 is what older lab simulators said for an invalid CURP; 02/01 the lab's wrong credentials.
+NO_EXITOSO = {("01", "06"): "CURP not found", ("01", "09"): "invalid CURP", ("01", "03"): "malformed CURP",
+              ("02", "01"): "wrong usuario/password"}
+# Answers that say the CURP itself is invalid: definitive, never worth another attempt.
+INVALID_CURP = (("01", "09"), ("01", "03"))
+# CURP state codes (entidad de nacimiento) and their names; NE = nacido en el extranjero.
+ENTIDADES = {
+    "AS": "Aguascalientes", "BC": "Baja California", "BS": "Baja California Sur", "CC": "Campeche",
+    "CL": "Coahuila", "CM": "Colima", "CS": "Chiapas", "CH": "Chihuahua", "DF": "Ciudad de México",
+    "DG": "Durango", "GT": "Guanajuato", "GR": "Guerrero", "HG": "Hidalgo", "JC": "Jalisco", "MC": "Estado de México",
+    "MN": "Michoacán", "MS": "Morelos", "NT": "Nayarit", "NL": "Nuevo León", "OC": "Oaxaca", "PL": "Puebla",
+    "QT": "Querétaro", "QR": "Quintana Roo", "SP": "San Luis Potosí", "SL": "Sinaloa", "SR": "Sonora",
+    "TC": "Tabasco", "TS": "Tamaulipas", "TL": "Tlaxcala", "VZ": "Veracruz", "YN": "Yucatán", "ZS": "Zacatecas",
+    "NE": "Nacido en el extranjero",
+}
 
-_STATES = "AS|BC|BS|CC|CH|CL|CM|CS|DF|DG|GR|GT|HG|JC|MC|MN|MS|NE|NL|NT|OC|PL|QR|QT|SL|SP|SR|TC|TL|TS|VZ|YN|ZS"
+_STATES = "|".join(sorted(ENTIDADES))
 _CURP_RE = re.compile(rf"^[A-Z]{{4}}\d{{6}}[HM]({_STATES})[A-Z]{{3}}[0-9A-Z]\d$")
 _CURP_ALPHABET = "0123456789ABCDEFGHIJKLMN&OPQRSTUVWXYZ"
 _RFC_RE = re.compile(r"^[A-Z&Ñ]{3,4}\d{6}[0-9A-Z]{3}$")
@@ -83,6 +98,37 @@ def build_envelope(curp: str, usuario: str, password: str, entidad: str = "09", 
             "</ser:consultarPorCurp></soapenv:Body></soapenv:Envelope>").encode()
 
 
+def _latin1_fallback(error: UnicodeDecodeError) -> tuple[str, int]:
+    """A byte that is not UTF-8 is read as ISO-8859-1 (RENAPO's quirk), the valid UTF-8 around it as UTF-8."""
+    return error.object[error.start:error.end].decode("iso-8859-1"), error.end
+
+
+codecs.register_error("consulta.latin1", _latin1_fallback)
+_DECLARATION = re.compile(rb"^\s*<\?xml[^>]*?\?>")
+_DECLARED = re.compile(rb"""encoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
+
+
+def decode_answer(body: bytes) -> tuple[str, str]:
+    """(text without its XML declaration, how it was decoded). RENAPO declares UTF-8 and sends accents and Ñ as
+    ISO-8859-1 bytes: the declared encoding is tried first and, where a byte is not valid in it, that byte is read
+    as ISO-8859-1, so JOSÉ and MUÑOZ arrive intact whichever of the two the service really used."""
+    if body.startswith(b"\xef\xbb\xbf"):
+        body = body[3:]
+    head = _DECLARATION.match(body)
+    declared = _DECLARED.search(head.group(0)) if head else None
+    name = declared.group(1).decode("ascii").lower() if declared else "utf-8"
+    rest = body[head.end():] if head else body
+    try:
+        codecs.lookup(name)
+    except LookupError:
+        name = "utf-8"
+    try:
+        return rest.decode(name), name
+    except UnicodeDecodeError:
+        return rest.decode(name if name in ("utf-8", "utf8") else "utf-8", "consulta.latin1"), \
+            f"iso-8859-1 (declarado {name})"
+
+
 def _xml(data: bytes | str, what: str) -> ET.Element:
     try:
         return ET.fromstring(data)  # noqa: S314 - stdlib only by design; expat expands no external entities
@@ -108,8 +154,10 @@ def parse_curpstruct(text: str) -> dict:
 
 
 def parse_soap_response(body: bytes) -> dict:
-    """The CURPStruct carried in a consultarPorCurpResponse; a SOAP Fault raises ConsultaError(soap_fault)."""
-    root = _xml(body, "the SOAP answer")
+    """The CURPStruct carried in a consultarPorCurpResponse; a SOAP Fault raises ConsultaError(soap_fault).
+    The bytes are decoded here (decode_answer), never by the XML parser, which would trust the declaration."""
+    text, _how = decode_answer(body) if isinstance(body, bytes) else (body, "str")
+    root = _xml(re.sub(r"^\s*<\?xml[^>]*\?>", "", text), "the SOAP answer")
     soap_body = root.find(f"{{{SOAP_ENV}}}Body")
     if soap_body is None or len(soap_body) == 0:
         raise ConsultaError("bad_response", "the answer is not a SOAP 1.1 envelope with a Body")

@@ -1,18 +1,28 @@
 """The procedure's KPIs (DESIGN.md §7) from the padrón consultation results and the ticket store.
 
-Pure code (stdlib + the project's sla/ticket_store): no Ansible import. Every aggregation over results runs in
-SQLite (GROUP BY over the run's rows); Python only touches the grouped rows, so millions of stored results cost
-seconds and little memory. Percentages are rounded to two decimals; each KPI carries its numerator and denominator.
+Pure code (stdlib + the project's sla/ticket_store/consulta): no Ansible import. Every aggregation over results runs
+in SQLite (GROUP BY over the run's rows); Python only touches the grouped rows, so millions of stored results cost
+seconds and little memory. Percentages are rounded to two decimals; each KPI carries its numerator and denominator,
+and its definition (DEFINITIONS, shown on the report) names both.
+
+Denominators, per run (a run is one pass over one padrón file):
+  padrón      every record of the padrón file (población actualizada)
+  con resultado  records with a definitive result, the never-sent ones included (inconsistencias); equal to the
+              padrón once the run is complete; records whose consultation failed after every retry are left out
+              and counted as "sin respuesta"
+  encontrados records RENAPO answered EXITOSO (bajas, mortalidad, estatus, mortality by age band and entidad)
+  SAT         consultations of the padrón's RFCs with an answer (each opinion's share)
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
 import os
 import sqlite3
 import statistics
 
-from ansible.module_utils.consulta import STATUS_INACTIVE
+from ansible.module_utils.consulta import ENTIDADES, OPINIONS, STATUS_ACTIVE, STATUS_INACTIVE
 from ansible.module_utils.sla import (
     CLOCKS,
     SERVICES,
@@ -28,25 +38,49 @@ from ansible.module_utils.ticket_store import open_store
 AGE_BANDS = (("menos de 30", 0, 29), ("30 a 44", 30, 44), ("45 a 59", 45, 59), ("60 a 74", 60, 74),
              ("75 y más", 75, 200))
 WORKDAY = (9, 18)  # office hours (local time) counted as business hours
-PADRON_KPIS = ("inconsistencias", "bajas", "mortalidad", "poblacion_actualizada")
+MIN_SAMPLE = 30  # below this many found records a rate by entidad or age band is marked as a small sample
+PADRON_KPIS = ("poblacion_actualizada", "inconsistencias", "bajas", "mortalidad")
+SAT_KPIS = {"opinion_positiva": "POSITIVA", "opinion_negativa": "NEGATIVA",
+            "sin_obligaciones": "INSCRITO SIN OBLIGACIONES", "no_inscrito": "NO INSCRITO"}
+# Causes of inconsistency, in the order the report lists them (a record may have more than one).
+CAUSES = ("nombre", "fecha_nacimiento", "sexo", "no_encontrada", "invalida_renapo", "mal_formada", "duplicada")
 DEFINITIONS = {
-    "inconsistencias": "Porcentaje de inconsistencias: registros del padrón cuyos datos en RENAPO no coinciden con el "
-                       "padrón (nombre, fecha de nacimiento o sexo), o cuya CURP no se encuentra en RENAPO, está mal "
-                       "formada o está repetida en el padrón, entre los registros consultados.",
-    "bajas": "Porcentaje de bajas: registros con un estatus CURP de baja (BAP, BSU, BD, BDM, BDP, BJD y los "
-             "anteriores BDA, BCC, BCN), entre los registros consultados.",
-    "mortalidad": "Índice de mortalidad (estatus de supervivencia): registros con estatus CURP BD (baja por "
-                  "defunción), entre los registros consultados; también por rango de edad y por entidad.",
-    "poblacion_actualizada": "Porcentaje de población actualizada: CURP distintas con respuesta EXITOSO de RENAPO "
-                             "dentro del periodo, entre el total de registros del padrón.",
+    "cobertura": "Cobertura de la consulta: registros del padrón (renglones del archivo); enviados a RENAPO (CURP "
+                 "consultadas); no enviados (CURP mal formadas —estructura o dígito verificador— o repetidas en el "
+                 "padrón, que nunca se consultan); con respuesta definitiva de RENAPO; sin respuesta (consultas que "
+                 "fallaron tras los reintentos y se repiten al reanudar la corrida).",
+    "poblacion_actualizada": "Población actualizada: registros cuya CURP RENAPO encontró (EXITOSO) con estatus activo "
+                             "(AN, AH, RCC, RCN o CRA) y con nombre, fecha de nacimiento y sexo iguales a los del "
+                             "padrón (numerador), entre todos los registros del padrón (denominador).",
+    "inconsistencias": "Inconsistencias: registros con al menos una causa —nombre, fecha de nacimiento o sexo "
+                       "distintos de los de RENAPO; CURP no encontrada (01/06); CURP no válida según RENAPO "
+                       "(01/09); CURP mal formada o repetida en el padrón, que no se envía— (numerador), entre los "
+                       "registros del padrón con resultado, incluidos los no enviados (denominador). Un registro con "
+                       "varias causas cuenta una vez.",
+    "bajas": "Bajas: registros encontrados en RENAPO con estatus CURP de baja (BAP, BSU, BD, BDM, BDP, BJD y los "
+             "anteriores BDA, BCC, BCN) (numerador), entre los registros encontrados en RENAPO (denominador). "
+             "Incluye las bajas por defunción (BD), que se muestran también como índice de mortalidad.",
+    "mortalidad": "Índice de mortalidad (estatus de supervivencia): registros encontrados en RENAPO con estatus BD, "
+                  "baja por defunción (numerador), entre los registros encontrados en RENAPO (denominador); forma "
+                  "parte de las bajas. Por rango de edad y por entidad de nacimiento se da el intervalo de confianza "
+                  "de 95 % (Wilson) y se marca con * el grupo con menos de {min} registros encontrados, cuyo índice "
+                  "es poco confiable.",
+    "opinion_sat": "Opinión de cumplimiento del SAT: RFC del padrón con opinión positiva, negativa o de inscrito sin "
+                   "obligaciones, y RFC que el SAT no tiene inscritos (numerador de cada uno), entre las consultas "
+                   "al SAT de los RFC del padrón con respuesta (denominador). Los RFC mal formados no se envían.",
     "tiempo_despliegue": "Tiempo de despliegue: desde que se recibe el certificado renovado hasta que todos los "
                          "servidores quedan verificados con una consulta real; en horas hábiles (lunes a viernes, "
-                         "{h0}:00 a {h1}:00, sin días inhábiles) y en días hábiles.",
-    "cumplimiento_sla": "Cumplimiento de SLA por servicio: relojes cumplidos a tiempo entre relojes concluidos o "
-                        "vencidos; primer contacto en {fc} días hábiles desde la recepción y atención en {at} día "
-                        "hábil desde la recepción del certificado.",
+                         "{h0}:00 a {h1}:00, hora del centro de México, sin días inhábiles) y en días hábiles.",
+    "cumplimiento_sla": "Cumplimiento de SLA por servicio: relojes cumplidos a tiempo (numerador) entre relojes "
+                        "cumplidos o vencidos (denominador); primer contacto en {fc} días hábiles desde la "
+                        "recepción de la solicitud y atención en {at} día hábil desde la recepción del certificado.",
 }
 
+# Per run: con resultado, no enviados, enviados, encontrados, inconsistentes, bajas, BD, actualizados, sin respuesta.
+_PER_RUN = ("SELECT run_id, SUM(revisado), SUM(attempts = 0), SUM(attempts > 0), SUM(exitoso), SUM(inconsistente), "  # noqa: S608
+            "SUM(baja), SUM(defuncion), SUM(exitoso = 1 AND inconsistente = 0 AND status_curp IN ("
+            + ", ".join(f"'{s}'" for s in STATUS_ACTIVE) + ")), COUNT(*) - SUM(revisado), MAX(consulted_at) "
+            "FROM results GROUP BY run_id")
 _AGE_BAND = "CASE " + " ".join(f"WHEN edad BETWEEN {lo} AND {hi} THEN {i}"
                                for i, (_, lo, hi) in enumerate(AGE_BANDS)) + " END"
 
@@ -63,6 +97,21 @@ def _kpi(numerator: int, denominator: int) -> dict:
     return {"valor": pct(numerator, denominator), "numerador": numerator, "denominador": denominator}
 
 
+def wilson(k: int, n: int, z: float = 1.96) -> list[float] | None:
+    """95 % Wilson score interval of k/n, in percent: sound for small n and for 0 or n events."""
+    if not n:
+        return None
+    p, z2 = k / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return [round(100 * max(0.0, centre - half), 2), round(100 * min(1.0, centre + half), 2)]
+
+
+def _rate(k: int, n: int, min_sample: int) -> dict:
+    return {"registros": n, "defunciones": k, "indice": pct(k, n), "ic95": wilson(k, n),
+            "muestra_pequena": n < min_sample}
+
+
 def _bounds(period_start, period_end) -> tuple[str, str]:
     """Period as ISO string bounds [start, end) comparable with stored consulted_at values."""
     start = dt.date.fromisoformat(str(period_start)) if period_start else dt.date(1900, 1, 1)
@@ -72,8 +121,8 @@ def _bounds(period_start, period_end) -> tuple[str, str]:
     return start.isoformat(), (end + dt.timedelta(days=1)).isoformat()
 
 
-def padron_kpis(db_path: str, period_start=None, period_end=None) -> dict:
-    """Per-run trend, the latest run's KPIs and breakdowns, and the period's updated population."""
+def padron_kpis(db_path: str, period_start=None, period_end=None, min_sample: int = MIN_SAMPLE) -> dict:
+    """Per-run trend, the latest run's coverage, KPIs and breakdowns, and the SAT opinions of the period."""
     if not os.path.exists(db_path):
         raise KpiError(f"the results database {db_path} does not exist; run playbooks/padron_consulta.yml first")
     lo, hi = _bounds(period_start, period_end)
@@ -85,65 +134,88 @@ def padron_kpis(db_path: str, period_start=None, period_end=None) -> dict:
             "SELECT run_id, started_at, finished_at, padron_total FROM runs WHERE started_at >= ? AND started_at < ? "
             "ORDER BY started_at, run_id", (lo, hi)).fetchall()
         # The flags are 0/1 columns set at write time (padron_batch): one pass of integer SUMs per run.
-        per_run = {r[0]: r for r in db.execute(
-            "SELECT run_id, SUM(revisado), SUM(inconsistente), SUM(baja), SUM(defuncion), SUM(exitoso), "
-            "COUNT(*) - SUM(revisado), MAX(consulted_at) FROM results GROUP BY run_id")}
+        per_run = {r[0]: r for r in db.execute(_PER_RUN)}
         trend = []
         for run_id, started, finished, total in runs:
-            row = per_run.get(run_id) or (run_id, 0, 0, 0, 0, 0, 0, None)
-            reviewed, inconsistent, bajas, bd, exitoso, errors = (n or 0 for n in row[1:7])
-            trend.append({"run_id": run_id, "started_at": started, "finished_at": finished, "padron_total": total,
-                          "revisados": reviewed, "errores": errors, "ultima_consulta": row[7],
-                          "inconsistencias": _kpi(inconsistent, reviewed), "bajas": _kpi(bajas, reviewed),
-                          "mortalidad": _kpi(bd, reviewed), "poblacion_actualizada": _kpi(exitoso, total)})
+            row = per_run.get(run_id) or (run_id, 0, 0, 0, 0, 0, 0, 0, 0, 0, None)
+            reviewed, not_sent, sent, found, inconsistent, bajas, bd, updated, errors = (n or 0 for n in row[1:10])
+            trend.append({
+                "run_id": run_id, "started_at": started, "finished_at": finished, "ultima_consulta": row[10],
+                "cobertura": {"padron": total, "enviados": sent, "no_enviados": not_sent,
+                              "con_respuesta": sent - errors, "sin_respuesta": errors, "con_resultado": reviewed,
+                              "encontrados": found, "sin_resultado": total - reviewed},
+                "poblacion_actualizada": _kpi(updated, total), "inconsistencias": _kpi(inconsistent, reviewed),
+                "bajas": _kpi(bajas, found), "mortalidad": _kpi(bd, found)})
         latest = trend[-1] if trend else None
-        breakdown = _breakdown(db, latest["run_id"]) if latest else {}
-        # Distinct CURPs over every run of the period, read in CURP order from the partial index (no sort).
-        updated = db.execute("SELECT COUNT(*) FROM (SELECT curp FROM results WHERE exitoso = 1 AND consulted_at >= ? "
-                             "AND consulted_at < ? GROUP BY curp)", (lo, hi)).fetchone()[0]
+        breakdown = _breakdown(db, latest["run_id"], min_sample) if latest else {}
+        sat = sat_kpis(db, lo, hi)
     finally:
         db.close()
-    headline = {}
-    if latest:
-        headline = {k: latest[k] for k in ("inconsistencias", "bajas", "mortalidad")}
-        headline["poblacion_actualizada"] = _kpi(updated, latest["padron_total"])
     return {"periodo": {"desde": period_start and str(period_start), "hasta": period_end and str(period_end)},
             "datos_al": max((r["ultima_consulta"] or "" for r in trend), default="") or None,
-            "ultima_corrida": latest, "indicadores": headline, "corridas": trend, **breakdown}
+            "ultima_corrida": latest, "indicadores": {k: latest[k] for k in PADRON_KPIS} if latest else {},
+            "corridas": trend, "muestra_minima": min_sample, "sat": sat, **breakdown}
 
 
-def _breakdown(db: sqlite3.Connection, run_id: str) -> dict:
-    """The latest run by statusCurp, age band, entidad and cause of inconsistency: one GROUP BY over its rows."""
+def _breakdown(db: sqlite3.Connection, run_id: str, min_sample: int) -> dict:
+    """The latest run's found records by statusCurp, age band and entidad (one GROUP BY), and its causes."""
     rows = db.execute(
         f"SELECT status_curp, {_AGE_BAND}, entidad, COUNT(*), SUM(defuncion) FROM results "  # noqa: S608
-        "WHERE run_id = ? AND revisado = 1 GROUP BY 1, 2, 3", (run_id,)).fetchall()
+        "WHERE run_id = ? AND exitoso = 1 GROUP BY 1, 2, 3", (run_id,)).fetchall()
     causes = db.execute(
         "SELECT SUM(mismatch_nombre), SUM(mismatch_fecha_nacimiento), SUM(mismatch_sexo), SUM(category = "
-        "'not_found'), SUM(category = 'malformed'), SUM(category = 'duplicate') FROM results WHERE run_id = ?",
-        (run_id,)).fetchone()
-    reviewed = sum(r[3] for r in rows)
-    status, bands, states = {}, [[0, 0] for _ in AGE_BANDS], {}
+        "'not_found'), SUM(category = 'malformed' AND attempts > 0), SUM(category = 'malformed' AND attempts = 0), "
+        "SUM(category = 'duplicate'), SUM(revisado) FROM results WHERE run_id = ?", (run_id,)).fetchone()
+    found = sum(r[3] for r in rows)
+    status, bands, states = {}, [[0, 0] for _ in AGE_BANDS], {code: [0, 0] for code in ENTIDADES}
     for code, band, entidad, n, bd in rows:
         if code:
             status[code] = status.get(code, 0) + n
         if band is not None:
             bands[band][0] += n
             bands[band][1] += bd or 0
-        s = states.setdefault(entidad or "??", [0, 0])
+        s = states.setdefault(entidad if entidad in ENTIDADES else "??", [0, 0])
         s[0] += n
         s[1] += bd or 0
     bajas = sorted(((c, n) for c, n in status.items() if c in STATUS_INACTIVE), key=lambda x: (-x[1], x[0]))
+    reviewed = causes[-1] or 0
     return {
-        "estatus_curp": [{"estatus": c, "registros": n, "pct": pct(n, reviewed)} for c, n in sorted(status.items())],
-        "bajas_por_estatus": [{"estatus": c, "registros": n, "pct": pct(n, reviewed)} for c, n in bajas],
-        "mortalidad_por_edad": [{"rango": label, "registros": n, "defunciones": bd, "indice": pct(bd, n)}
+        "estatus_curp": [{"estatus": c, "registros": n, "pct": pct(n, found), "activo": c in STATUS_ACTIVE}
+                         for c, n in sorted(status.items())],
+        "bajas_por_estatus": [{"estatus": c, "registros": n, "pct": pct(n, found), "defuncion": c == "BD"}
+                              for c, n in bajas],
+        "mortalidad_por_edad": [{"rango": label, **_rate(bd, n, min_sample)}
                                 for (label, _, _), (n, bd) in zip(AGE_BANDS, bands, strict=True)],
-        "mortalidad_por_entidad": [{"entidad": e, "registros": n, "defunciones": bd, "indice": pct(bd, n)}
-                                   for e, (n, bd) in sorted(states.items())],
-        "inconsistencias_por_causa": dict(zip(
-            ("nombre", "fecha_nacimiento", "sexo", "no_encontrada", "mal_formada", "duplicada"),
-            (c or 0 for c in causes), strict=True)),
+        "mortalidad_por_entidad": [{"entidad": e, "nombre": ENTIDADES.get(e, "Entidad no válida"),
+                                    **_rate(bd, n, min_sample)} for e, (n, bd) in states.items()],
+        "inconsistencias_por_causa": {c: _kpi(n or 0, reviewed) for c, n in zip(CAUSES, causes[:-1], strict=True)},
     }
+
+
+def sat_kpis(db: sqlite3.Connection, lo: str, hi: str) -> dict | None:
+    """Opinión de cumplimiento shares of the period's SAT runs (tables of padron_batch.run_sat_batch), the latest
+    run's as headline; None when the database holds no SAT run."""
+    if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'sat_results'").fetchone():
+        return None
+    runs = db.execute("SELECT run_id, started_at, finished_at, padron_total FROM sat_runs WHERE started_at >= ? "
+                      "AND started_at < ? ORDER BY started_at, run_id", (lo, hi)).fetchall()
+    if not runs:
+        return None
+    opinions = ", ".join(f"SUM(opinion = '{o}')" for o in OPINIONS)
+    per_run = {r[0]: r for r in db.execute(
+        f"SELECT run_id, SUM(attempts > 0), SUM(attempts = 0), SUM(category = 'answered'), SUM(category = 'error'), "  # noqa: S608
+        f"MAX(consulted_at), {opinions} FROM sat_results GROUP BY run_id")}
+    trend = []
+    for run_id, started, finished, total in runs:
+        row = per_run.get(run_id) or (run_id, 0, 0, 0, 0, None, *([0] * len(OPINIONS)))
+        sent, not_sent, answered, errors = (n or 0 for n in row[1:5])
+        counts = dict(zip(OPINIONS, (n or 0 for n in row[6:]), strict=True))
+        trend.append({"run_id": run_id, "started_at": started, "finished_at": finished, "ultima_consulta": row[5],
+                      "cobertura": {"rfc": total, "enviados": sent, "no_enviados": not_sent,
+                                    "con_respuesta": answered, "sin_respuesta": errors},
+                      **{k: _kpi(counts[o], answered) for k, o in SAT_KPIS.items()}})
+    latest = trend[-1]
+    return {"ultima_corrida": latest, "indicadores": {k: latest[k] for k in SAT_KPIS}, "corridas": trend}
 
 
 def business_hours_between(start, end, extra=(), workday=None, policy: SlaPolicy | None = None) -> float:
@@ -159,8 +231,8 @@ def business_hours_between(start, end, extra=(), workday=None, policy: SlaPolicy
 
 
 def ticket_kpis(store_path: str | None, now=None, policy: SlaPolicy | None = None, workday=WORKDAY) -> dict:
-    """Deploy lead time per ticket (certificate received → deployed, every host verified) and SLA compliance
-    per service and clock (met on time over met or breached)."""
+    """Deploy lead time per ticket (certificate received → deployed, every host verified) in business hours of the
+    procedure's zone, and SLA compliance per service and clock (met on time over met or breached)."""
     policy = policy or SlaPolicy()
     now = to_datetime(now) if now else dt.datetime.now().astimezone()
     tickets = []
@@ -173,7 +245,7 @@ def ticket_kpis(store_path: str | None, now=None, policy: SlaPolicy | None = Non
             leads.append({"folio": t["folio"] or f"#{t['id']}", "servicio": t["service"],
                           "certificado_recibido": t["certificate_received_at"], "desplegado": t["attended_at"],
                           "horas_habiles": business_hours_between(t["certificate_received_at"], t["attended_at"],
-                                                                  policy.non_working_days, workday),
+                                                                  policy=policy, workday=workday),
                           "dias_habiles": business_days_between(t["certificate_received_at"], t["attended_at"],
                                                                 policy.non_working_days)})
     hours = [x["horas_habiles"] for x in leads]
@@ -192,22 +264,24 @@ def ticket_kpis(store_path: str | None, now=None, policy: SlaPolicy | None = Non
     return {"tickets": len(tickets),
             "tiempo_despliegue": {
                 "despliegues": leads,
-                "mediana_horas_habiles": statistics.median(hours) if hours else None,
+                "mediana_horas_habiles": round(statistics.median(hours), 2) if hours else None,
                 "promedio_horas_habiles": round(statistics.fmean(hours), 2) if hours else None,
                 "maximo_dias_habiles": max((x["dias_habiles"] for x in leads), default=None)},
-            "cumplimiento_sla": sla}
+            "cumplimiento_sla": sla, "avisos": policy.warnings(now)}
 
 
 def compute(results_db: str, tickets_db: str | None = None, period_start=None, period_end=None, now=None,
-            policy: SlaPolicy | None = None, workday=WORKDAY) -> dict:
+            policy: SlaPolicy | None = None, workday=WORKDAY, min_sample: int = MIN_SAMPLE) -> dict:
     """Every KPI of the report, with its Spanish definition."""
     policy = policy or SlaPolicy()
-    result = padron_kpis(results_db, period_start, period_end)
+    result = padron_kpis(results_db, period_start, period_end, min_sample)
     result.update(ticket_kpis(tickets_db, now, policy, workday))
     days = policy.days["renapo"]
+    h0, h1 = (workday[0], workday[1]) if workday else (policy.opens.hour, policy.closes.hour)
     result["definiciones"] = {
         **DEFINITIONS,
-        "tiempo_despliegue": DEFINITIONS["tiempo_despliegue"].format(h0=workday[0], h1=workday[1]),
+        "mortalidad": DEFINITIONS["mortalidad"].format(min=min_sample),
+        "tiempo_despliegue": DEFINITIONS["tiempo_despliegue"].format(h0=h0, h1=h1),
         "cumplimiento_sla": DEFINITIONS["cumplimiento_sla"].format(fc=days["first_contact"], at=days["attention"]),
     }
     return result

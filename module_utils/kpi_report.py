@@ -1,7 +1,9 @@
 """The KPI report: one self-contained Spanish HTML page with inline SVG charts, plus CSV and JSON of the same numbers.
 
-Pure code (stdlib + Jinja2): no Ansible import. `build(kpis)` returns the three documents as text; the caller writes
-them (the kpi_report module does so atomically). Charts are SVG drawn here: no JavaScript, CSS or font is fetched.
+Pure code (stdlib + Jinja2 + the project's formato): no Ansible import. `build(kpis)` returns the three documents as
+text; the caller writes them (the kpi_report module does so atomically). Charts are SVG drawn here: no JavaScript,
+CSS or font is fetched. Everything a person reads is es-MX (1,000; 10.5 %) and local time in words; every heading
+is written here, never derived from a key. The CSV neutralises any cell a spreadsheet would run as a formula.
 """
 from __future__ import annotations
 
@@ -14,18 +16,49 @@ from xml.sax.saxutils import escape
 
 import jinja2
 import markupsafe
+from ansible.module_utils.formato import (
+    cantidad,
+    fecha_corta,
+    fecha_hora,
+    fecha_larga,
+    horas,
+    numero,
+    porcentaje,
+)
 
 DEFAULT_TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates" / "report"
-TITLES = {"inconsistencias": "Inconsistencias", "bajas": "Bajas", "mortalidad": "Índice de mortalidad",
-          "poblacion_actualizada": "Población actualizada"}
-CLOCK_NAMES = {"first_contact": "primer contacto", "attention": "atención"}
+DEFAULT_TITLE = "Indicadores del servicio de consulta RENAPO/SAT"
+DEFAULT_ORGANIZATION = "Dirección General de Tecnologías de la Información y Comunicaciones"
+TITLES = {"poblacion_actualizada": "Población actualizada", "inconsistencias": "Inconsistencias", "bajas": "Bajas",
+          "mortalidad": "Índice de mortalidad"}
+# What each KPI's numerator and denominator count, as the cards print them ("825 de 1,000 registros del padrón").
+BASES = {"poblacion_actualizada": "registros del padrón", "inconsistencias": "registros con resultado",
+         "bajas": "registros encontrados en RENAPO", "mortalidad": "registros encontrados en RENAPO"}
+SAT_TITLES = {"opinion_positiva": "Opinión positiva", "opinion_negativa": "Opinión negativa",
+              "sin_obligaciones": "Inscrito sin obligaciones", "no_inscrito": "No inscrito en el SAT"}
+CAUSE_NAMES = {"nombre": "Nombre distinto al de RENAPO", "fecha_nacimiento": "Fecha de nacimiento distinta",
+               "sexo": "Sexo distinto", "no_encontrada": "CURP no encontrada en RENAPO (01/06)",
+               "invalida_renapo": "CURP no válida según RENAPO (01/09)",
+               "mal_formada": "CURP mal formada en el padrón (no enviada)",
+               "duplicada": "CURP repetida en el padrón (no enviada)"}
+COVERAGE_NAMES = {"padron": "Registros del padrón", "enviados": "Enviados a RENAPO",
+                  "no_enviados": "No enviados (CURP mal formada o repetida)",
+                  "con_respuesta": "Con respuesta de RENAPO", "sin_respuesta": "Sin respuesta tras los reintentos",
+                  "encontrados": "Encontrados en RENAPO (EXITOSO)"}
+SAT_COVERAGE_NAMES = {"rfc": "RFC del padrón", "enviados": "Consultados en el SAT",
+                      "no_enviados": "No enviados (RFC mal formado o repetido)", "con_respuesta": "Con respuesta",
+                      "sin_respuesta": "Sin respuesta tras los reintentos"}
+STATUS_NAMES = {"AN": "alta normal", "AH": "alta con homonimia", "RCC": "cambio que afecta la CURP",
+                "RCN": "cambio que no afecta la CURP", "CRA": "CURP reactivada", "BAP": "documento apócrifo",
+                "BSU": "sin uso", "BD": "defunción", "BDM": "administrativa", "BDP": "adopción", "BJD": "judicial",
+                "BDA": "duplicidad", "BCC": "cambio que afecta la CURP", "BCN": "cambio que no afecta la CURP"}
+CLOCK_NAMES = {"first_contact": "Primer contacto", "attention": "Atención"}
 SERVICE_NAMES = {"renapo": "RENAPO", "sat": "SAT"}
-COLORS = {"inconsistencias": "#9d2449", "bajas": "#b38e5d", "mortalidad": "#4a4a4a", "poblacion_actualizada": "#13322b"}
+COLORS = {"inconsistencias": "#9d2449", "bajas": "#b38e5d", "mortalidad": "#4a4a4a", "poblacion_actualizada": "#13322b",
+          "sat": "#285c4d", "pequena": "#c9c9c9"}
+CSV_FIELDS = ("seccion", "indicador", "dimension", "valor", "numerador", "denominador", "unidad")
+FORMULA_LEAD = ("=", "+", "-", "@", "\t", "\r", "\n")
 _FONT = 'font-family="DejaVu Sans, Arial, sans-serif"'
-
-
-def fmt(value, unit: str = "%") -> str:
-    return "s/d" if value is None else f"{value:,.2f}".rstrip("0").rstrip(".") + (f" {unit}" if unit else "")
 
 
 def _svg(width: int, height: int, title: str, body: list[str]) -> str:
@@ -38,22 +71,28 @@ def _empty(width: int, title: str) -> str:
     return _svg(width, 60, title, [f'<text x="10" y="35" fill="#666">Sin datos para {escape(title.lower())}.</text>'])
 
 
+def _value(value, unit: str) -> str:
+    return porcentaje(value) if unit == "%" else numero(value) + (f" {unit}" if unit else "")
+
+
 def bar_chart(items: list[tuple[str, float | None]], title: str, unit: str = "%", color: str = "#9d2449",
-              width: int = 560, note: list[str] | None = None) -> str:
-    """Horizontal bars, one per (label, value), each with its value printed; note = a text per bar (e.g. n)."""
+              width: int = 560, note: list[str] | None = None, colors: list[str] | None = None) -> str:
+    """Horizontal bars, one per (label, value), each with its value printed; note = a text per bar (e.g. n),
+    colors = a color per bar (e.g. grey for a small sample)."""
     if not items:
         return _empty(width, title)
     row_h, top = 24, 10
-    texts = [fmt(v, unit) + (f" ({note[i]})" if note else "") for i, (_, v) in enumerate(items)]
+    texts = [_value(v, unit) + (f" ({note[i]})" if note else "") for i, (_, v) in enumerate(items)]
     label_w = 7 * max(len(label) for label, _ in items) + 14  # about 7 px per character at 12 px
-    bar_w = width - label_w - 7 * max(len(t) for t in texts) - 14
+    bar_w = max(width - label_w - 7 * max(len(t) for t in texts) - 14, 60)
     span = max((v or 0 for _, v in items), default=0) or 1
     body = []
     for i, (label, value) in enumerate(items):
         y = top + i * row_h
         w = round(bar_w * (value or 0) / span, 1)
+        fill = colors[i] if colors else color
         body.append(f'<text x="{label_w - 8}" y="{y + 15}" text-anchor="end" fill="#222">{escape(label)}</text>'
-                    f'<rect x="{label_w}" y="{y + 3}" width="{max(w, 1)}" height="{row_h - 8}" fill="{color}"/>'
+                    f'<rect x="{label_w}" y="{y + 3}" width="{max(w, 1)}" height="{row_h - 8}" fill="{fill}"/>'
                     f'<text x="{label_w + w + 6}" y="{y + 15}" fill="#222">{escape(texts[i])}</text>')
     return _svg(width, top * 2 + row_h * len(items), title, body)
 
@@ -82,49 +121,67 @@ def line_chart(points: list[tuple[str, float | None]], title: str, unit: str = "
         v = scale * k / 4
         y = round(top + plot_h * (1 - k / 4), 1)
         body.append(f'<line x1="{left}" y1="{y}" x2="{width - right}" y2="{y}" stroke="#ddd"/>'
-                    f'<text x="{left - 6}" y="{y + 4}" text-anchor="end" fill="#666">{escape(fmt(v, ""))}</text>')
+                    f'<text x="{left - 6}" y="{y + 4}" text-anchor="end" fill="#666">{escape(numero(v))}</text>')
     coords = [xy(i, v) for i, (_, v) in enumerate(points)]
     body.append(f'<polyline points="{" ".join(f"{x},{y}" for x, y in coords)}" fill="none" stroke="{color}" '
                 'stroke-width="2.5"/>')
     step = max(1, len(points) // 8)  # at most ~8 axis labels
     for i, ((label, v), (x, y)) in enumerate(zip(points, coords, strict=True)):
         body.append(f'<circle cx="{x}" cy="{y}" r="4" fill="{color}"/>'
-                    f'<text x="{x}" y="{y - 8}" text-anchor="middle" fill="#222">{escape(fmt(v, unit))}</text>')
+                    f'<text x="{x}" y="{y - 8}" text-anchor="middle" fill="#222">{escape(_value(v, unit))}</text>')
         if i % step == 0 or i == len(points) - 1:
             body.append(f'<text x="{x}" y="{height - bottom + 18}" text-anchor="middle" fill="#444">'
                         f"{escape(label)}</text>")
     return _svg(width, height, title, body)
 
 
-def _run_label(run: dict) -> str:
-    """dd/mm hh:mm of the run's start (several runs may share a day)."""
-    at = run.get("started_at") or ""
-    return f"{at[8:10]}/{at[5:7]} {at[11:16]}" if len(at) >= 16 else run["run_id"]
+def interval(ic) -> str:
+    """'3.5 a 25.1 %' (the 95 % interval of a rate)."""
+    return "s/d" if not ic else f"{numero(ic[0])} a {porcentaje(ic[1])}"
+
+
+def status_label(code: str) -> str:
+    return f"{code} ({STATUS_NAMES[code]})" if code in STATUS_NAMES else code
 
 
 def charts(kpis: dict) -> dict:
     """Every chart of the report as an SVG string, by name."""
     runs = kpis.get("corridas", [])
-    out = {f"tendencia_{k}": line_chart([(_run_label(r), r[k]["valor"]) for r in runs],
+    small = kpis.get("muestra_minima", 0)
+    out = {f"tendencia_{k}": line_chart([(fecha_corta(r["started_at"]), r[k]["valor"]) for r in runs],
                                         f"Tendencia de {TITLES[k].lower()} por corrida", color=COLORS[k])
            for k in TITLES}
     bajas = kpis.get("bajas_por_estatus", [])
-    out["bajas_por_estatus"] = bar_chart([(b["estatus"], b["pct"]) for b in bajas], "Bajas por estatus CURP",
-                                         color=COLORS["bajas"], note=[f"{b['registros']} reg." for b in bajas])
+    out["bajas_por_estatus"] = bar_chart([(status_label(b["estatus"]), b["pct"]) for b in bajas],
+                                         "Bajas por estatus CURP", color=COLORS["bajas"],
+                                         note=[cantidad(b["registros"], "registro") for b in bajas],
+                                         colors=[COLORS["mortalidad"] if b["defuncion"] else COLORS["bajas"]
+                                                 for b in bajas])
     edad = kpis.get("mortalidad_por_edad", [])
-    out["mortalidad_por_edad"] = bar_chart([(b["rango"] + " años", b["indice"]) for b in edad],
-                                           "Índice de mortalidad por rango de edad", color=COLORS["mortalidad"],
-                                           note=[f"{b['defunciones']} de {b['registros']}" for b in edad])
-    entidad = sorted(kpis.get("mortalidad_por_entidad", []), key=lambda e: (-(e["indice"] or 0), e["entidad"]))[:10]
-    out["mortalidad_por_entidad"] = bar_chart([(e["entidad"], e["indice"]) for e in entidad],
-                                              "Índice de mortalidad por entidad (10 más altas)",
-                                              color=COLORS["mortalidad"],
-                                              note=[f"{e['defunciones']} de {e['registros']}" for e in entidad])
-    sla = [(f"{SERVICE_NAMES.get(s, s)} · {CLOCK_NAMES[c]}", v)
+    out["mortalidad_por_edad"] = bar_chart(
+        [(b["rango"] + " años" + (" *" if b["muestra_pequena"] else ""), b["indice"]) for b in edad],
+        "Índice de mortalidad por rango de edad", color=COLORS["mortalidad"],
+        note=[f"{numero(b['defunciones'])} de {numero(b['registros'])}" for b in edad],
+        colors=[COLORS["pequena"] if b["muestra_pequena"] else COLORS["mortalidad"] for b in edad])
+    entidad = sorted((e for e in kpis.get("mortalidad_por_entidad", []) if e["registros"]),
+                     key=lambda e: (-(e["indice"] or 0), e["nombre"]))
+    out["mortalidad_por_entidad"] = bar_chart(
+        [(e["nombre"] + (" *" if e["muestra_pequena"] else ""), e["indice"]) for e in entidad],
+        f"Índice de mortalidad por entidad de nacimiento (todas las entidades; * menos de {small} registros)",
+        color=COLORS["mortalidad"], width=620,
+        note=[f"{numero(e['defunciones'])} de {numero(e['registros'])}" for e in entidad],
+        colors=[COLORS["pequena"] if e["muestra_pequena"] else COLORS["mortalidad"] for e in entidad])
+    sla = [(f"{SERVICE_NAMES.get(s, s)} · {CLOCK_NAMES[c].lower()}", v)
            for s, clocks in kpis.get("cumplimiento_sla", {}).items() for c, v in clocks.items()]
     out["cumplimiento_sla"] = bar_chart([(label, v["cumplimiento"]) for label, v in sla],
                                         "Cumplimiento de SLA por servicio", color="#13322b",
-                                        note=[f"{v['a_tiempo']} a tiempo, {v['vencidos']} vencidos" for _, v in sla])
+                                        note=[f"{numero(v['a_tiempo'])} a tiempo, {numero(v['vencidos'])} vencidos"
+                                              for _, v in sla])
+    sat = (kpis.get("sat") or {}).get("indicadores", {})
+    out["opinion_sat"] = bar_chart([(SAT_TITLES[k], v["valor"]) for k, v in sat.items()],
+                                   "Opinión de cumplimiento del SAT", color=COLORS["sat"],
+                                   note=[f"{numero(v['numerador'])} de {numero(v['denominador'])}"
+                                         for v in sat.values()])
     return out
 
 
@@ -136,20 +193,28 @@ def rows(kpis: dict) -> list[dict]:
         out.append({"seccion": seccion, "indicador": indicador, "dimension": dimension, "valor": valor,
                     "numerador": numerador, "denominador": denominador, "unidad": unidad})
 
+    latest = kpis.get("ultima_corrida") or {}
+    for k, n in (latest.get("cobertura") or {}).items():
+        add("cobertura", k, latest.get("run_id"), n, None, None, "registros")
     for k, v in kpis.get("indicadores", {}).items():
-        add("indicador", k, "periodo", v["valor"], v["numerador"], v["denominador"])
+        add("indicador", k, latest.get("run_id"), v["valor"], v["numerador"], v["denominador"])
     for r in kpis.get("corridas", []):
         for k in TITLES:
             add("tendencia", k, r["run_id"], r[k]["valor"], r[k]["numerador"], r[k]["denominador"])
-    reviewed = (kpis.get("ultima_corrida") or {}).get("revisados")
+    found = (latest.get("cobertura") or {}).get("encontrados")
     for b in kpis.get("estatus_curp", []):
-        add("estatus_curp", "registros", b["estatus"], b["pct"], b["registros"], reviewed)
+        add("estatus_curp", "registros", b["estatus"], b["pct"], b["registros"], found)
     for b in kpis.get("mortalidad_por_edad", []):
         add("mortalidad_por_edad", "mortalidad", b["rango"], b["indice"], b["defunciones"], b["registros"])
     for e in kpis.get("mortalidad_por_entidad", []):
-        add("mortalidad_por_entidad", "mortalidad", e["entidad"], e["indice"], e["defunciones"], e["registros"])
-    for cause, n in kpis.get("inconsistencias_por_causa", {}).items():
-        add("inconsistencias_por_causa", "inconsistencias", cause, None, n, reviewed, "registros")
+        add("mortalidad_por_entidad", "mortalidad", f"{e['entidad']} {e['nombre']}", e["indice"], e["defunciones"],
+            e["registros"])
+    for cause, v in kpis.get("inconsistencias_por_causa", {}).items():
+        add("inconsistencias_por_causa", "inconsistencias", cause, v["valor"], v["numerador"], v["denominador"])
+    sat = kpis.get("sat") or {}
+    for k, v in sat.get("indicadores", {}).items():
+        add("opinion_sat", k, (sat.get("ultima_corrida") or {}).get("run_id"), v["valor"], v["numerador"],
+            v["denominador"])
     for d in kpis.get("tiempo_despliegue", {}).get("despliegues", []):
         add("tiempo_despliegue", d["servicio"], d["folio"], d["horas_habiles"], None, None, "horas hábiles")
         add("tiempo_despliegue", d["servicio"], d["folio"], d["dias_habiles"], None, None, "días hábiles")
@@ -159,12 +224,19 @@ def rows(kpis: dict) -> list[dict]:
     return out
 
 
+def neutralise(value):
+    """A text cell a spreadsheet would run as a formula (=, +, -, @, tab, CR) gets a leading apostrophe (OWASP's
+    CSV injection rule); numbers pass unchanged."""
+    if isinstance(value, str) and value.startswith(FORMULA_LEAD):
+        return "'" + value
+    return value
+
+
 def to_csv(kpis: dict) -> str:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=("seccion", "indicador", "dimension", "valor", "numerador",
-                                             "denominador", "unidad"), lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows(kpis))
+    writer.writerows({k: neutralise(v) for k, v in row.items()} for row in rows(kpis))
     return buf.getvalue()
 
 
@@ -172,20 +244,26 @@ def to_json(kpis: dict) -> str:
     return json.dumps(kpis, ensure_ascii=False, indent=1, sort_keys=True) + "\n"
 
 
-def render_html(kpis: dict, title: str, organization: str, template_dir=None) -> str:
+def environment(template_dir=None) -> jinja2.Environment:
+    """The report templates' environment with the es-MX filters (also used by the Mesa's board)."""
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(template_dir or DEFAULT_TEMPLATE_DIR)),
                              autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
                              lstrip_blocks=True)
-    env.filters["fmt"] = fmt
-    return env.get_template("kpi_report.html.j2").render(
-        k=kpis, titulo=title, organizacion=organization, titles=TITLES,
+    env.filters.update(numero=numero, porcentaje=porcentaje, fecha_hora=fecha_hora, fecha_larga=fecha_larga,
+                       horas=horas, intervalo=interval, estatus=status_label, cantidad=cantidad)
+    return env
+
+
+def render_html(kpis: dict, title: str, organization: str, template_dir=None) -> str:
+    return environment(template_dir).get_template("kpi_report.html.j2").render(
+        k=kpis, titulo=title, organizacion=organization, titles=TITLES, bases=BASES, sat_titles=SAT_TITLES,
+        cause_names=CAUSE_NAMES, coverage_names=COVERAGE_NAMES, sat_coverage_names=SAT_COVERAGE_NAMES,
         # The SVG is built here with every text escaped: mark it safe so Jinja2 does not escape the markup.
         charts={name: markupsafe.Markup(svg) for name, svg in charts(kpis).items()},  # noqa: S704
         clock_names=CLOCK_NAMES, service_names=SERVICE_NAMES)
 
 
-def build(kpis: dict, title: str = "Indicadores del servicio de consulta RENAPO/SAT",
-          organization: str = "Dirección General de Tecnologías de la Información y Comunicaciones",
+def build(kpis: dict, title: str = DEFAULT_TITLE, organization: str = DEFAULT_ORGANIZATION,
           basename: str = "kpi_report", template_dir=None) -> dict:
     """{file name: text} of the three documents."""
     return {f"{basename}.html": render_html(kpis, title, organization, template_dir),

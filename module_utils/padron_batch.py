@@ -9,14 +9,24 @@ Padrón file: CSV, UTF-8 (a BOM is accepted), comma-separated, one header row; e
   apellido2         second surname (may be empty)
   fecha_nacimiento  birth date, YYYY-MM-DD (DD/MM/YYYY is accepted too)
   sexo              H or M
-  entidad           state of birth, two-letter CURP code (AS, BC, ... NE); empty = taken from the CURP
+  entidad           state of birth, two-letter CURP code (AS, BC, ... NE); empty = taken from the CURP; any other
+                    value (a name, a typo, a spreadsheet formula) is refused: the CURP's code is used and the row
+                    is reported in `invalid_entidad`
 A file that cannot be read as such (empty, not UTF-8, a column missing, no records) raises PadronError naming the
 defect. A record with a malformed CURP (structure or check digit) or a CURP already listed in an earlier record is
-stored as an inconsistency without calling RENAPO.
+stored as an inconsistency without calling RENAPO. RENAPO's 01/09 (invalid CURP) is stored as `malformed` with the
+attempt that got it: a definitive answer, never retried.
 
 Results (SQLite, one file): table `runs` (one row per batch run) and table `results` (one row per padrón record
 per run: consulted_at, status_oper, status_curp, TipoError/CodigoError, mismatch_* flags, category, age, entidad).
+RENAPO's names (renapo_nombres, renapo_apellido1, renapo_apellido2, as received: Ñ and accents intact) and
+docProbatorio are kept for the found records, so an inconsistency can be reviewed against the padrón.
 Categories: found, not_found, malformed, duplicate, error (gave up after retries; retried when the run is resumed).
+
+SAT (run_sat_batch): the opinión de cumplimiento of each RFC of a CSV file (columns `rfc`, optional `curp`), through
+the same machinery (bounded concurrency, retries, checkpoint, resume) into the tables sat_runs / sat_results of the
+same database. Categories: answered (opinion POSITIVA, NEGATIVA, INSCRITO SIN OBLIGACIONES or NO INSCRITO),
+malformed (never sent, or refused by SAT as malformed), duplicate, error.
 The 0/1 flags revisado (a definitive answer), exitoso, inconsistente (DESIGN §7), baja (inactive statusCurp) and
 defuncion (BD) are set when a result is stored, so the KPIs are plain SUMs over millions of rows.
 Checkpoint: results are committed as they arrive, a few at a time; a resumed run consults only the records that
@@ -36,7 +46,15 @@ import time
 import unicodedata
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-from ansible.module_utils.consulta import STATUS_INACTIVE, ConsultaError, consult, curp_problem
+from ansible.module_utils.consulta import (
+    ENTIDADES,
+    INVALID_CURP,
+    STATUS_INACTIVE,
+    ConsultaError,
+    consult,
+    curp_problem,
+    rfc_problem,
+)
 
 COLUMNS = ("curp", "nombres", "apellido1", "apellido2", "fecha_nacimiento", "sexo", "entidad")
 CATEGORIES = ("found", "not_found", "malformed", "duplicate", "error")
@@ -81,12 +99,47 @@ CREATE TABLE IF NOT EXISTS results (
     PRIMARY KEY (run_id, row_no)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS results_exitoso ON results (curp, consulted_at) WHERE exitoso = 1;
+CREATE TABLE IF NOT EXISTS sat_runs (
+    run_id TEXT PRIMARY KEY,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    padron TEXT NOT NULL,
+    padron_sha256 TEXT NOT NULL,
+    padron_total INTEGER NOT NULL,
+    endpoint TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sat_results (
+    run_id TEXT NOT NULL REFERENCES sat_runs (run_id),
+    row_no INTEGER NOT NULL,
+    rfc TEXT NOT NULL,
+    curp TEXT,
+    consulted_at TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    category TEXT NOT NULL,
+    opinion TEXT,
+    error TEXT,
+    revisado INTEGER NOT NULL,
+    PRIMARY KEY (run_id, row_no)
+) WITHOUT ROWID;
 """
+# Columns added after the first release: a database written by an older batch gets them on open.
+ADDED_COLUMNS = (("results", "renapo_nombres", "TEXT"), ("results", "renapo_apellido1", "TEXT"),
+                 ("results", "renapo_apellido2", "TEXT"), ("results", "doc_probatorio", "TEXT"))
 RESULT_COLUMNS = ("run_id", "row_no", "curp", "consulted_at", "attempts", "category", "status_oper", "status_curp",
                   "tipo_error", "codigo_error", "mismatch_nombre", "mismatch_fecha_nacimiento", "mismatch_sexo",
-                  "edad", "entidad", "error", "revisado", "exitoso", "inconsistente", "baja", "defuncion")
-_INSERT = "INSERT OR REPLACE INTO results (%s) VALUES (%s)" % (  # noqa: S608 - constant column names
-    ", ".join(RESULT_COLUMNS), ", ".join("?" * len(RESULT_COLUMNS)))
+                  "edad", "entidad", "error", "revisado", "exitoso", "inconsistente", "baja", "defuncion",
+                  "renapo_nombres", "renapo_apellido1", "renapo_apellido2", "doc_probatorio")
+SAT_COLUMNS = ("run_id", "row_no", "rfc", "curp", "consulted_at", "attempts", "category", "opinion", "error",
+               "revisado")
+SAT_CATEGORIES = ("answered", "malformed", "duplicate", "error")
+
+
+def _insert(table: str, columns: tuple) -> str:
+    return "INSERT OR REPLACE INTO %s (%s) VALUES (%s)" % (  # noqa: S608 - constant table and column names
+        table, ", ".join(columns), ", ".join("?" * len(columns)))
+
+
+_INSERT = _insert("results", RESULT_COLUMNS)
 
 
 class PadronError(Exception):
@@ -117,13 +170,18 @@ def read_padron(path: str) -> dict:
         raise PadronError(f"the padrón file {path} lacks the column(s) {', '.join(missing)}; "
                           f"its header is {','.join(header)!s} and the expected columns are {', '.join(COLUMNS)}")
     index = {c: header.index(c) for c in COLUMNS}
-    records, seen, duplicates = [], {}, {}
+    records, seen, duplicates, invalid_entidad = [], {}, {}, []
     for row_no, row in enumerate(reader, start=2):
         if not any(cell.strip() for cell in row):
             continue  # blank line
         rec = {c: (row[i].strip() if i < len(row) else "") for c, i in index.items()}
         curp = rec["curp"].upper()
         rec["curp"] = curp
+        entidad = rec["entidad"].upper()
+        if entidad and entidad not in ENTIDADES:
+            invalid_entidad.append(row_no)  # the value itself may be a formula: it goes nowhere
+            entidad = ""
+        rec["entidad"] = entidad
         if curp_problem(curp):
             precheck = "malformed"
         elif curp in seen:
@@ -135,7 +193,7 @@ def read_padron(path: str) -> dict:
     if not records:
         raise PadronError(f"the padrón file {path} has a header but no records")
     return {"path": str(path), "sha256": hashlib.sha256(data).hexdigest(), "records": records,
-            "duplicates": duplicates}
+            "duplicates": duplicates, "invalid_entidad": invalid_entidad}
 
 
 def _fold(text: str) -> str:
@@ -176,7 +234,7 @@ def _result(rec: dict, now: dt.datetime, category: str, attempts: int = 0, answe
     record = answer.get("record") or {}
     mismatch = compare(fields, record) if category == "found" else {}
     born = _date(record.get("fechNac", "")) or _date(fields["fecha_nacimiento"])
-    entidad = (fields["entidad"] or rec["curp"][11:13]).upper() or None
+    entidad = fields["entidad"] or (rec["curp"][11:13] if rec["curp"][11:13] in ENTIDADES else None)
     status = answer.get("status_curp") or None
     flags = {"revisado": int(category != "error"), "exitoso": int(category == "found"),
              "inconsistente": int(category in ("not_found", "malformed", "duplicate") or any(mismatch.values())),
@@ -186,7 +244,9 @@ def _result(rec: dict, now: dt.datetime, category: str, attempts: int = 0, answe
             "status_curp": status, "tipo_error": answer.get("tipo_error") or None,
             "codigo_error": answer.get("codigo_error") or None,
             **{f"mismatch_{f}": int(mismatch.get(f, False)) for f in MISMATCH_FIELDS},
-            "edad": _age(born, now.date()), "entidad": entidad, "error": error}
+            "edad": _age(born, now.date()), "entidad": entidad, "error": error,
+            "renapo_nombres": record.get("nombres"), "renapo_apellido1": record.get("apellido1"),
+            "renapo_apellido2": record.get("apellido2"), "doc_probatorio": record.get("docProbatorio") or None}
 
 
 def _retryable(e: ConsultaError) -> bool:
@@ -209,8 +269,8 @@ def consult_record(rec: dict, conn: dict, retries: int = 3, backoff: float = 0.5
             codes = (e.result.get("tipo_error"), e.result.get("codigo_error"))
             if e.kind == "no_exitoso" and codes == ("01", "06"):
                 return _result(rec, _now(), "not_found", attempt, e.result)
-            if e.kind == "no_exitoso" and codes == ("01", "03"):
-                return _result(rec, _now(), "malformed", attempt, e.result)
+            if e.kind == "no_exitoso" and codes in INVALID_CURP:
+                return _result(rec, _now(), "malformed", attempt, e.result)  # RENAPO's verdict: never retried
             if e.kind in FATAL or (e.kind == "no_exitoso" and codes == ("02", "01")):
                 raise PadronError(f"batch stopped: {e}") from None
             if _retryable(e) and attempt <= retries and not (stop and stop.is_set()):
@@ -234,56 +294,77 @@ def open_results(path: str, create: bool = True) -> sqlite3.Connection:
     db.execute("PRAGMA synchronous = NORMAL")
     if create:
         db.executescript(SCHEMA)
+        for table, column, kind in ADDED_COLUMNS:
+            if column not in {r[1] for r in db.execute(f"PRAGMA table_info({table})")}:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
     return db
 
 
-def _store(db: sqlite3.Connection, run_id: str, results: list[dict]) -> None:
+def _store(db: sqlite3.Connection, run_id: str, results: list[dict], insert: str = _INSERT,
+           columns: tuple = RESULT_COLUMNS) -> None:
     if results:
         db.execute("BEGIN IMMEDIATE")
-        db.executemany(_INSERT, [tuple({**r, "run_id": run_id}[c] for c in RESULT_COLUMNS) for r in results])
+        db.executemany(insert, [tuple({**r, "run_id": run_id}.get(c) for c in columns) for r in results])
         db.execute("COMMIT")
 
 
-def _pick_run(db: sqlite3.Connection, padron: dict, endpoint: str, run_id: str | None, resume: bool) -> tuple:
+class _Service:
+    """What differs between the RENAPO and the SAT batch: tables, the worker, the prechecked result, the summary."""
+
+    def __init__(self, name, runs, results, columns, worker, precheck_result, summary):
+        self.name, self.runs, self.results, self.columns = name, runs, results, columns
+        self.insert = _insert(results, columns)
+        self.worker, self.precheck_result, self.summary = worker, precheck_result, summary
+
+    def store(self, db, run_id, results):
+        _store(db, run_id, results, self.insert, self.columns)
+
+
+def _pick_run(db: sqlite3.Connection, padron: dict, endpoint: str, run_id: str | None, resume: bool,
+              runs: str = "runs") -> tuple:
     """(run_id, resumed): the named run, else the unfinished run of the same padrón, else a new one."""
     if run_id:
-        row = db.execute("SELECT padron_sha256 FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        row = db.execute(f"SELECT padron_sha256 FROM {runs} WHERE run_id = ?", (run_id,)).fetchone()  # noqa: S608
         if row and row[0] != padron["sha256"]:
             raise PadronError(f"run {run_id} was made over another padrón file (sha256 {row[0][:12]}...); "
                               "start a new run for this one")
         if row:
             return run_id, True
     elif resume:
-        row = db.execute("SELECT run_id FROM runs WHERE finished_at IS NULL AND padron_sha256 = ? "
+        row = db.execute(f"SELECT run_id FROM {runs} WHERE finished_at IS NULL AND padron_sha256 = ? "  # noqa: S608
                          "ORDER BY started_at DESC LIMIT 1", (padron["sha256"],)).fetchone()
         if row:
             return row[0], True
     now = _now()
     if not run_id:
         run_id = now.strftime("%Y%m%dT%H%M%S")
-        taken = {r[0] for r in db.execute("SELECT run_id FROM runs WHERE run_id LIKE ?", (run_id + "%",))}
+        taken = {r[0] for r in db.execute(f"SELECT run_id FROM {runs} WHERE run_id LIKE ?",  # noqa: S608
+                                          (run_id + "%",))}
         run_id += "" if run_id not in taken else f"-{len(taken) + 1}"
-    db.execute("INSERT INTO runs (run_id, started_at, padron, padron_sha256, padron_total, endpoint) "
+    db.execute(f"INSERT INTO {runs} (run_id, started_at, padron, padron_sha256, padron_total, endpoint) "  # noqa: S608
                "VALUES (?, ?, ?, ?, ?, ?)", (run_id, now.isoformat(timespec="seconds"), padron["path"],
                                              padron["sha256"], len(padron["records"]), endpoint))
     return run_id, False
 
 
-def plan(db_path: str, padron: dict, run_id: str | None = None, resume: bool = True) -> dict:
+def plan(db_path: str, padron: dict, run_id: str | None = None, resume: bool = True,
+         service: str = "renapo") -> dict:
     """What a run would do, without writing: the run it would use and how many records it would consult."""
+    runs, results = ("sat_runs", "sat_results") if service == "sat" else ("runs", "results")
     done, run = set(), None
     if os.path.exists(db_path):
         db = open_results(db_path, create=False)
         try:
-            if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'runs'").fetchone():
-                q = ("SELECT run_id FROM runs WHERE run_id = ?", (run_id,)) if run_id else (
-                    "SELECT run_id FROM runs WHERE finished_at IS NULL AND padron_sha256 = ? "
+            if db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (runs,)).fetchone():
+                q = (f"SELECT run_id FROM {runs} WHERE run_id = ?", (run_id,)) if run_id else (  # noqa: S608
+                    f"SELECT run_id FROM {runs} WHERE finished_at IS NULL AND padron_sha256 = ? "  # noqa: S608
                     "ORDER BY started_at DESC LIMIT 1", (padron["sha256"],))
                 row = db.execute(*q).fetchone() if (run_id or resume) else None
                 run = row[0] if row else None
                 if run:
                     done = {r[0] for r in db.execute(
-                        "SELECT row_no FROM results WHERE run_id = ? AND category != 'error'", (run,))}
+                        f"SELECT row_no FROM {results} WHERE run_id = ? AND category != 'error'",  # noqa: S608
+                        (run,))}
         finally:
             db.close()
     todo = [r for r in padron["records"] if r["row_no"] not in done]
@@ -292,28 +373,28 @@ def plan(db_path: str, padron: dict, run_id: str | None = None, resume: bool = T
             "to_consult": len(todo) - prechecked, "prechecked": prechecked}
 
 
-def run_batch(padron_path: str, db_path: str, endpoint: str, *, usuario: str, password: str,
-              ca_path: str | None = None, timeout: float = 10, concurrency: int = 8, retries: int = 3,
-              backoff: float = 0.5, run_id: str | None = None, resume: bool = True) -> dict:
-    """Consult every padrón record without a committed result in the run; returns the run's summary."""
+def _check_options(concurrency, retries, backoff):
     if concurrency < 1 or retries < 0 or backoff < 0:
         raise PadronError("concurrency must be >= 1, retries and backoff >= 0")
-    padron = read_padron(padron_path)
+
+
+def _run(kind: _Service, padron: dict, db_path: str, endpoint: str, conn: dict, concurrency: int, retries: int,
+         backoff: float, run_id: str | None, resume: bool) -> dict:
+    """The machinery both batches share: pick or resume the run, store the prechecked records, consult the rest
+    with bounded concurrency committing as answers arrive, close the run, summarise it."""
     db = open_results(db_path)
     try:
-        run_id, resumed = _pick_run(db, padron, endpoint, run_id, resume)
-        done = {r[0] for r in db.execute("SELECT row_no FROM results WHERE run_id = ? AND category != 'error'",
-                                         (run_id,))}
+        run_id, resumed = _pick_run(db, padron, endpoint, run_id, resume, kind.runs)
+        done = {r[0] for r in db.execute(
+            f"SELECT row_no FROM {kind.results} WHERE run_id = ? AND category != 'error'", (run_id,))}  # noqa: S608
         todo = [r for r in padron["records"] if r["row_no"] not in done]
         now = _now()
-        _store(db, run_id, [_result(r, now, r["precheck"]) for r in todo if r["precheck"]])
-        consulted = _consult_all(db, run_id, [r for r in todo if not r["precheck"]],
-                                 {"endpoint": endpoint, "usuario": usuario, "password": password,
-                                  "ca_path": ca_path, "timeout": timeout},
-                                 concurrency, retries, backoff)
-        db.execute("UPDATE runs SET finished_at = ? WHERE run_id = ? AND finished_at IS NULL",
+        kind.store(db, run_id, [kind.precheck_result(r, now) for r in todo if r["precheck"]])
+        consulted = _consult_all(db, run_id, [r for r in todo if not r["precheck"]], kind,
+                                 {"endpoint": endpoint, **conn}, concurrency, retries, backoff)
+        db.execute(f"UPDATE {kind.runs} SET finished_at = ? WHERE run_id = ? AND finished_at IS NULL",  # noqa: S608
                    (_now().isoformat(timespec="seconds"), run_id))
-        summary = run_summary(db, run_id)
+        summary = kind.summary(db, run_id)
     finally:
         db.close()
     dups = padron["duplicates"]
@@ -321,7 +402,20 @@ def run_batch(padron_path: str, db_path: str, endpoint: str, *, usuario: str, pa
             "duplicated_curps": len(dups), "duplicates": dict(list(dups.items())[:20])}
 
 
-def _consult_all(db, run_id, todo, conn, concurrency, retries, backoff) -> int:
+def run_batch(padron_path: str, db_path: str, endpoint: str, *, usuario: str, password: str,
+              ca_path: str | None = None, timeout: float = 10, concurrency: int = 8, retries: int = 3,
+              backoff: float = 0.5, run_id: str | None = None, resume: bool = True) -> dict:
+    """Consult every padrón record without a committed result in the run; returns the run's summary."""
+    _check_options(concurrency, retries, backoff)
+    padron = read_padron(padron_path)
+    result = _run(RENAPO, padron, db_path, endpoint,
+                  {"usuario": usuario, "password": password, "ca_path": ca_path, "timeout": timeout},
+                  concurrency, retries, backoff, run_id, resume)
+    bad = padron["invalid_entidad"]
+    return {**result, "invalid_entidad": len(bad), "invalid_entidad_rows": bad[:20]}
+
+
+def _consult_all(db, run_id, todo, kind, conn, concurrency, retries, backoff) -> int:
     """Keeps `concurrency` consultations in flight; commits finished ones in small batches (the checkpoint)."""
     fatal, sent = None, 0
     stop = threading.Event()
@@ -334,7 +428,7 @@ def _consult_all(db, run_id, todo, conn, concurrency, retries, backoff) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, lambda *_: interrupted.set())
     try:
-        sent = _drive(db, run_id, queue, conn, concurrency, retries, backoff, stop, interrupted)
+        sent = _drive(db, run_id, queue, kind, conn, concurrency, retries, backoff, stop, interrupted)
     except PadronError as e:
         fatal = e
     finally:
@@ -348,15 +442,15 @@ def _consult_all(db, run_id, todo, conn, concurrency, retries, backoff) -> int:
     return sent
 
 
-def _drive(db, run_id, queue, conn, concurrency, retries, backoff, stop, interrupted) -> int:
+def _drive(db, run_id, queue, kind, conn, concurrency, retries, backoff, stop, interrupted) -> int:
     pending, fatal, sent = set(), None, 0
-    with ThreadPoolExecutor(concurrency, thread_name_prefix="padron") as pool:
+    with ThreadPoolExecutor(concurrency, thread_name_prefix=f"padron-{kind.name}") as pool:
         while True:
             while not stop.is_set() and not interrupted.is_set() and len(pending) < concurrency:
                 rec = next(queue, None)
                 if rec is None:
                     break
-                pending.add(pool.submit(consult_record, rec, conn, retries, backoff, stop))
+                pending.add(pool.submit(kind.worker, rec, conn, retries, backoff, stop))
                 sent += 1
             if not pending:
                 break
@@ -369,7 +463,7 @@ def _drive(db, run_id, queue, conn, concurrency, retries, backoff, stop, interru
                     fatal = fatal or e
                     stop.set()
             # Commit what has just finished (a small batch): at a kill only answers in flight are lost.
-            _store(db, run_id, ready)
+            kind.store(db, run_id, ready)
     if fatal:
         raise fatal
     return sent
@@ -389,3 +483,106 @@ def run_summary(db: sqlite3.Connection, run_id: str) -> dict:
     keys = ("run_id", "started_at", "finished_at", "padron", "padron_total", "endpoint", "stored", *CATEGORIES,
             "bajas", "deceased", "mismatched")
     return dict(zip(keys, row, strict=True))
+
+
+# ---------------------------------------------------------------- SAT: opinión de cumplimiento by RFC
+
+def read_rfcs(path: str) -> dict:
+    """The RFCs to consult at SAT (CSV, UTF-8, header with `rfc` and optionally `curp`), as read_padron returns
+    records: malformed RFCs and repeated RFCs are prechecked (never sent)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise PadronError(f"cannot read the RFC file {path}: {e.strerror}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise PadronError(f"the RFC file {path} is not UTF-8: byte 0x{data[e.start]:02X}") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = [h.strip().lower() for h in next(reader, [])]
+    if "rfc" not in header:
+        raise PadronError(f"the RFC file {path} lacks the column rfc; its header is {','.join(header)!s}")
+    i_rfc, i_curp = header.index("rfc"), header.index("curp") if "curp" in header else None
+    records, seen, duplicates = [], {}, {}
+    for row_no, row in enumerate(reader, start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        rfc = (row[i_rfc] if i_rfc < len(row) else "").strip().upper()
+        curp = (row[i_curp].strip().upper() if i_curp is not None and i_curp < len(row) else "") or None
+        if rfc_problem(rfc):
+            precheck = "malformed"
+        elif rfc in seen:
+            precheck = "duplicate"
+            duplicates.setdefault(rfc, [seen[rfc]]).append(row_no)
+        else:
+            precheck, seen[rfc] = None, row_no
+        records.append({"row_no": row_no, "rfc": rfc, "curp": curp, "precheck": precheck})
+    if not records:
+        raise PadronError(f"the RFC file {path} has no records")
+    return {"path": str(path), "sha256": hashlib.sha256(data).hexdigest(), "records": records,
+            "duplicates": duplicates}
+
+
+def _sat_result(rec: dict, now: dt.datetime, category: str, attempts: int = 0, opinion: str | None = None,
+                error: str | None = None) -> dict:
+    return {"row_no": rec["row_no"], "rfc": rec["rfc"], "curp": rec["curp"],
+            "consulted_at": now.isoformat(timespec="seconds"), "attempts": attempts, "category": category,
+            "opinion": opinion, "error": error, "revisado": int(category != "error")}
+
+
+def consult_rfc(rec: dict, conn: dict, retries: int = 3, backoff: float = 0.5, stop=None) -> dict:
+    """One RFC's opinión de cumplimiento, with the RENAPO batch's retry rules."""
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            answer = consult("sat", conn["endpoint"], rfc=rec["rfc"], ca_path=conn.get("ca_path"),
+                             client_cert=conn.get("client_cert"), client_key=conn.get("client_key"),
+                             timeout=conn.get("timeout", 10))
+            return _sat_result(rec, _now(), "answered", attempt, answer["opinion"])
+        except ConsultaError as e:
+            if e.kind == "http_status" and e.result.get("http_status") == 400:
+                return _sat_result(rec, _now(), "malformed", attempt, error=str(e))  # SAT's verdict on the RFC
+            if e.kind in FATAL:
+                raise PadronError(f"batch stopped: {e}") from None
+            if _retryable(e) and attempt <= retries and not (stop and stop.is_set()):
+                time.sleep(backoff * 2 ** (attempt - 1))
+                continue
+            return _sat_result(rec, _now(), "error", attempt, error=f"{e.kind}: {e}")
+
+
+def sat_summary(db: sqlite3.Connection, run_id: str) -> dict:
+    """Counts of one SAT run by category and opinion."""
+    from ansible.module_utils.consulta import OPINIONS
+
+    sums = ", ".join([*(f"COALESCE(SUM(x.category = '{c}'), 0)" for c in SAT_CATEGORIES),
+                      *(f"COALESCE(SUM(x.opinion = '{o}'), 0)" for o in OPINIONS)])
+    row = db.execute(
+        "SELECT r.run_id, r.started_at, r.finished_at, r.padron, r.padron_total, r.endpoint, COUNT(x.row_no), "  # noqa: S608
+        f"{sums} FROM sat_runs r LEFT JOIN sat_results x ON x.run_id = r.run_id WHERE r.run_id = ? "
+        "GROUP BY r.run_id", (run_id,)).fetchone()
+    if row is None:
+        raise PadronError(f"no SAT run {run_id} in the results database")
+    keys = ("run_id", "started_at", "finished_at", "padron", "padron_total", "endpoint", "stored", *SAT_CATEGORIES)
+    out = dict(zip(keys, row[:len(keys)], strict=True))
+    out["opinions"] = dict(zip(OPINIONS, row[len(keys):], strict=True))
+    return out
+
+
+def run_sat_batch(rfc_path: str, db_path: str, endpoint: str, *, ca_path: str | None = None,
+                  client_cert: str | None = None, client_key: str | None = None, timeout: float = 10,
+                  concurrency: int = 8, retries: int = 3, backoff: float = 0.5, run_id: str | None = None,
+                  resume: bool = True) -> dict:
+    """Consult the opinión de cumplimiento of every RFC without a committed result in the SAT run."""
+    _check_options(concurrency, retries, backoff)
+    rfcs = read_rfcs(rfc_path)
+    return _run(SAT, rfcs, db_path, endpoint,
+                {"ca_path": ca_path, "client_cert": client_cert, "client_key": client_key, "timeout": timeout},
+                concurrency, retries, backoff, run_id, resume)
+
+
+RENAPO = _Service("renapo", "runs", "results", RESULT_COLUMNS, consult_record,
+                  lambda r, now: _result(r, now, r["precheck"]), run_summary)
+SAT = _Service("sat", "sat_runs", "sat_results", SAT_COLUMNS, consult_rfc,
+               lambda r, now: _sat_result(r, now, r["precheck"]), sat_summary)

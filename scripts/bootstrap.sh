@@ -4,10 +4,11 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-# lab hosts (sshd, nginx), the PostgreSQL ticket store's tests, the report's browser test, the load generator,
+# lab hosts (sshd, nginx), the PostgreSQL ticket store's tests, the report's browser test, the oficio PDF's pages
+# as images (poppler-utils: pdftoppm), the load generator,
 # the lab's mail host (Postfix, OpenDKIM, Dovecot IMAP + LMTP, dnsmasq for the lab domains' DKIM/SPF/MX, dig).
 APT_PACKAGES=(openssh-server nginx-light netcat-openbsd python3-venv util-linux procps iproute2
-              postgresql chromium fonts-dejavu-core wrk
+              postgresql chromium fonts-dejavu-core wrk poppler-utils
               postfix opendkim opendkim-tools dovecot-imapd dovecot-lmtpd dnsmasq-base bind9-dnsutils)
 
 missing=()

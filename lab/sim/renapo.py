@@ -6,9 +6,12 @@ The answer (`return`) is a string holding escaped XML: <CURPStruct statusOper me
 Answers (checked in this order):
   malformed SOAP / unknown operation   HTTP 500, SOAP Fault (faultcode soapenv:Client)
   wrong usuario/password               NO EXITOSO, TipoError=02 CodigoError=01, "USUARIO O PASSWORD INCORRECTOS."
-  malformed CURP (format/check digit)  NO EXITOSO, TipoError=01 CodigoError=03, "LA CURP NO CUMPLE CON EL FORMATO..."
+  invalid CURP (format/check digit)    NO EXITOSO, TipoError=01 CodigoError=09, "LA CURP NO ES VALIDA..."
   CURP not in RENAPO's database        NO EXITOSO, TipoError=01 CodigoError=06, "LA CURP NO SE ENCUENTRA..."
   found                                EXITOSO, "LA OPERACION SE EJECUTO.", the record with its statusCurp
+RENAPO's encoding quirk is reproduced: every answer declares UTF-8 (XML declaration and Content-Type) but its
+accents and Ñ are sent as ISO-8859-1 bytes (JOSÉ -> 4A 4F 53 C9), so a client that trusts the declaration fails
+on the first accented name. make_server(..., latin1=False) answers in real UTF-8.
 The TLS certificate is the presented generation's (lab/pki.py); it is reloaded when `presented` changes.
 """
 from __future__ import annotations
@@ -39,8 +42,7 @@ FIELDS = ("CURP", "apellido1", "apellido2", "nombres", "sexo", "fechNac", "nacio
           "FolioCarta", "cveEntidadNac", "cveEntidadEmisora", "statusCurp")
 FOUND = ("EXITOSO", "LA OPERACION SE EJECUTO.", "", "")
 BAD_CREDENTIALS = ("NO EXITOSO", "USUARIO O PASSWORD INCORRECTOS.", "02", "01")
-MALFORMED_CURP = ("NO EXITOSO", "LA CURP NO CUMPLE CON EL FORMATO ESTABLECIDO (ESTRUCTURA O DIGITO VERIFICADOR).",
-                  "01", "03")
+INVALID_CURP = ("NO EXITOSO", "LA CURP NO ES VALIDA (ESTRUCTURA O DIGITO VERIFICADOR).", "01", "09")
 NOT_FOUND = ("NO EXITOSO", "LA CURP NO SE ENCUENTRA EN LA BASE DE DATOS.", "01", "06")
 
 
@@ -75,7 +77,7 @@ def consultar(db: dict, datos: dict) -> tuple[tuple, dict | None]:
         return BAD_CREDENTIALS, None
     curp = datos.get("cveCurp", "").upper()
     if not stdcurp.is_valid(curp):
-        return MALFORMED_CURP, None
+        return INVALID_CURP, None
     rec = db.get(curp)
     return (FOUND, rec) if rec else (NOT_FOUND, None)
 
@@ -88,11 +90,13 @@ def curpstruct(answer: tuple, record: dict | None) -> str:
     return f"<CURPStruct {attrs}>{children}</CURPStruct>"
 
 
-def envelope(curp_struct: str) -> bytes:
-    return ("<?xml version='1.0' encoding='UTF-8'?>"
+def envelope(curp_struct: str, latin1: bool = True) -> bytes:
+    """The response envelope; latin1 = RENAPO's quirk (UTF-8 declared, ISO-8859-1 bytes for accents and Ñ)."""
+    text = ("<?xml version='1.0' encoding='UTF-8'?>"
             f'<soapenv:Envelope xmlns:soapenv="{SOAP_ENV}"><soapenv:Body>'
             f'<ns:consultarPorCurpResponse xmlns:ns="{NS}"><ns:return>{escape(curp_struct)}</ns:return>'
-            "</ns:consultarPorCurpResponse></soapenv:Body></soapenv:Envelope>").encode()
+            "</ns:consultarPorCurpResponse></soapenv:Body></soapenv:Envelope>")
+    return text.encode("iso-8859-1", "xmlcharrefreplace") if latin1 else text.encode()
 
 
 def fault(message: str) -> bytes:
@@ -160,12 +164,13 @@ class RenapoHandler(Handler):
         stats.inc(f"renapo.{answer[0]}")
         if answer[2]:
             stats.inc(f"renapo.{answer[0]}.{answer[2]}/{answer[3]}")
-        self.send_body(200, envelope(curpstruct(answer, record)), "text/xml; charset=UTF-8")
+        self.send_body(200, envelope(curpstruct(answer, record), self.server.latin1), "text/xml; charset=UTF-8")
 
 
-def make_server(state: Path, address: tuple[str, int], stats: Stats, log=None) -> TLSServer:
+def make_server(state: Path, address: tuple[str, int], stats: Stats, log=None, latin1: bool = True) -> TLSServer:
     """The RENAPO simulator bound to address (port 0 = ephemeral); serve_forever() runs it."""
     state = Path(state)
     srv = TLSServer(address, RenapoHandler, PresentedContext(state, log), stats, "renapo", log)
-    srv.db = json.loads((state / "padron" / "renapo.json").read_text())["curps"]
+    srv.db = json.loads((state / "padron" / "renapo.json").read_text(encoding="utf-8"))["curps"]
+    srv.latin1 = latin1
     return srv

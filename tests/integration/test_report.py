@@ -1,8 +1,13 @@
-"""Padrón batch and KPI report end to end on the RENAPO simulator (in-process, ephemeral port, temporary state):
-the batch is killed with SIGKILL half-way and resumed (requests counted at the simulator's /__lab/stats), the KPIs
-equal the generator's ground truth, bad padrón files fail clearly through the module, both playbooks run, and the
-report is opened in headless Chromium."""
+"""Padrón batch, KPI report and the Mesa's board end to end on the RENAPO and SAT simulators (in-process, ephemeral
+ports, temporary state): the batch is killed with SIGKILL half-way and resumed (requests counted at the simulator's
+/__lab/stats); every KPI equals the generator's ground truth per definition (never-sent records included); the
+padrón's Ñ/accents, NE-born and post-2000 CURPs come back through RENAPO's ISO-8859-1 quirk byte-exact; the SAT
+opinions go through the same batch; bad padrón files fail clearly; the playbooks run; the report and the board are
+read in headless Chromium as a person reads them (es-MX numbers, local times in words, entidad names, headings)."""
+import csv
 import datetime as dt
+import html
+import io
 import json
 import os
 import re
@@ -21,6 +26,7 @@ import pki
 import pytest
 from ansible.module_utils.consulta import STATUS_INACTIVE
 from ansible.module_utils.kpi import AGE_BANDS, compute
+from ansible.module_utils.sla import SlaPolicy
 from ansible.module_utils.ticket_store import open_store
 from sim import padron, renapo, services
 
@@ -34,10 +40,14 @@ CDMX = dt.timezone(dt.timedelta(hours=-6))
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory):
     state = tmp_path_factory.mktemp("reportlab")
-    svc = services.start(state, renapo=("127.0.0.1", 0), sat=None, smtp=None)
+    svc = services.start(state, renapo=("127.0.0.1", 0), sat=("127.0.0.1", 0), smtp=None)
     svc.url = f"https://127.0.0.1:{svc.renapo_port}"
-    svc.anchor = str(pki.ensure(state)["renapo_anchor"])
-    svc.padron = str(padron.ensure(state)["padron"])
+    paths = pki.ensure(state)
+    svc.anchor = str(paths["renapo_anchor"])
+    files = padron.ensure(state)
+    svc.padron, svc.rfc = str(files["padron"]), str(files["rfc"])
+    svc.sat_url, svc.sat_ca = f"https://127.0.0.1:{svc.sat_port}", str(paths["sat_ca"])
+    svc.sat_cert, svc.sat_key = (str(p) for p in pki.issue_sat_client(state, "padron"))
     yield svc
     svc.stop()
 
@@ -143,38 +153,88 @@ def test_killed_batch_resumes_without_consulting_a_committed_curp_again(sim, kil
     assert db.execute("SELECT finished_at IS NOT NULL FROM runs").fetchone() == (1,)
 
 
-def test_kpis_equal_the_generators_ground_truth(sim, killed_and_resumed):
+def test_kpis_equal_the_generators_ground_truth_per_definition(sim, killed_and_resumed):
     expected = padron.expected_counts(sim.state)
     k = compute(killed_and_resumed["db"])
-    total = expected["total"]
+    total, found, malformed = expected["total"], expected["found"], expected["malformed"]
+    assert total == 1000 and malformed == 10 and found == 940
+    # Coverage: the 10 malformed CURPs are in the padrón and never sent.
+    assert k["ultima_corrida"]["cobertura"] == {
+        "padron": total, "enviados": total - malformed, "no_enviados": malformed, "con_respuesta": total - malformed,
+        "sin_respuesta": 0, "con_resultado": total, "encontrados": found, "sin_resultado": 0}
     top = k["indicadores"]
+    # Población actualizada: found, active and consistent, over the whole padrón (825 of 1,000, not 940).
+    assert top["poblacion_actualizada"] == {"valor": round(100 * expected["updated"] / total, 2),
+                                            "numerador": expected["updated"], "denominador": total}
+    assert expected["updated"] == expected["active"] - expected["mismatched_records"]
+    # Inconsistencias: mismatches + not found + malformed (never sent), over every record with a result.
     assert top["inconsistencias"] == {"valor": round(100 * expected["inconsistent"] / total, 2),
                                       "numerador": expected["inconsistent"], "denominador": total}
-    assert (top["bajas"]["numerador"], top["bajas"]["denominador"]) == (expected["inactive"], total)
-    assert (top["mortalidad"]["numerador"], top["mortalidad"]["denominador"]) == (expected["deceased"], total)
-    assert (top["poblacion_actualizada"]["numerador"], top["poblacion_actualizada"]["denominador"]) == (
-        expected["found"], total)
+    # Bajas and mortality over the records RENAPO found; BD is one of the bajas.
+    assert top["bajas"] == {"valor": round(100 * expected["inactive"] / found, 2),
+                            "numerador": expected["inactive"], "denominador": found}
+    assert top["mortalidad"] == {"valor": round(100 * expected["deceased"] / found, 2),
+                                 "numerador": expected["deceased"], "denominador": found}
     assert {b["estatus"]: b["registros"] for b in k["bajas_por_estatus"]} == {
         s: n for s, n in expected["status_curp"].items() if s in STATUS_INACTIVE}
-    causes = k["inconsistencias_por_causa"]
+    assert [b["estatus"] for b in k["bajas_por_estatus"] if b["defuncion"]] == ["BD"]
+    assert {b["estatus"]: b["registros"] for b in k["estatus_curp"]} == expected["status_curp"]
+    causes = {c: v["numerador"] for c, v in k["inconsistencias_por_causa"].items()}
     assert {f: causes[f] for f in expected["mismatch"]} == expected["mismatch"]
-    assert (causes["no_encontrada"], causes["mal_formada"], causes["duplicada"]) == (
-        expected["not_found"], expected["malformed"], 0)
-    # Mortality by age band and entidad, recomputed here from the generator's files.
+    assert (causes["no_encontrada"], causes["mal_formada"], causes["invalida_renapo"], causes["duplicada"]) == (
+        expected["not_found"], malformed, 0, 0)
+    # Mortality by entidad (the padrón's, or the CURP's where the padrón's is not a state code) over found records,
+    # every entidad named, NE included.
+    by_entidad = {e["entidad"]: e for e in k["mortalidad_por_entidad"]}
+    assert {c: [e["registros"], e["defunciones"]] for c, e in by_entidad.items() if e["registros"]} == \
+        expected["mortality_by_entidad"]
+    assert by_entidad["NE"]["nombre"] == "Nacido en el extranjero" and by_entidad["NL"]["nombre"] == "Nuevo León"
+    assert all(e["muestra_pequena"] == (e["registros"] < 30) for e in by_entidad.values())
+    # Mortality by age band over found records, recomputed here from the generator's files.
     data, today = padron.load(sim.state), dt.date.today()
-    bands, states = {label: [0, 0] for label, _, _ in AGE_BANDS}, {}
+    bands = {label: [0, 0] for label, _, _ in AGE_BANDS}
     for row in data["padron"]:
         category, _ = padron.classify(row, data["renapo"])
-        rec = data["renapo"].get(row["curp"]) if category not in ("MALFORMED", "NOT_FOUND") else None
-        born = (dt.datetime.strptime(rec["fechNac"], "%d/%m/%Y").date() if rec
-                else dt.date.fromisoformat(row["fecha_nacimiento"]))
+        if category in ("MALFORMED", "NOT_FOUND"):
+            continue
+        born = dt.datetime.strptime(data["renapo"][row["curp"]]["fechNac"], "%d/%m/%Y").date()
         age = today.year - born.year - ((today.month, today.day) < (born.month, born.day))
         label = next(label for label, lo, hi in AGE_BANDS if lo <= age <= hi)
-        for counts in (bands[label], states.setdefault(row["entidad"], [0, 0])):
-            counts[0] += 1
-            counts[1] += category == "BD"
+        bands[label][0] += 1
+        bands[label][1] += category == "BD"
     assert {b["rango"]: [b["registros"], b["defunciones"]] for b in k["mortalidad_por_edad"]} == bands
-    assert {e["entidad"]: [e["registros"], e["defunciones"]] for e in k["mortalidad_por_entidad"]} == states
+
+
+def test_renapos_real_answers_are_parsed_with_names_byte_exact(sim, killed_and_resumed):
+    """The padrón holds Ñ/accents, NE-born and post-2000 CURPs and varied docProbatorio; the simulator sends them the
+    way RENAPO does (UTF-8 declared, ISO-8859-1 bytes); every record is parsed and stored as RENAPO holds it."""
+    expected = padron.expected_counts(sim.state)
+    assert expected["accented"] >= 100 and expected["foreign_born"] >= 20 and expected["born_2000_on"] >= 40
+    assert set(expected["doc_probatorio"]) == {"1", "3", "4"} and expected["invalid_entidad"] == 2
+    data = padron.load(sim.state)
+    db = sqlite3.connect(killed_and_resumed["db"])
+    rows = {r[0]: r[1:] for r in db.execute(
+        "SELECT curp, renapo_nombres, renapo_apellido1, renapo_apellido2, doc_probatorio, category, entidad "
+        "FROM results WHERE run_id = (SELECT MAX(run_id) FROM runs)")}
+    assert len(rows) == expected["total"] and not any(r[4] == "error" for r in rows.values())
+    found = {c: r for c, r in rows.items() if r[4] == "found"}
+    assert len(found) == expected["found"]
+    for curp, (nombres, a1, a2, doc, _cat, _ent) in found.items():
+        want = data["renapo"][curp]
+        assert (nombres, a1, a2, doc) == (want["nombres"], want["apellido1"], want["apellido2"],
+                                          want["docProbatorio"]), curp
+    accented = [c for c, r in found.items() if any(not ch.isascii() for ch in "".join(r[:3]))]
+    assert len(accented) >= 90 and any("Ñ" in "".join(found[c][:3]) for c in accented)
+    assert sum(c[11:13] == "NE" for c in found) >= 20 and sum(c[16].isalpha() for c in found) >= 35
+    # The invalid entidades (a formula, a state's name) were replaced by the CURP's code.
+    bad = [r for r in data["padron"] if r["entidad"] not in padron.ENTIDADES and r["entidad"] != "NE"]
+    assert len(bad) == 2 and all(rows[r["curp"]][5] == r["curp"][11:13] for r in bad)
+    # What the simulator really sends for an accented record: a UTF-8 declaration over ISO-8859-1 bytes.
+    curp = next(c for c in accented if "Ñ" in "".join(found[c][:3]))
+    body = renapo.envelope(renapo.curpstruct(renapo.FOUND, data["renapo"][curp]))
+    assert b"encoding='UTF-8'" in body and "Ñ".encode("iso-8859-1") in body
+    with pytest.raises(UnicodeDecodeError):
+        body.decode("utf-8")
 
 
 def test_bad_padron_files_fail_clearly_or_count(sim, tmp_path):
@@ -218,7 +278,11 @@ def report(sim, killed_and_resumed, tmp_path_factory):
         "children": {"consulta_hosts": {"hosts": {}}, "controller": {"hosts": {"localhost": {
             "ansible_connection": "local", "ansible_python_interpreter": str(BIN / "python")}}}}}}))
     (sim.state / "procedure").mkdir(exist_ok=True)
-    t0 = dt.datetime.now(CDMX).replace(microsecond=0) - dt.timedelta(days=20)
+    policy = SlaPolicy()
+    day = dt.datetime.now(CDMX).date() - dt.timedelta(days=20)
+    while not policy.is_business_day(day):
+        day -= dt.timedelta(days=1)
+    t0 = dt.datetime.combine(day, dt.time(10), CDMX)  # a business day at 10:00: the RENAPO renewal takes 3 h
     with open_store(str(sim.state / "procedure" / "tickets.db")) as store:
         for service, deployed_after in (("renapo", dt.timedelta(hours=3)), ("sat", dt.timedelta(days=4))):
             ref = store.create(service, actor="test", now=t0, requester={"name": "A", "email": "a@x"}).ticket["id"]
@@ -228,22 +292,43 @@ def report(sim, killed_and_resumed, tmp_path_factory):
             store.transition(ref, "deployed", actor="test", verified_hosts=["consulta-01"],
                              now=t0 + dt.timedelta(hours=1) + deployed_after)
     batch = _playbook("padron_consulta.yml", inv / "hosts.yml", "-e", f"padron_consulta_endpoint={sim.url}",
-                      "-e", f"padron_consulta_ca_path={sim.anchor}")
+                      "-e", f"padron_consulta_ca_path={sim.anchor}",
+                      "-e", f"padron_consulta_sat_endpoint={sim.sat_url}",
+                      "-e", f"padron_consulta_sat_ca_path={sim.sat_ca}",
+                      "-e", f"padron_consulta_sat_client_cert={sim.sat_cert}",
+                      "-e", f"padron_consulta_sat_client_key={sim.sat_key}")
     assert batch.returncode == 0, batch.stdout + batch.stderr
     written = _playbook("kpi_report.yml", inv / "hosts.yml")
     assert written.returncode == 0, written.stdout + written.stderr
-    return {"dir": sim.state / "reports", "batch": batch.stdout, "written": written.stdout}
+    return {"dir": sim.state / "reports", "batch": batch.stdout, "written": written.stdout, "inventory": inv,
+            "t0": t0}
 
 
-def test_playbooks_run_the_batch_and_write_the_report(report):
+def test_playbooks_run_the_batch_and_write_the_report(sim, report):
     assert "Corrida " in report["batch"] and "1000 de 1000 registros con resultado" in report["batch"]
+    assert "2 con entidad no válida" in report["batch"]
+    expected = padron.expected_counts(sim.state)
+    opinions = expected["sat_opinion"]
+    assert (f"{expected['rfcs']} de {expected['rfcs']} RFC con opinión (positiva {opinions['POSITIVA']}, "
+            f"negativa {opinions['NEGATIVA']}") in " ".join(report["batch"].split())
     assert f"Reporte de indicadores: {report['dir'] / 'kpi_report.html'}" in report["written"]
     data = json.loads((report["dir"] / "kpi_report.json").read_text())
     assert len(data["corridas"]) == 2 and data["tickets"] == 2
     assert data["cumplimiento_sla"]["renapo"]["attention"]["cumplimiento"] == 100.0
     assert data["cumplimiento_sla"]["sat"]["attention"]["cumplimiento"] == 0.0
+    # SAT: each opinion's share over the padrón's SAT consultations with an answer, through the same batch.
+    sat = data["sat"]["indicadores"]
+    answered = sum(opinions.values())
+    for key, opinion in (("opinion_positiva", "POSITIVA"), ("opinion_negativa", "NEGATIVA"),
+                         ("sin_obligaciones", "INSCRITO SIN OBLIGACIONES"), ("no_inscrito", "NO INSCRITO")):
+        assert sat[key] == {"valor": round(100 * opinions[opinion] / answered, 2), "numerador": opinions[opinion],
+                            "denominador": answered}
+    assert data["sat"]["ultima_corrida"]["cobertura"]["con_respuesta"] == expected["rfcs"]
+    assert [d["horas_habiles"] for d in data["tiempo_despliegue"]["despliegues"]][0] == 3.0
     csv_text = (report["dir"] / "kpi_report.csv").read_text()
     assert csv_text.startswith("seccion,indicador,dimension,valor,numerador,denominador,unidad\n")
+    cells = [c for row in csv.reader(io.StringIO(csv_text)) for c in row]
+    assert not any(c.startswith(("=", "+", "@")) for c in cells) and "HYPERLINK" not in csv_text
 
 
 def _chromium(tmp_path, *args):
@@ -253,27 +338,53 @@ def _chromium(tmp_path, *args):
     return subprocess.run([CHROMIUM, *flags, *args], capture_output=True, text=True, timeout=120)
 
 
+def _visible_text(dom: str) -> str:
+    """The text a person reads (tags dropped, entities decoded, whitespace collapsed)."""
+    dom = re.sub(r"<(script|style|title)\b.*?</\1>", " ", dom, flags=re.S)
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", dom)).split())
+
+
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
 def test_report_renders_in_headless_chromium(report, tmp_path):
     url = (report["dir"] / "kpi_report.html").as_uri()
     dom = _chromium(tmp_path, "--dump-dom", url)
     assert dom.returncode == 0, dom.stderr
     page = dom.stdout
+    text = _visible_text(page)
     data = json.loads((report["dir"] / "kpi_report.json").read_text())
-    assert "Indicadores del servicio de consulta RENAPO/SAT" in page and "Periodo:" in page
-    for text in data["definiciones"].values():
-        assert text in page
+    assert "Indicadores del servicio de consulta RENAPO/SAT" in text and "Periodo:" in text
+    for definition in data["definiciones"].values():
+        assert " ".join(definition.split()) in text
     top = data["indicadores"]
-    assert f"{top['inconsistencias']['numerador']} de {top['inconsistencias']['denominador']} registros" in page
+    # es-MX numbers: thousands with a comma, decimals with a point, "%" after a space.
+    assert "82.5 %" in text and "825 de 1,000 registros del padrón" in text
+    assert f"{top['inconsistencias']['numerador']} de 1,000 registros con resultado" in text
+    assert "45 de 940 registros encontrados en RENAPO" in text and "Incluye 45 por defunción (BD)" in text
+    assert "Registros del padrón 1,000" in text and "No enviados (CURP mal formada o repetida) 10" in text
+    assert "700 de 900 consultas con respuesta" in text and "77.78 %" in text
+    # Local time in words, headings written, entidades by name with the small-sample mark and the interval.
+    assert re.search(r"Datos al \d{1,2} de [a-z]+ de 20\d\d, \d\d:\d\d", text)
+    t0 = report["t0"]
+    assert f"{t0.day} de " in text and f", {t0.hour + 1:02d}:00" in text  # certificate received at 11:00 local
+    for heading in ("Opinión de cumplimiento del SAT", "Cobertura de la consulta a RENAPO", "Cumplimiento de SLA",
+                    "Tiempo de despliegue", "Índice de mortalidad por entidad de nacimiento",
+                    "Inconsistencias por causa", "CURP no encontrada en RENAPO (01/06)", "Nacido en el extranjero",
+                    "Nuevo León", "Intervalo de confianza de 95 %", "BD (defunción)"):
+        assert heading in text, heading
+    assert "Cumplimiento sla" not in text and "Tiempo despliegue" not in text and "No encontrada" not in text
+    assert re.search(r"[A-ZÁÉÍÓÚ][a-záéíóúñ ]+ \* \d+ \d+ \d+(\.\d+)? % \d+(\.\d+)? a \d+(\.\d+)? %", text)
+    counts = re.sub(r"DGTIC-[A-Z]+-\d{4}-\d{6}", "", text)  # folios are identifiers, not counts
+    assert not re.search(r"\b\d{4,}\b(?<!20\d\d)", counts)  # no count of 1,000 or more without its separator
     figures = dict(re.findall(r'<figure id="chart-([a-z_]+)">(.*?)</figure>', page, re.S))
     charts = {"tendencia_inconsistencias", "tendencia_bajas", "tendencia_mortalidad",
               "tendencia_poblacion_actualizada", "bajas_por_estatus", "mortalidad_por_edad",
-              "mortalidad_por_entidad", "cumplimiento_sla"}
+              "mortalidad_por_entidad", "cumplimiento_sla", "opinion_sat"}
     assert charts <= set(figures)
     for name in charts:
         svg = figures[name]
         drawn = len(re.findall(r"<(rect|circle|polyline)\b", svg))
         assert "<svg" in svg and drawn >= 2, f"chart {name} drew nothing"
+    assert figures["mortalidad_por_entidad"].count("<rect") == 33  # every entidad with records, NE included
     shot = tmp_path / "report.png"
     taken = _chromium(tmp_path, f"--screenshot={shot}", url)
     assert taken.returncode == 0 and shot.exists(), taken.stderr
@@ -282,6 +393,65 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     assert len(png) > 50_000  # a blank page compresses to a few kB
     if os.environ.get("KPI_REPORT_SCREENSHOT"):
         shutil.copy(shot, os.environ["KPI_REPORT_SCREENSHOT"])
+
+
+@pytest.fixture(scope="module")
+def board(sim, report):
+    """Open tickets of every kind in the same store, and the board written by playbooks/board.yml."""
+    policy, now = SlaPolicy(), dt.datetime.now(CDMX).replace(microsecond=0)
+    with open_store(str(sim.state / "procedure" / "tickets.db")) as store:
+        late = store.create("renapo", actor="test", now=now - dt.timedelta(days=20), requester={
+            "name": "Ana López Ruiz", "email": "ana.lopez@agricultura.gob.mx", "system": "Padrón de Productores"},
+            reason="solicitud recibida por correo").ticket
+        # A request whose first-contact clock has no more than one business day left.
+        arrival = next(now - dt.timedelta(hours=h) for h in range(1, 24 * 14)
+                       if policy.clock(policy.due("sat", "first_contact", now - dt.timedelta(hours=h)), now)["status"]
+                       == "due_soon")
+        soon = store.create("sat", actor="test", now=arrival, received_at=arrival, requester={
+            "name": "José Ángel Muñoz Núñez", "email": "jose.munoz@agricultura.gob.mx"},
+            reason="solicitud recibida por correo").ticket
+        store.annotate(soon["id"], "Solicitud revisada por la Mesa", actor="mesa.servicios", now=arrival)
+        monitor = store.create("renapo", actor="monitor.vencimientos", source="monitor",
+                               now=now - dt.timedelta(hours=2),
+                               requester={"name": "Vencimiento del certificado de RENAPO en 15 días"},
+                               reason="monitoreo: el certificado de RENAPO vence en 15 días").ticket
+    written = _playbook("board.yml", report["inventory"] / "hosts.yml", "-e", f"mesa_board_now={now.isoformat()}")
+    assert written.returncode == 0, written.stdout + written.stderr
+    return {"html": sim.state / "reports" / "tablero_mesa.html", "out": written.stdout, "now": now, "late": late,
+            "soon": soon, "monitor": monitor}
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
+def test_board_shows_the_mesas_queue_in_headless_chromium(board, tmp_path):
+    assert f"Tablero de la Mesa de Servicios: {board['html']}" in " ".join(board["out"].split())
+    dom = _chromium(tmp_path, "--dump-dom", board["html"].as_uri())
+    assert dom.returncode == 0, dom.stderr
+    page, text = dom.stdout, _visible_text(dom.stdout)
+    assert not re.search(r"<script|<link", page)
+    now = board["now"]
+    assert f"Estado al {now.day} de " in text and f"{now:%H:%M} (hora del centro de México)" in text
+    # Requests, most urgent first; each with state, age, both clocks, next step and timeline.
+    rows = re.findall(r'<tr id="ticket-(\d+)"[^>]*>(.*?)</tr>', page.split('id="monitoreo"')[0], re.S)
+    ids = [int(i) for i, _ in rows]
+    assert ids[:2] == [board["late"]["id"], board["soon"]["id"]]
+    late, soon = (_visible_text(r) for _, r in rows[:2])
+    assert "Recibida" in late and "Vencido" in late and "venció el " in late and "20 días" in late
+    assert "Mesa de Servicios: revisar los datos de la solicitud" in late
+    assert "Por vencer" in soon and "quedan " in soon and "h hábiles" in soon and "José Ángel Muñoz Núñez" in soon
+    assert "SLA vencido" in text and "Línea de tiempo" in text and "Ticket abierto" in text
+    assert "Solicitud revisada por la Mesa" in text
+    # The renewals of the report's fixture are open too, with their next step.
+    assert "Desplegado y verificado" in text and "Mesa de Servicios: notificar la conclusión" in text
+    # Monitor tickets apart.
+    monitor_part = _visible_text(page.split('id="monitoreo"')[1])
+    assert "Vencimiento del certificado de RENAPO en 15 días" in monitor_part
+    assert "Vencimiento del certificado" not in _visible_text(page.split('id="monitoreo"')[0])
+    assert "darse por enterada" in monitor_part
+    shot = tmp_path / "board.png"
+    taken = _chromium(tmp_path, f"--screenshot={shot}", board["html"].as_uri())
+    assert taken.returncode == 0 and shot.stat().st_size > 30_000, taken.stderr
+    if os.environ.get("MESA_BOARD_SCREENSHOT"):
+        shutil.copy(shot, os.environ["MESA_BOARD_SCREENSHOT"])
 
 
 def test_sigterm_stops_politely_and_every_curp_is_consulted_exactly_once(sim, tmp_path):

@@ -17,6 +17,7 @@ from ansible.module_utils.consulta import (
     consult,
     curp_check_digit,
     curp_problem,
+    decode_answer,
     parse_curpstruct,
     parse_sat,
     parse_soap_response,
@@ -71,7 +72,7 @@ def test_envelope_is_what_the_service_expects():
 
 
 @pytest.mark.parametrize("answer, record", [(renapo.FOUND, RECORD), (renapo.NOT_FOUND, None),
-                                            (renapo.BAD_CREDENTIALS, None), (renapo.MALFORMED_CURP, None)])
+                                            (renapo.BAD_CREDENTIALS, None), (renapo.INVALID_CURP, None)])
 def test_parse_soap_response_of_the_simulator(answer, record):
     got = parse_soap_response(renapo.envelope(renapo.curpstruct(answer, record)))
     assert (got["status_oper"], got["message"], got["tipo_error"], got["codigo_error"]) == answer
@@ -81,6 +82,30 @@ def test_parse_soap_response_of_the_simulator(answer, record):
         assert got["status_curp"] == "BD"
     else:
         assert got["record"] == {} and got["status_curp"] == ""
+
+
+ACCENTED = {**RECORD, "nombres": "JOSÉ ÁNGEL", "apellido1": "MUÑOZ", "apellido2": "NÚÑEZ"}
+
+
+@pytest.mark.parametrize("latin1", [True, False], ids=["renapo-quirk", "real-utf8"])
+def test_accents_and_enye_survive_renapos_encoding_quirk(latin1):
+    body = renapo.envelope(renapo.curpstruct(renapo.FOUND, ACCENTED), latin1=latin1)
+    assert body.startswith(b"<?xml version='1.0' encoding='UTF-8'?>")
+    if latin1:  # what RENAPO really sends: the declaration says UTF-8, the bytes are ISO-8859-1
+        assert "MUÑOZ".encode("iso-8859-1") in body and "MUÑOZ".encode() not in body
+        with pytest.raises(UnicodeDecodeError):
+            body.decode("utf-8")
+    got = parse_soap_response(body)
+    assert (got["record"]["nombres"], got["record"]["apellido1"], got["record"]["apellido2"]) == (
+        "JOSÉ ÁNGEL", "MUÑOZ", "NÚÑEZ")
+
+
+def test_decode_answer_keeps_valid_utf8_and_reads_stray_bytes_as_latin1():
+    mixed = "<?xml version='1.0' encoding='UTF-8'?><a>PEÑA ".encode() + "YÁÑEZ</a>".encode("iso-8859-1")
+    assert decode_answer(mixed) == ("<a>PEÑA YÁÑEZ</a>", "iso-8859-1 (declarado utf-8)")
+    assert decode_answer('<?xml version="1.0" encoding="ISO-8859-1"?><a>ÑU</a>'.encode("iso-8859-1")) == (
+        "<a>ÑU</a>", "iso-8859-1")
+    assert decode_answer("\ufeff<a>é</a>".encode()) == ("<a>é</a>", "utf-8")
 
 
 def test_parse_curpstruct_with_a_declaration():
@@ -208,6 +233,7 @@ def test_soap_fault_over_http_500(http_server):
     (renapo.NOT_FOUND, "NO EXITOSO", None),
     (renapo.FOUND, "NO EXITOSO", "unexpected"),
     (renapo.BAD_CREDENTIALS, None, "no_exitoso"),
+    (renapo.INVALID_CURP, None, "no_exitoso"),
 ])
 def test_expect_maps_answers(http_server, answer, expect, kind):
     url, answers = http_server
@@ -224,6 +250,8 @@ def test_expect_maps_answers(http_server, answer, expect, kind):
         assert "wrong usuario/password (TipoError=02 CodigoError=01" in str(e.value)
     if answer == renapo.NOT_FOUND:
         assert "CURP not found (TipoError=01 CodigoError=06" in str(e.value)
+    if answer == renapo.INVALID_CURP:
+        assert "invalid CURP (TipoError=01 CodigoError=09" in str(e.value)
 
 
 def test_sat_opinion_expectation(http_server):

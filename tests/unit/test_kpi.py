@@ -6,6 +6,7 @@ import json
 import re
 import time
 
+import markupsafe
 import pytest
 from ansible.module_utils import padron_batch
 from ansible.module_utils.kpi import AGE_BANDS, KpiError, business_hours_between, compute, padron_kpis, ticket_kpis
@@ -34,7 +35,8 @@ def add_run(db, run_id, started, specs, total=None):
                (run_id, started, started, total or len(specs)))
     now = dt.datetime.fromisoformat(started)
     padron_batch._store(db, run_id, [
-        padron_batch._result(rec(i, f"CURP{i:014d}", fecha, entidad), now, cat, 1,
+        padron_batch._result(rec(i, f"CURP{i:014d}", fecha, entidad), now, cat,
+                             0 if cat in ("malformed", "duplicate") else 1,  # prechecked records are never sent
                              answer(status, sexo, fecha) if cat == "found" else {},
                              "timeout: x" if cat == "error" else None)
         for i, (cat, status, sexo, fecha, entidad) in enumerate(specs, start=2)])
@@ -60,33 +62,56 @@ def test_latest_run_kpis_and_trend(results_db):
     k = padron_kpis(results_db)
     assert [r["run_id"] for r in k["corridas"]] == ["run1", "run2"]
     run1, run2 = k["corridas"]
-    assert (run1["inconsistencias"]["numerador"], run1["bajas"]["numerador"]) == (1, 3)
-    assert run1["mortalidad"]["valor"] == 20.0
-    # run2: 10 answered (the error is not a result), 1 sex mismatch + 1 malformed, 3 BD, 9 EXITOSO over 12 in padrón.
-    assert run2["revisados"] == 10 and run2["errores"] == 1
-    assert k["indicadores"]["inconsistencias"] == {"valor": 20.0, "numerador": 2, "denominador": 10}
-    assert k["indicadores"]["bajas"]["valor"] == k["indicadores"]["mortalidad"]["valor"] == 30.0
-    # The period covers both runs: the distinct CURPs found in either (run1 found 9, run2 found the same 9).
-    assert k["indicadores"]["poblacion_actualizada"] == {"valor": 75.0, "numerador": 9, "denominador": 12}
-    assert k["bajas_por_estatus"] == [{"estatus": "BD", "registros": 3, "pct": 30.0}]
-    assert k["inconsistencias_por_causa"] == {"nombre": 0, "fecha_nacimiento": 0, "sexo": 1, "no_encontrada": 0,
-                                              "mal_formada": 1, "duplicada": 0}
-    assert k["datos_al"] == "2026-11-05T10:00:00-06:00"
+    # run1: 9 found (6 AN, 2 BD, 1 BSU) + 1 not found, all with a result.
+    assert run1["inconsistencias"] == {"valor": 10.0, "numerador": 1, "denominador": 10}
+    assert run1["bajas"] == {"valor": 33.33, "numerador": 3, "denominador": 9}  # over found records, BD included
+    assert run1["mortalidad"] == {"valor": 22.22, "numerador": 2, "denominador": 9}
+    assert run1["poblacion_actualizada"] == {"valor": 60.0, "numerador": 6, "denominador": 10}
+    # run2: padrón of 12; 11 stored: 9 found (5 AN consistent, 1 AN sex mismatch, 3 BD), 1 malformed never sent,
+    # 1 error (no answer after the retries); one record has no result yet.
+    assert run2["cobertura"] == {"padron": 12, "enviados": 10, "no_enviados": 1, "con_respuesta": 9,
+                                 "sin_respuesta": 1, "con_resultado": 10, "encontrados": 9, "sin_resultado": 2}
+    top = k["indicadores"]
+    assert list(top) == ["poblacion_actualizada", "inconsistencias", "bajas", "mortalidad"]
+    assert top["inconsistencias"] == {"valor": 20.0, "numerador": 2, "denominador": 10}
+    assert top["bajas"] == top["mortalidad"] == {"valor": 33.33, "numerador": 3, "denominador": 9}
+    # Only found, active and consistent records count as updated, over the whole padrón.
+    assert top["poblacion_actualizada"] == {"valor": 41.67, "numerador": 5, "denominador": 12}
+    assert k["bajas_por_estatus"] == [{"estatus": "BD", "registros": 3, "pct": 33.33, "defuncion": True}]
+    causes = {c: v["numerador"] for c, v in k["inconsistencias_por_causa"].items()}
+    assert causes == {"nombre": 0, "fecha_nacimiento": 0, "sexo": 1, "no_encontrada": 0, "invalida_renapo": 0,
+                      "mal_formada": 1, "duplicada": 0}
+    assert k["inconsistencias_por_causa"]["sexo"] == {"valor": 10.0, "numerador": 1, "denominador": 10}
+    assert k["datos_al"] == "2026-11-05T10:00:00-06:00" and k["sat"] is None
 
 
-def test_mortality_by_age_band_and_entidad(results_db):
-    k = padron_kpis(results_db)
-    bands = {b["rango"]: (b["registros"], b["defunciones"], b["indice"]) for b in k["mortalidad_por_edad"]}
+def test_mortality_by_age_band_and_entidad_over_found_records(results_db):
+    k = padron_kpis(results_db, min_sample=5)
+    bands = {b["rango"]: (b["registros"], b["defunciones"], b["indice"], b["muestra_pequena"])
+             for b in k["mortalidad_por_edad"]}
     assert list(bands) == [label for label, _, _ in AGE_BANDS]
-    assert bands["menos de 30"] == (7, 0, 0.0) and bands["75 y más"] == (3, 3, 100.0)
-    states = {e["entidad"]: (e["registros"], e["defunciones"]) for e in k["mortalidad_por_entidad"]}
-    assert states == {"DF": (6, 0), "JC": (3, 3), "NL": (1, 0)}
+    assert bands["menos de 30"] == (6, 0, 0.0, False) and bands["75 y más"] == (3, 3, 100.0, True)
+    states = {e["entidad"]: e for e in k["mortalidad_por_entidad"]}
+    assert len(states) == 33 and states["NE"]["nombre"] == "Nacido en el extranjero"  # every entidad, with its name
+    assert {c: (e["registros"], e["defunciones"]) for c, e in states.items() if e["registros"]} == {
+        "DF": (6, 0), "JC": (3, 3)}  # NL's malformed record was never found: not in the denominator
+    assert states["JC"]["nombre"] == "Jalisco" and states["JC"]["muestra_pequena"]
+    assert states["JC"]["ic95"] == [43.85, 100.0] and states["DF"]["ic95"] == [0.0, 39.03]
+    assert states["AS"]["indice"] is None and states["AS"]["ic95"] is None
+
+
+@pytest.mark.parametrize("k, n, expected", [(0, 10, [0.0, 27.75]), (5, 10, [23.66, 76.34]), (45, 940, [3.6, 6.35]),
+                                            (0, 0, None)])
+def test_wilson_interval(k, n, expected):
+    from ansible.module_utils.kpi import wilson
+
+    assert wilson(k, n) == expected
 
 
 def test_period_filters_runs(results_db):
     k = padron_kpis(results_db, "2026-10-01", "2026-10-31")
     assert [r["run_id"] for r in k["corridas"]] == ["run1"]
-    assert k["indicadores"]["poblacion_actualizada"]["numerador"] == 9
+    assert k["indicadores"]["poblacion_actualizada"]["numerador"] == 6
     assert padron_kpis(results_db, "2027-01-01")["indicadores"] == {}
     with pytest.raises(KpiError, match="ends .* before it starts"):
         padron_kpis(results_db, "2026-12-01", "2026-11-01")
@@ -187,12 +212,21 @@ def test_no_ticket_store_means_empty_ticket_kpis(tmp_path):
     assert not (tmp_path / "missing.db").exists()
 
 
-def test_compute_carries_definitions(results_db, tickets_db):
+def test_compute_carries_definitions_that_name_numerator_and_denominator(results_db, tickets_db):
     k = compute(results_db, tickets_db, policy=SlaPolicy.from_options(days={"sat": {"attention": 2}}))
-    assert set(k["definiciones"]) == {"inconsistencias", "bajas", "mortalidad", "poblacion_actualizada",
-                                      "tiempo_despliegue", "cumplimiento_sla"}
-    assert "9:00 a 18:00" in k["definiciones"]["tiempo_despliegue"]
-    assert "BD (baja por defunción)" in k["definiciones"]["mortalidad"]
+    d = k["definiciones"]
+    assert set(d) == {"cobertura", "poblacion_actualizada", "inconsistencias", "bajas", "mortalidad", "opinion_sat",
+                      "tiempo_despliegue", "cumplimiento_sla"}
+    for key in ("poblacion_actualizada", "inconsistencias", "bajas", "mortalidad", "opinion_sat", "cumplimiento_sla"):
+        assert "(numerador)" in d[key] or "(numerador de cada uno)" in d[key], key
+        assert "(denominador)" in d[key], key
+    assert "entre todos los registros del padrón (denominador)" in d["poblacion_actualizada"]
+    assert "activo" in d["poblacion_actualizada"] and "iguales a los del padrón" in d["poblacion_actualizada"]
+    assert "entre los registros encontrados en RENAPO (denominador)" in d["bajas"]
+    assert "Incluye las bajas por defunción (BD)" in d["bajas"] and "forma parte de las bajas" in d["mortalidad"]
+    assert "incluidos los no enviados" in d["inconsistencias"]
+    assert "menos de 30 registros" in d["mortalidad"]
+    assert "9:00 a 18:00, hora del centro de México" in d["tiempo_despliegue"]
 
 
 # ---------------------------------------------------------------- the report
@@ -201,22 +235,67 @@ def test_report_documents_hold_the_same_numbers(results_db, tickets_db):
     k = compute(results_db, tickets_db, now="2026-12-10T10:00:00-06:00")
     docs = build(k, basename="r")
     html = docs["r.html"]
-    assert html.startswith("<!DOCTYPE html>") and 'lang="es"' in html
+    assert html.startswith("<!DOCTYPE html>") and 'lang="es-MX"' in html
     assert not re.search(r"<script|<link|https?://(?!www\.w3\.org/2000/svg)", html)  # nothing fetched
     for text in k["definiciones"].values():
-        assert text.replace("á", "&aacute;") in html or text in html
-    assert html.count("<svg") == 8  # 4 trends, bajas, age bands, entidades, SLA
+        assert str(markupsafe.escape(text)) in html
+    assert html.count("<svg") == 8  # 4 trends, bajas, age bands, entidades, SLA (no SAT run: no SAT chart)
+    assert "No hay consultas de opinión de cumplimiento al SAT en el periodo." in html
+    # es-MX and local time in words, headings written.
+    assert "41.67 %" in html and "5 de 12 registros del padrón" in html and "3 de 9 registros encontrados" in html
+    assert "Datos al 5 de noviembre de 2026, 10:00" in html and "Jalisco *" in html
+    assert "Cumplimiento sla" not in html and "Tiempo despliegue" not in html
     rows = list(csv.DictReader(io.StringIO(docs["r.csv"])))
     top = {r["indicador"]: r for r in rows if r["seccion"] == "indicador"}
-    assert (top["bajas"]["valor"], top["bajas"]["numerador"], top["bajas"]["denominador"]) == ("30.0", "3", "10")
+    assert (top["bajas"]["valor"], top["bajas"]["numerador"], top["bajas"]["denominador"]) == ("33.33", "3", "9")
     assert [r["dimension"] for r in rows if r["seccion"] == "tendencia" and r["indicador"] == "mortalidad"] == [
         "run1", "run2"]
+    assert {r["dimension"] for r in rows if r["seccion"] == "mortalidad_por_entidad"} >= {"JC Jalisco",
+                                                                                         "NE Nacido en el extranjero"}
     assert json.loads(docs["r.json"])["indicadores"] == k["indicadores"]
+
+
+@pytest.mark.parametrize("cell, safe", [
+    ('=HYPERLINK("http://x","NL")', '\'=HYPERLINK("http://x","NL")'), ("+52 55", "'+52 55"), ("-1+1", "'-1+1"),
+    ("@SUM(A1)", "'@SUM(A1)"), ("\tX", "'\tX"), ("Jalisco", "Jalisco"), (-3.5, -3.5), (None, None)])
+def test_csv_cells_never_run_as_formulas(cell, safe):
+    from ansible.module_utils.kpi_report import neutralise, to_csv
+
+    assert neutralise(cell) == safe
+    text = to_csv({"inconsistencias_por_causa": {cell if isinstance(cell, str) else "x": {
+        "valor": 1.0, "numerador": 1, "denominador": 1}}})
+    assert not any(line.split(",")[2].startswith(("=", "+", "@")) for line in text.splitlines()[1:])
+
+
+@pytest.mark.parametrize("value, text", [(1000, "1,000"), (2000000, "2,000,000"), (10.5, "10.5"), (82.50, "82.5"),
+                                         (0, "0"), (None, "s/d"), (1234.567, "1,234.57")])
+def test_es_mx_numbers(value, text):
+    from ansible.module_utils.formato import numero, porcentaje
+
+    assert numero(value) == text
+    assert porcentaje(value) == ("s/d" if value is None else text + " %")
+
+
+def test_local_time_in_words_whatever_the_stored_zone(monkeypatch):
+    from ansible.module_utils.formato import duracion, fecha_hora, fecha_larga
+
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    try:
+        assert fecha_hora("2026-12-01T20:05:00+00:00") == "1 de diciembre de 2026, 14:05"
+        assert fecha_hora("2026-12-01T14:05:00-06:00") == "1 de diciembre de 2026, 14:05"
+        assert fecha_hora("2026-12-02T03:30:00+00:00") == "1 de diciembre de 2026, 21:30"  # still the 1st locally
+        assert fecha_larga("2026-12-02T03:30:00+00:00") == "1 de diciembre de 2026"
+        assert duracion(dt.timedelta(days=1, hours=2, minutes=5)) == "1 día 2 h"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_charts_draw_their_values():
     svg = line_chart([("05/10", 12.5), ("05/11", 20.0)], "Tendencia")
     assert svg.count("<circle") == 2 and "<polyline" in svg and "12.5 %" in svg and ">100<" not in svg
-    bars = bar_chart([("BD", 4.5), ("BSU <x>", 0.4)], "Bajas", note=["45 reg.", "4 reg."])
-    assert bars.count("<rect") == 2 and "BSU &lt;x&gt;" in bars and "4.5 % (45 reg.)" in bars
+    bars = bar_chart([("BD", 4.5), ("BSU <x>", 0.4)], "Bajas", note=["1,045 reg.", "4 reg."], colors=["#111", "#ccc"])
+    assert bars.count("<rect") == 2 and "BSU &lt;x&gt;" in bars and "4.5 % (1,045 reg.)" in bars
+    assert 'fill="#ccc"' in bars
     assert "Sin datos" in line_chart([], "Vacía") and "Sin datos" in bar_chart([], "Vacía")

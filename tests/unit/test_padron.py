@@ -116,3 +116,45 @@ def test_ensure_is_idempotent_and_follows_the_mix(state, tmp_path):
     padron.ensure(tmp_path, small)
     got = padron.expected_counts(tmp_path)
     assert (got["total"], got["status_curp"], got["mismatch"]) == (9, {"AN": 5, "BD": 2}, {"sexo": 1})
+
+
+@pytest.mark.parametrize("person, expected", [
+    # Ñ is written X and accents are dropped in the CURP (the names keep them).
+    (("JOSÉ ÁNGEL", "MUÑOZ", "NÚÑEZ", dt.date(1980, 1, 1), "H", "DF", "0"), "MUNA800101HDFXXN05"),
+    (("LUCÍA", "YÁÑEZ", "CASTAÑEDA", dt.date(1945, 8, 7), "M", "NE", "0"), "YACL450807MNEXSC08"),
+])
+def test_build_curp_with_enye_and_accents(person, expected):
+    assert padron.build_curp(*person) == expected and stdcurp.is_valid(expected)
+
+
+def test_the_padron_has_what_renapos_real_answers_have(state, mix):
+    e = padron.expected_counts(state)
+    special = mix["special"]
+    assert e["accented"] >= special["accented"] * 0.9  # a few drew the mismatch "nombre" on top
+    assert e["foreign_born"] == special["ne"] and e["born_2000_on"] == special["post2000"]
+    assert set(e["doc_probatorio"]) == {"1", "3", "4"}
+    assert e["invalid_entidad"] == len(mix["invalid_entidad"])
+    data = padron.load(state)
+    for curp, rec in data["renapo"].items():
+        if curp[11:13] == "NE":
+            assert rec["nacionalidad"] != "MEX" and rec["docProbatorio"] in ("3", "4")
+            assert bool(rec["NumRegExtranjeros"]) == (rec["docProbatorio"] == "3")
+            assert bool(rec["FolioCarta"]) == (rec["docProbatorio"] == "4")
+        else:
+            assert rec["nacionalidad"] == "MEX" and rec["docProbatorio"] == "1" and rec["numActa"]
+        born = dt.datetime.strptime(rec["fechNac"], "%d/%m/%Y").date()
+        assert curp[16].isalpha() == (born.year >= 2000)  # the differentiator says the century
+    # The check record stays plain ASCII, active and consistent.
+    check = data["padron"][0]
+    assert check["curp"] == padron.check_curp(state) and all(c.isascii() for c in "".join(check.values()))
+    # The CSV is UTF-8 with the names as RENAPO holds them.
+    text = (state / "padron" / "padron.csv").read_bytes().decode("utf-8")
+    assert "Ñ" in text and "É" in text or "Í" in text
+
+
+def test_ground_truth_per_kpi_definition(state):
+    e = padron.expected_counts(state)
+    assert e["updated"] == e["active"] - e["mismatched_records"]  # mismatches only among active records
+    assert sum(n for n, _ in e["mortality_by_entidad"].values()) == e["found"]
+    assert sum(bd for _, bd in e["mortality_by_entidad"].values()) == e["deceased"]
+    assert "NE" in e["mortality_by_entidad"]

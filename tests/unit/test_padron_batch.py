@@ -9,6 +9,7 @@ import pytest
 from ansible.module_utils.padron_batch import COLUMNS, PadronError, compare, plan, read_padron, run_batch
 from sim import renapo
 from stdnum.mx import curp as stdcurp
+from stdnum.mx import rfc as stdrfc
 
 HEADER = ",".join(COLUMNS) + "\n"
 
@@ -232,3 +233,127 @@ def test_an_unfinished_run_is_resumed_without_consulting_committed_records(tmp_p
 def test_bad_options_are_refused(tmp_path, server):
     with pytest.raises(PadronError, match="concurrency must be >= 1"):
         batch(tmp_path, server, write(tmp_path, HEADER + ROWS[GOOD] + "\n"), concurrency=0)
+
+
+# ---------------------------------------------------------------- RENAPO's real answers
+
+def test_invalid_curp_0109_is_a_definitive_answer_never_retried(tmp_path, server):
+    """A CURP whose check digit RENAPO refuses (our precheck passed it: RENAPO's own rules are stricter) is 01/09."""
+    strict = make_curp("GOHJ800101HDFNRN1")
+
+    def consultar(db, datos, real=renapo.consultar):
+        return (renapo.INVALID_CURP, None) if datos["cveCurp"] == strict else real(db, datos)
+
+    padron = write(tmp_path, HEADER + f"{strict},JUAN,GONZALEZ,HERNANDEZ,1980-01-01,H,DF\n" + ROWS[GOOD] + "\n")
+    original, renapo.consultar = renapo.consultar, consultar
+    try:
+        s = batch(tmp_path, server, padron, retries=3)
+        again = batch(tmp_path, server, padron, run_id=s["run_id"])
+    finally:
+        renapo.consultar = original
+    assert server.calls.count(strict) == 1 and (s["malformed"], s["error"], s["found"]) == (1, 0, 1)
+    r = results(tmp_path, s["run_id"])[strict]
+    assert (r["category"], r["tipo_error"], r["codigo_error"], r["attempts"], r["inconsistente"]) == (
+        "malformed", "01", "09", 1, 1)
+    assert again["consulted"] == 0  # resuming the run does not ask again either
+
+
+def test_entidad_is_validated_against_the_state_codes(tmp_path, server):
+    formula = '=HYPERLINK("http://x.invalid/","NL")'
+    text = (HEADER + f'{GOOD},JUAN,GONZALEZ,HERNANDEZ,1980-01-01,H,"{formula.replace(chr(34), chr(34) * 2)}"\n'
+            + f"{OTHER},MARIA,LOPEZ,MARTINEZ,1975-12-31,M,Jalisco\n" + f"{BD},RAMON,PEREZ,RAMIREZ,1950-06-15,H,oc\n")
+    p = read_padron(write(tmp_path, text))
+    assert p["invalid_entidad"] == [2, 3]
+    assert [r["fields"]["entidad"] for r in p["records"]] == ["", "", "OC"]
+    s = batch(tmp_path, server, write(tmp_path, text))
+    assert (s["invalid_entidad"], s["invalid_entidad_rows"]) == (2, [2, 3])
+    r = results(tmp_path, s["run_id"])
+    assert (r[GOOD]["entidad"], r[OTHER]["entidad"], r[BD]["entidad"]) == ("DF", "JC", "OC")  # from the CURP
+
+
+def test_accented_names_arrive_byte_exact_through_the_latin1_quirk(tmp_path, server):
+    accented = make_curp("MUNJ800101HDFXXS0")
+    server.db[accented] = {**record(accented, "JOSÉ ÁNGEL", "MUÑOZ", "NÚÑEZ", "01/01/1980", "H"),
+                           "docProbatorio": "4", "FolioCarta": "CN1234567"}
+    s = batch(tmp_path, server, write(tmp_path, HEADER + f"{accented},José Ángel,Muñoz,Núñez,1980-01-01,H,DF\n"))
+    r = results(tmp_path, s["run_id"])[accented]
+    assert (r["renapo_nombres"], r["renapo_apellido1"], r["renapo_apellido2"]) == ("JOSÉ ÁNGEL", "MUÑOZ", "NÚÑEZ")
+    assert r["renapo_apellido1"].encode() == "MUÑOZ".encode() and r["doc_probatorio"] == "4"
+    assert (r["category"], r["inconsistente"]) == ("found", 0)
+
+
+def test_an_older_results_database_gets_the_new_columns(tmp_path, server):
+    from ansible.module_utils import padron_batch
+
+    db = sqlite3.connect(tmp_path / "r.db")  # the first release's tables: no RENAPO names, no SAT tables
+    db.executescript(padron_batch.SCHEMA.split("CREATE TABLE IF NOT EXISTS sat_runs")[0])
+    db.close()
+    s = batch(tmp_path, server, write(tmp_path, HEADER + ROWS[GOOD] + "\n"))
+    assert results(tmp_path, s["run_id"])[GOOD]["renapo_nombres"] == "JUAN"
+
+
+# ---------------------------------------------------------------- SAT through the same machinery
+
+class Sat(ThreadingHTTPServer):
+    """SAT's opinión contract (GET /sat/opinion/<RFC> → JSON) over plain HTTP, failures injected per RFC."""
+
+    daemon_threads = True
+
+    def __init__(self, opinions):
+        super().__init__(("127.0.0.1", 0), SatHandler)
+        self.opinions, self.fail, self.calls, self.lock = opinions, {}, [], threading.Lock()
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class SatHandler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        import json
+
+        rfc = self.path.rsplit("/", 1)[1]
+        with self.server.lock:
+            self.server.calls.append(rfc)
+            failures = self.server.fail.get(rfc) or []
+            status = failures.pop(0) if failures else 200
+        if status == 200 and not stdrfc.is_valid(rfc, validate_check_digits=True):
+            status, body = 400, {"error": "RFC mal formado"}
+        else:
+            body = {"rfc": rfc, "opinion": self.server.opinions.get(rfc, "NO INSCRITO"), "folio": "F"}
+        data = json.dumps(body).encode() if status in (200, 400) else b"{}"
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def make_rfc(body10, homoclave="A1"):
+    body = body10 + homoclave
+    return body + stdrfc.calc_check_digit(body)
+
+
+def test_sat_batch_counts_opinions_with_the_same_checkpoint_and_retries(tmp_path):
+    from ansible.module_utils.padron_batch import read_rfcs, run_sat_batch
+
+    rfcs = [make_rfc(c[:10]) for c in (GOOD, OTHER, BD, MISSING)]
+    odd = rfcs[0][:-1] + ("0" if rfcs[0][-1] != "0" else "1")  # the structure holds, SAT refuses the check digit
+    srv = Sat({rfcs[0]: "POSITIVA", rfcs[1]: "NEGATIVA", rfcs[2]: "INSCRITO SIN OBLIGACIONES"})
+    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        srv.fail[rfcs[1]] = [503]
+        path = write(tmp_path, "rfc,curp\n" + "\n".join(f"{r},{c}" for r, c in zip(rfcs, ROWS, strict=True))
+                     + f"\n{odd},\nNOPE,\n{rfcs[0]},\n", name="rfc.csv")
+        assert [r["precheck"] for r in read_rfcs(path)["records"]] == [None] * 5 + ["malformed", "duplicate"]
+        s = run_sat_batch(path, str(tmp_path / "r.db"), srv.url, backoff=0.01, concurrency=2)
+        again = run_sat_batch(path, str(tmp_path / "r.db"), srv.url, run_id=s["run_id"])
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert (s["stored"], s["answered"], s["malformed"], s["duplicate"], s["error"]) == (7, 4, 2, 1, 0)
+    assert s["opinions"] == {"POSITIVA": 1, "NEGATIVA": 1, "INSCRITO SIN OBLIGACIONES": 1, "NO INSCRITO": 1}
+    assert srv.calls.count(rfcs[1]) == 2 and "NOPE" not in srv.calls and srv.calls.count(odd) == 1
+    assert again["consulted"] == 0 and again["resumed"]
