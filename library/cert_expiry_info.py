@@ -12,13 +12,20 @@ description:
   - On the controller, O(endpoints) opens a TLS handshake with each C(host:port) and returns what it presents now
     (leaf first), without verifying it; O(scanned) merges the hosts' results so one task returns the whole scan.
   - Thresholds (O(thresholds), days) decide when a certificate alerts; the most urgent threshold reached is the
-    one crossed (C(0) once expired). Each crossing has a dedupe C(key), C(expiry:<service>:<sha256>:<threshold>),
-    that a playbook uses as the ticket's message_id so a rerun never opens a second ticket.
+    one crossed (C(0) once expired). A certificate approaching its end is one event, C(expiry:<service>:<sha256>)
+    (RV(alerts[].event), never per host), that a playbook uses as its ticket's event key, so one ticket per
+    certificate lists every host that holds it. Each crossing has a C(key),
+    C(expiry:<service>:<sha256>:<threshold>), under which its one notice is recorded on that ticket.
+  - A certificate whose file (or endpoint) also holds its successor (same subject CN, expiring later, no threshold
+    crossed) is renewed there - status C(renewed), C(RENEWED) in the table - and never alerts. With
+    O(open_tickets), RV(resolved) lists the expiry tickets to close - the certificate is no longer held without
+    its successor anywhere and every host of the ticket was scanned, or O(retired) says the registry retired it -
+    each with its reason in Spanish.
   - With O(approved) (the fingerprints the approved-anchor registry approves, per provider), compares what each
     trust file (role C(trusts)) holds with the registry and returns the trust drift in RV(drift) - anchors held
     that the registry does not approve (a rogue anchor planted on a host) and approved anchors the file lacks.
     A provider absent from O(approved) has no registry entry at all; it is reported once in RV(registry_empty)
-    (seed it with C(playbooks/anchor.yml -e action=seed)) instead of flagging every anchor. Drift is reported in
+    (seed it with C(playbooks/anchor.yml -e op=seed)) instead of flagging every anchor. Drift is reported in
     the table, never as an alert.
   - Only reads. An unreadable file or a failed handshake is reported in RV(problems), never fails the task.
 version_added: "0.1.0"
@@ -86,6 +93,19 @@ options:
         provider with no entry at all is left out.
       - When omitted, drift is not checked.
     type: dict
+  open_tickets:
+    description:
+      - Open expiry tickets (as C(service_ticket_info) returns them; C(id), C(event_key) and C(hosts) are read),
+        checked for renewal; see RV(resolved). Tickets without an expiry event key are ignored.
+    type: list
+    elements: dict
+    default: []
+  retired:
+    description:
+      - "Fingerprints the approved-anchor registry retired, per provider: C({provider: [fingerprint, ...]}). An open
+        expiry ticket of a retired certificate is resolved."
+    type: dict
+    default: {}
   thresholds:
     description: Alert thresholds in days left.
     type: list
@@ -169,6 +189,7 @@ certificates:
       days_left: 10
       threshold: 15
       status: expiring
+      renewed_by: null
 problems:
   description: Files that could not be read, handshakes that failed, expected hosts that were not scanned.
   returned: always
@@ -182,6 +203,7 @@ alerts:
   elements: dict
   sample:
     - key: "expiry:renapo:abcd...ef:15"
+      event: "expiry:renapo:abcd...ef"
       service: renapo
       threshold: 15
       status: expiring
@@ -217,7 +239,7 @@ registry_empty:
   sample:
     - service: sat
       hosts: [consulta-01, consulta-02]
-      message: "registry empty for sat: seed it (playbooks/anchor.yml -e action=seed -e provider=sat)"
+      message: "registry empty for sat: seed it (playbooks/anchor.yml -e op=seed -e provider=sat)"
 table:
   description:
     - The scan as fixed-width text lines, most urgent first; then, when O(approved) is given, the drift section (a
@@ -227,11 +249,20 @@ table:
   type: list
   elements: str
   sample: ["HOST         SERVICE  ROLE    DAYS  ALERT  NOT AFTER ...", "consulta-01  renapo   trusts  10    <=15d ..."]
+resolved:
+  description: Open expiry tickets (O(open_tickets)) the scan found renewed everywhere or retired, to be closed.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - ticket_id: 7
+      event_key: "expiry:renapo:abcd...ef"
+      reason: "certificado AB:CD:EF:01 por vencer renovado en todos los servidores: renovado en consulta-01 ..."
 counts:
-  description: Certificates, alerts, expiring and expired rows, problems, drift entries.
+  description: Certificates, alerts, expiring, expired and renewed rows, problems, drift entries, resolved tickets.
   returned: always
   type: dict
-  sample: {certificates: 12, alerts: 1, expiring: 1, expired: 0, problems: 0, drift: 1}
+  sample: {certificates: 12, alerts: 1, expiring: 1, expired: 0, renewed: 0, problems: 0, drift: 1, resolved: 0}
 thresholds:
   description: The thresholds applied, largest first.
   returned: always
@@ -269,6 +300,8 @@ def main():
             scanned_problems=dict(type="list", elements="dict", default=[]),
             expected_hosts=dict(type="list", elements="str", default=[]),
             approved=dict(type="dict"),
+            open_tickets=dict(type="list", elements="dict", default=[]),
+            retired=dict(type="dict", default={}),
             thresholds=dict(type="list", elements="int", default=[30, 15, 7, 2]),
             timeout=dict(type="float", default=10.0),
             now=dict(type="str"),
@@ -290,7 +323,11 @@ def main():
     except ValueError as e:
         module.fail_json(msg="invalid approved anchors: %s" % e)
     try:
-        summary = summarize(rows, problems, p["expected_hosts"], p["approved"])
+        approved_fingerprints(p["retired"])
+    except ValueError as e:
+        module.fail_json(msg="invalid retired anchors: %s" % e.args[0].replace("approved[", "retired["))
+    try:
+        summary = summarize(rows, problems, p["expected_hosts"], p["approved"], p["open_tickets"], p["retired"])
     except (KeyError, TypeError, ValueError) as e:
         module.fail_json(msg="a scanned row is not a cert_expiry_info row: %s %s" % (type(e).__name__, e))
     rows.sort(key=lambda r: (r["days_left"], r["host"], r["source"], r["position"]))

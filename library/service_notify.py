@@ -10,6 +10,8 @@ description:
     and sends it as a text + HTML message through SMTP.
   - The templates run with strict undefined variables, so a missing O(context) entry fails the task instead of
     mailing a blank.
+  - Dates are written in words in the procedure's local time (O(timezone)); C(sla_due_soon) and C(sla_breached)
+    tell the Mesa de Servicios that a ticket's SLA clock is about to fall due or has (C(playbooks/sla_watch.yml)).
 version_added: "0.1.0"
 author: DGTIC automation team
 options:
@@ -18,7 +20,7 @@ options:
     type: str
     required: true
     choices: [observations, folio_issued, oficio_respuesta, deployment_concluded, rollback, ticket_closed,
-              quarantine, certificate_expiring, unauthenticated]
+              quarantine, certificate_expiring, unauthenticated, sla_due_soon, sla_breached]
   to:
     description: Recipients.
     type: list
@@ -52,6 +54,11 @@ options:
     description: Port of the SMTP server.
     type: int
     default: 25
+  timezone:
+    description:
+      - The procedure's time zone (IANA name) dates are written in. Defaults to the environment variable
+        E(PROCEDURE_TIMEZONE), else C(America/Mexico_City).
+    type: str
 notes:
   - Check mode renders the notice (so a template error still fails) and sends nothing.
 seealso:
@@ -78,6 +85,21 @@ EXAMPLES = r"""
 - name: The notice went out
   ansible.builtin.assert:
     that: sent.recipients == ['mesa.servicios@agricultura.gob.mx']
+
+- name: Warn the Mesa de Servicios that a ticket's attention term is due soon
+  service_notify:
+    name: sla_due_soon
+    to: [mesa.servicios@agricultura.gob.mx]
+    sender: mesa.servicios@agricultura.gob.mx
+    template_dir: "{{ playbook_dir }}/../templates"
+    context:
+      ticket_id: 12
+      folio: DGTIC-RENAPO-2026-000012
+      service: renapo
+      state: certificate_received
+      clock_name: atención
+      due: "2026-12-28T18:00:00-06:00"
+      business_hours_left: 3.5
 """
 
 RETURN = r"""
@@ -104,6 +126,7 @@ import smtplib
 import jinja2
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.notify import NOTICES, notice, send
+from ansible.module_utils.sla import set_timezone
 
 
 def main():
@@ -118,10 +141,15 @@ def main():
             template_dir=dict(type="path"),
             smtp_host=dict(type="str", default="localhost"),
             smtp_port=dict(type="int", default=25),
+            timezone=dict(type="str"),
         ),
         supports_check_mode=True,
     )
     p = module.params
+    try:
+        set_timezone(p["timezone"])
+    except ValueError as e:
+        module.fail_json(msg=str(e))
     try:
         message = notice(p["name"], sender=p["sender"], to=p["to"], cc=p["cc"], reply_to=p["reply_to"],
                          template_dir=p["template_dir"], **p["context"])

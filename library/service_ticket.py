@@ -9,13 +9,24 @@ description:
   - Opens a ticket of the RENAPO/SAT certificate renewal procedure, moves it through the state machine
     C(received -> observations -> received), C(received -> folio_issued -> requester_validated | rejected),
     C(requester_validated -> certificate_received -> deploying -> deployed | rolled_back),
-    C(rolled_back -> deploying | notified), C(deployed -> notified -> closed), C(rejected -> notified -> closed),
-    or appends a note to it. Every change is appended to the ticket's audit log.
-  - A folio such as C(DGTIC-RENAPO-2026-000123), unique and gap-free per service and year, is issued when the
-    ticket enters C(folio_issued). SLA due dates (business days, Mexican holidays plus O(non_working_days)) are
-    set on the ticket and late transitions flag a breach.
-  - Idempotent. Opening with a known O(message_id) returns that ticket; asking for the state the ticket is already
-    in, with no new data, changes nothing. An invalid transition fails listing the allowed next states.
+    C(rolled_back -> deploying | certificate_received | notified), C(deployed -> notified -> closed),
+    C(rejected -> notified -> closed), or appends a note to it. Every change is appended to the ticket's audit log.
+  - "The Mesa de Servicios' lifecycle: C(cancelled) from any open state with a O(reason); C(duplicate) from any
+    open state with O(duplicate_of) naming the original ticket (it must exist and not be a duplicate itself);
+    C(closed -> reopened) with a O(reason) within O(reopen_business_days) business days of the close (refused after,
+    naming the deadline), then C(reopened -> requester_validated | certificate_received | deploying | notified)."
+  - "Expiry-monitor tickets (O(source=monitor)), one per certificate event (O(event_key)), take a short path:
+    C(received -> acknowledged -> closed) or C(received -> closed), closing always with a O(reason) (how the
+    certificate was renewed); C(cancelled) and C(duplicate) as above."
+  - A folio such as C(DGTIC-RENAPO-2026-000123), unique and gap-free per service and year (the procedure's local
+    year), is issued when the ticket enters C(folio_issued). SLA due dates are set on the ticket in the procedure's
+    time zone (O(timezone)); the clock starts at O(received_at) (the next business opening when out of hours) and
+    terms fall at close of business, skipping weekends, federal holidays, Semana Santa and O(non_working_days).
+    Late transitions flag a breach.
+  - Idempotent. Opening with a known O(message_id) returns that ticket; opening with the O(event_key) of an open
+    ticket returns it with O(hosts) merged; asking for the state the ticket is already in, with no new data, changes
+    nothing; a notice already recorded (O(notice_sent)) is not recorded again. An invalid transition fails listing
+    the allowed next states.
   - The store never holds key material or passphrases; a value that looks like one fails the task.
 version_added: "0.1.0"
 author: DGTIC automation team
@@ -35,7 +46,7 @@ options:
     type: str
     default: present
     choices: [present, received, observations, folio_issued, requester_validated, rejected, certificate_received,
-              deploying, deployed, rolled_back, notified, closed]
+              deploying, deployed, rolled_back, notified, closed, reopened, cancelled, duplicate, acknowledged]
   ticket:
     description:
       - Ticket id or folio. Required unless O(state=present) opens a new ticket.
@@ -79,15 +90,33 @@ options:
   message_id:
     description: Message-ID of the request e-mail; opening twice with the same one returns the first ticket.
     type: str
+  event_key:
+    description:
+      - The event a ticket is about, for example C(expiry:renapo:<sha256>) (a certificate about to expire). Opening
+        with the key of an open ticket returns that ticket (O(hosts) and O(annotate) merged into it), so one event
+        has one open ticket whoever finds it; once that ticket is closed, the event can open a new one.
+    type: str
   received_at:
-    description: When the request was received (ISO 8601); defaults to O(now). Starts the first-contact clock.
+    description:
+      - When the request arrived (ISO 8601; the receiving server's time). Starts the first-contact clock; defaults
+        to O(now). Without an offset it is read in O(timezone).
     type: str
   actor:
     description: Who makes the change, recorded in the audit log.
     type: str
     default: ansible
   reason:
-    description: Why, recorded in the audit log.
+    description:
+      - Why, recorded in the audit log. Required to cancel, to reopen and to close an expiry-monitor ticket; kept as
+        the ticket's C(close_reason) when it enters C(closed), C(cancelled) or C(duplicate).
+    type: str
+  duplicate_of:
+    description: With O(state=duplicate), the id or folio of the ticket this one duplicates.
+    type: str
+  notice_sent:
+    description:
+      - Key of a notice just sent about the ticket (for example C(sla:attention:due_soon:<due>)), recorded on it once
+        so the sender's next run finds it in RV(ticket.notices) and does not send it again.
     type: str
   serial:
     description: Serial number (hex) of the certificate received or deployed.
@@ -109,16 +138,39 @@ options:
   now:
     description: The current time (ISO 8601) for the SLA clocks and the audit log; defaults to the clock.
     type: str
+  timezone:
+    description:
+      - The procedure's time zone (IANA name); stored moments carry its offset and business hours are its local
+        hours, whatever the controller's system zone is.
+      - Defaults to the environment variable E(PROCEDURE_TIMEZONE), else C(America/Mexico_City).
+    type: str
+  business_hours:
+    description: Business hours in O(timezone), C(HH:MM-HH:MM) (opening inclusive, closing exclusive).
+    type: str
+    default: "09:00-18:00"
+  semana_santa:
+    description:
+      - "Whether Holy Thursday and Good Friday are non-working (the federal administration does not work them);
+        C(true)/C(false) for every year, or per year, for example C({2027: false})."
+    type: raw
+    default: true
   non_working_days:
-    description: Extra non-working days (DOF suspension days), C(YYYY-MM-DD), on top of Mexican holidays.
-    type: list
-    elements: str
+    description:
+      - "DOF non-working days (the yearly acuerdo de días inhábiles, suspensions) on top of weekends and federal
+        holidays, C(YYYY-MM-DD). Per year, C({2026: [...], 2027: [...]}) (a year with an empty list has a DOF list
+        with no days), or a flat list."
+      - When the current year has no list, RV(sla_warnings) says so.
+    type: raw
     default: []
   sla_days:
     description:
       - Business days per service and clock, overriding the defaults (first contact 5, attention 1).
       - 'For example C({sat: {attention: 2}}).'
     type: dict
+  reopen_business_days:
+    description: Business days after its close during which a closed ticket may be reopened.
+    type: int
+    default: 10
 notes:
   - Check mode runs the change in a transaction that is rolled back, so it reports exactly what would change.
   - Diff mode returns the ticket before and after.
@@ -154,7 +206,7 @@ EXAMPLES = r"""
   ansible.builtin.assert:
     that:
       - issued.ticket.folio is match('DGTIC-RENAPO-[0-9]{4}-[0-9]{6}$')
-      - issued.allowed_next == ['requester_validated', 'rejected']
+      - issued.allowed_next == ['requester_validated', 'rejected', 'cancelled', 'duplicate']
 
 - name: Record a host verified after the rollout
   service_ticket:
@@ -163,6 +215,29 @@ EXAMPLES = r"""
     state: deploying
     verified_hosts: [web01]
     actor: rollout
+
+- name: The Mesa cancels a request the requester withdrew
+  service_ticket:
+    store: /var/lib/renovacion/tickets.db
+    ticket: "{{ opened.ticket.id }}"
+    state: cancelled
+    reason: el solicitante retiró la solicitud por correo del 3 de febrero
+    actor: mesa.servicios
+  register: cancelled
+
+- name: The cancelled ticket is final
+  ansible.builtin.assert:
+    that:
+      - cancelled.ticket.close_reason is search('retiró')
+      - cancelled.allowed_next == []
+
+- name: The expiry ticket of a renewed certificate is closed
+  service_ticket:
+    store: /var/lib/renovacion/tickets.db
+    ticket: "{{ expiry_ticket_id }}"
+    state: closed
+    reason: certificado renovado en consulta-01 y consulta-02
+    actor: mesa.servicios
 
 - name: Same ticket in the shared PostgreSQL store (AWX), the password from a credential's environment
   service_ticket:
@@ -195,7 +270,7 @@ ticket:
     source: mail
     message_id: "<20260130.1@agricultura.gob.mx>"
     received_at: "2026-01-30T10:00:00-06:00"
-    first_contact_due: "2026-02-09T10:00:00-06:00"
+    first_contact_due: "2026-02-09T18:00:00-06:00"
     first_contact_at: "2026-01-30T11:00:00-06:00"
     certificate_received_at: null
     attention_due: null
@@ -207,18 +282,48 @@ ticket:
     verified_hosts: []
     cause: null
     observations: []
-    allowed_next: [requester_validated, rejected]
+    closed_at: null
+    close_reason: null
+    duplicate_of: null
+    event_key: null
+    notices: []
+    allowed_next: [requester_validated, rejected, cancelled, duplicate]
+sla:
+  description:
+    - The ticket's SLA clocks at O(now), moments in local time (O(timezone)). Each clock has C(due), C(met_at),
+      C(status) (C(on_time), C(due_soon), C(breached), or null before it starts or once the ticket was cancelled in
+      time), C(business_hours_left) and C(stopped_at); C(breached) says whether any clock is.
+  returned: success
+  type: dict
+  sample:
+    first_contact: {due: "2026-02-09T18:00:00-06:00", met_at: "2026-01-30T11:00:00-06:00", status: on_time,
+                    business_hours_left: null, stopped_at: null}
+    attention: {due: null, met_at: null, status: null, business_hours_left: null, stopped_at: null}
+    breached: false
+sla_warnings:
+  description: What the SLA report must say, in Spanish (the current year has no DOF list of non-working days).
+  returned: success
+  type: list
+  elements: str
+  sample: ["No hay lista de días inhábiles del DOF para 2028: ..."]
 allowed_next:
   description: States the ticket may move to next.
   returned: always
   type: list
   elements: str
-  sample: [requester_validated, rejected]
+  sample: [requester_validated, rejected, cancelled, duplicate]
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.sla import SlaPolicy
-from ansible.module_utils.ticket_store import STATES, InvalidTransition, TicketStoreError, dsn_secrets, open_store
+from ansible.module_utils.sla import MODULE_OPTIONS, now_local, policy_from_params, to_datetime
+from ansible.module_utils.ticket_store import (
+    SOURCES,
+    STATES,
+    InvalidTransition,
+    TicketStoreError,
+    dsn_secrets,
+    open_store,
+)
 
 
 def main():
@@ -231,19 +336,22 @@ def main():
             requester=dict(type="dict", options=dict(name=dict(type="str"), email=dict(type="str"),
                                                      unit=dict(type="str"), system=dict(type="str"))),
             forwarded_by=dict(type="dict", options=dict(name=dict(type="str"), rank=dict(type="str"))),
-            source=dict(type="str", default="manual", choices=["mail", "monitor", "manual", "provider"]),
+            source=dict(type="str", default="manual", choices=list(SOURCES)),
             message_id=dict(type="str"),
+            event_key=dict(type="str"),
             received_at=dict(type="str"),
             actor=dict(type="str", default="ansible"),
             reason=dict(type="str"),
+            duplicate_of=dict(type="str"),
+            notice_sent=dict(type="str"),
             serial=dict(type="str"),
             hosts=dict(type="list", elements="str"),
             verified_hosts=dict(type="list", elements="str"),
             cause=dict(type="str"),
             annotate=dict(type="str"),
             now=dict(type="str"),
-            non_working_days=dict(type="list", elements="str", default=[]),
-            sla_days=dict(type="dict"),
+            reopen_business_days=dict(type="int", default=10),
+            **MODULE_OPTIONS,
         ),
         required_one_of=[("ticket", "service")],
         supports_check_mode=True,
@@ -253,14 +361,16 @@ def main():
     if p["state"] != "present" and not p["ticket"]:
         module.fail_json(msg=f"state={p['state']} moves an existing ticket: give its id or folio in 'ticket'")
     try:
-        policy = SlaPolicy.from_options(p["sla_days"], p["non_working_days"])
+        policy = policy_from_params(p, reopen_business_days=p["reopen_business_days"])
+        now = to_datetime(p["now"]) if p["now"] else now_local()
     except ValueError as e:
         module.fail_json(msg=f"invalid SLA settings: {e}")
-    common = dict(actor=p["actor"], now=p["now"], dry_run=module.check_mode)
+    common = dict(actor=p["actor"], now=now)
     data = dict(reason=p["reason"], serial=p["serial"], hosts=p["hosts"], verified_hosts=p["verified_hosts"],
-                cause=p["cause"], note=p["annotate"])
+                cause=p["cause"], note=p["annotate"], duplicate_of=p["duplicate_of"], notice=p["notice_sent"])
     try:
-        with open_store(p["store"], policy, create=not module.check_mode) as store:
+        with open_store(p["store"], policy, create=not module.check_mode) as store, \
+                store.transaction(dry_run=module.check_mode):  # check mode previews and rolls back the whole task
             if p["ticket"]:
                 target = None if p["state"] == "present" else p["state"]
                 result = store.transition(p["ticket"], target, **data, **common)
@@ -268,12 +378,19 @@ def main():
                 result = store.create(p["service"], requester=p["requester"], forwarded_by=p["forwarded_by"],
                                       source=p["source"], message_id=p["message_id"], hosts=p["hosts"] or (),
                                       received_at=p["received_at"], reason=p["reason"], note=p["annotate"],
-                                      **common)
+                                      event_key=p["event_key"], **common)
+                if p["notice_sent"]:
+                    noticed = store.record_notice(result.ticket["id"], p["notice_sent"], **common)
+                    result = result._replace(ticket=noticed.ticket, changed=result.changed or noticed.changed)
     except InvalidTransition as e:
         module.fail_json(msg=str(e), allowed_next=e.allowed)
     except (TicketStoreError, ValueError) as e:
         module.fail_json(msg=str(e))
-    output = dict(changed=result.changed, ticket=result.ticket, allowed_next=result.ticket["allowed_next"])
+    warnings = policy.warnings(now)
+    for warning in warnings:
+        module.warn(warning)
+    output = dict(changed=result.changed, ticket=result.ticket, allowed_next=result.ticket["allowed_next"],
+                  sla=policy.ticket_status(result.ticket, now), sla_warnings=warnings)
     if module._diff:
         output["diff"] = dict(before=result.before or {}, after=result.ticket)
     module.exit_json(**output)

@@ -2,8 +2,18 @@
 the alert thresholds each one crosses, the dedupe key of a crossing and the scan's summary table.
 
 Standard library only: the file scan runs on the managed hosts (Debian's /usr/bin/python3), next to cert_files.
-A crossing is identified by `expiry:<service>:<sha256 hex>:<threshold>`; the scan uses it as the ticket's
-message_id, so rerunning the scan finds the ticket it opened instead of opening another one.
+
+Events and crossings. A certificate approaching its end is one *event*, `expiry:<service>:<sha256 hex>` (never the
+host: one certificate held by several hosts is one event): the scan opens one ticket per event (its `event_key`)
+listing every host that holds the certificate. Each *crossing* of a threshold, `expiry:<service>:<sha256
+hex>:<threshold>`, sends one notice, recorded on the event's ticket under that key, so rerunning the scan finds the
+ticket and sends nothing again.
+
+Renewal. A certificate is *renewed* on a holder (a host's file, or a live endpoint) when that same file holds a
+successor: a certificate of the same subject CN that expires later and crosses no threshold. A renewed row is shown
+(RENEWED) but never alerts. `resolutions` closes an open event when no holder still has the certificate without its
+successor (renewed, removed, or no longer presented) and every host of its ticket was scanned, or when the
+approved-anchor registry retired the certificate.
 
 Trust drift (DESIGN.md §2): what a host trusts must come only from the approved-anchor registry. `trust_drift`
 compares the anchors each trust file holds with the fingerprints the registry approves for its provider and reports
@@ -51,9 +61,23 @@ def crossed(days, limits):
     return min(reached) if reached else None
 
 
+def event_key(service, sha256):
+    """Ticket event key of a certificate approaching its end: one per service and certificate, never per host."""
+    return "expiry:%s:%s" % (service, sha256.replace(":", "").lower())
+
+
 def dedupe_key(service, sha256, threshold):
-    """Ticket message_id of one crossing: one per service, certificate and threshold."""
-    return "expiry:%s:%s:%d" % (service, sha256.replace(":", "").lower(), threshold)
+    """Notice key of one crossing: one per service, certificate and threshold."""
+    return "%s:%d" % (event_key(service, sha256), threshold)
+
+
+def parse_event_key(key):
+    """(service, fingerprint in the rows' form) of an event key, or None when it is not an expiry event."""
+    parts = str(key or "").split(":")
+    if len(parts) != 3 or parts[0] != "expiry" or not _HEX64_RE.match(parts[2].upper()):
+        return None
+    digits = parts[2].upper()
+    return parts[1], ":".join(digits[i:i + 2] for i in range(0, 64, 2))
 
 
 def parse_time(value):
@@ -118,8 +142,11 @@ def presented_chain(endpoint, server_name=None, timeout=10.0):
 
 # ---------------------------------------------------------------- scans
 
-def _problem(host, source, msg):
-    return {"host": host, "source": source, "problem": msg}
+def _problem(host, source, msg, service=None):
+    problem = {"host": host, "source": source, "problem": msg}
+    if service:
+        problem["service"] = service  # which provider's certificates could not be read (renewal stays unproven)
+    return problem
 
 
 def scan_files(files, host, now, limits):
@@ -129,10 +156,10 @@ def scan_files(files, host, now, limits):
         try:
             certs = file_certificates(f["path"])
         except FileNotFoundError:
-            problems.append(_problem(host, f["path"], "file not found"))
+            problems.append(_problem(host, f["path"], "file not found", f["service"]))
             continue
         except (OSError, ValueError) as exc:
-            problems.append(_problem(host, f["path"], "unreadable: %s" % exc))
+            problems.append(_problem(host, f["path"], "unreadable: %s" % exc, f["service"]))
             continue
         rows += [record(c, now, limits, host=host, service=f["service"], role=f.get("role") or "trusts",
                         source=f["path"], position=i) for i, c in enumerate(certs, 1)]
@@ -147,7 +174,7 @@ def scan_endpoints(endpoints, now, limits, timeout=10.0):
             ders = presented_chain(e["endpoint"], e.get("server_name"), timeout)
             certs = [parse_certificate(d) for d in ders]
         except (OSError, ValueError) as exc:
-            problems.append(_problem(e["endpoint"], e["endpoint"], "TLS handshake failed: %s" % exc))
+            problems.append(_problem(e["endpoint"], e["endpoint"], "TLS handshake failed: %s" % exc, e["service"]))
             continue
         rows += [record(c, now, limits, host=e["endpoint"], service=e["service"], role="live",
                         source=e["endpoint"], position=i) for i, c in enumerate(certs, 1)]
@@ -158,7 +185,7 @@ def scan_endpoints(endpoints, now, limits, timeout=10.0):
 
 _FP_PREFIX_RE = re.compile(r"^\s*(?:sha-?256\s*(?:fingerprint)?\s*[:=]?)", re.I)
 _HEX64_RE = re.compile(r"^[0-9A-F]{64}$")
-SEED_COMMAND = "playbooks/anchor.yml -e action=seed -e provider=%s"
+SEED_COMMAND = "playbooks/anchor.yml -e op=seed -e provider=%s"
 
 
 def fingerprint(value):
@@ -248,17 +275,81 @@ def drift_lines(drift, registry_empty=()):
     return lines
 
 
+# ---------------------------------------------------------------- renewal and the events it closes
+
+def mark_renewed(rows):
+    """Mark each alerting row whose file (or endpoint) also holds its successor - same service, role and subject
+    CN, a later not_after, no threshold crossed - with `renewed_by` (the successor's fingerprint) and status
+    `renewed`; returns the rows. A row without a successor gets `renewed_by` None."""
+    holders = {}
+    for r in rows:
+        holders.setdefault((r["host"], r["service"], r["role"], r["source"]), []).append(r)
+    for held in holders.values():
+        for r in held:
+            r.setdefault("renewed_by", None)
+            if r["threshold"] is None or not r["subject_cn"]:
+                continue
+            successors = [s for s in held if s["subject_cn"] == r["subject_cn"] and s["threshold"] is None
+                          and s["not_after"] > r["not_after"]]
+            if successors:
+                r["renewed_by"] = max(successors, key=lambda s: s["not_after"])["sha256"]
+                r["status"] = "renewed"
+    return rows
+
+
+def resolutions(rows, problems, tickets, retired=None):
+    """Which open expiry tickets the scan resolves, each {ticket_id, event_key, reason} (reason in Spanish).
+
+    `tickets` are open tickets with an `event_key` (service_ticket_info's rows; other tickets are ignored);
+    `retired` maps provider -> fingerprints the registry retired. A ticket is resolved when the registry retired its
+    certificate, or when no row still holds the certificate without a successor (see `mark_renewed`), no host of the
+    ticket failed to be scanned, and no endpoint or file of its provider was unreadable (the certificate could be
+    there)."""
+    retired = approved_fingerprints(retired or {})
+    mark_renewed(rows)
+    out = []
+    for t in tickets:
+        parsed = parse_event_key(t.get("event_key"))
+        if parsed is None:
+            continue
+        service, fp = parsed
+        hosts = list(t.get("hosts") or ())
+        if fp in retired.get(service, ()):
+            out.append({"ticket_id": t["id"], "event_key": t["event_key"],
+                        "reason": "el certificado %s fue retirado del registro de anclas aprobadas de %s; la "
+                                  "siguiente actualización lo quita de los servidores" % (fp[:11], service)})
+            continue
+        holding = sorted({r["host"] for r in rows if r["service"] == service and fingerprint(r["sha256"]) == fp
+                          and r.get("renewed_by") is None})
+        unknown = [p for p in problems if p["host"] in hosts or p.get("service") == service]
+        if holding or unknown:
+            continue
+        renewed = sorted({r["host"] for r in rows if r["service"] == service and fingerprint(r["sha256"]) == fp})
+        gone = [h for h in hosts if h not in renewed]
+        parts = []
+        if renewed:
+            parts.append("renovado en %s (tiene%s su sucesor)" % (", ".join(renewed), "n" if len(renewed) > 1 else ""))
+        if gone:
+            parts.append("ya no está en %s" % ", ".join(gone))
+        out.append({"ticket_id": t["id"], "event_key": t["event_key"],
+                    "reason": "certificado %s por vencer renovado en todos los servidores: %s" % (
+                        fp[:11], "; ".join(parts) or "ningún servidor ni proveedor lo presenta ya")})
+    return out
+
+
 # ---------------------------------------------------------------- summary
 
 def alerts(rows):
-    """One alert per crossing (service, certificate, threshold), naming every host and endpoint that holds it."""
+    """One alert per crossing (service, certificate, threshold), naming every host and endpoint that holds it
+    without its successor (a renewed row never alerts); `event` is the certificate's event key (its ticket)."""
     grouped = {}
     for r in sorted(rows, key=lambda r: (r["days_left"], r["host"], r["source"], r["position"])):
-        if r["threshold"] is None:
+        if r["threshold"] is None or r.get("renewed_by"):
             continue
         key = dedupe_key(r["service"], r["sha256"], r["threshold"])
         a = grouped.setdefault(key, {
-            "key": key, "service": r["service"], "threshold": r["threshold"], "status": r["status"],
+            "key": key, "event": event_key(r["service"], r["sha256"]), "service": r["service"],
+            "threshold": r["threshold"], "status": r["status"],
             "days_left": r["days_left"], "not_after": r["not_after"], "serial_number": r["serial_number"],
             "sha256": r["sha256"], "subject_cn": r["subject_cn"], "hosts": [], "endpoints": [], "sources": []})
         bucket = a["endpoints"] if r["role"] == "live" else a["hosts"]
@@ -275,7 +366,8 @@ def table(rows, problems=(), drift=()):
     """Fixed-width text lines, most urgent first, then the trust drift section (`drift_lines`), then problems
     (unreadable file, failed handshake)."""
     body = [(r["host"], r["service"], r["role"], str(r["days_left"]),
-             "-" if r["threshold"] is None else "EXPIRED" if r["threshold"] == EXPIRED else "<=%dd" % r["threshold"],
+             "-" if r["threshold"] is None else "RENEWED" if r.get("renewed_by")
+             else "EXPIRED" if r["threshold"] == EXPIRED else "<=%dd" % r["threshold"],
              r["not_after"], r["subject_cn"] or "-", r["sha256"][:11], "%s#%d" % (r["source"], r["position"]))
             for r in sorted(rows, key=lambda r: (r["days_left"], r["host"], r["source"], r["position"]))]
     widths = [max(len(c[i]) for c in [_COLUMNS, *body]) for i in range(len(_COLUMNS))]
@@ -285,20 +377,25 @@ def table(rows, problems=(), drift=()):
     return lines
 
 
-def summarize(rows, problems=(), expected_hosts=(), approved=None):
-    """alerts, drift, table and counts of a whole scan; an expected host with no row and no problem was not scanned.
-    Trust drift is checked only when `approved` (see `trust_drift`) is given."""
+def summarize(rows, problems=(), expected_hosts=(), approved=None, open_tickets=(), retired=None):
+    """alerts, drift, resolved tickets, table and counts of a whole scan; an expected host with no row and no
+    problem was not scanned. Trust drift is checked only when `approved` (see `trust_drift`) is given; open expiry
+    tickets (`open_tickets`) are resolved as `resolutions` says."""
     problems = list(problems)
     seen = {r["host"] for r in rows} | {p["host"] for p in problems}
     problems += [_problem(h, "-", "not scanned (unreachable or failed)") for h in expected_hosts if h not in seen]
+    mark_renewed(rows)
     found = alerts(rows)
     drift, empty = trust_drift(rows, approved) if approved is not None else ([], [])
     lines = drift_lines(drift, empty) if approved is not None else []
+    resolved = resolutions(rows, problems, open_tickets, retired)
+    lines += ["RESOLVED ticket #%s %s: %s" % (r["ticket_id"], r["event_key"], r["reason"]) for r in resolved]
     return {
-        "alerts": found, "drift": drift, "registry_empty": empty, "table": table(rows, problems, lines),
-        "problems": problems,
+        "alerts": found, "drift": drift, "registry_empty": empty, "resolved": resolved,
+        "table": table(rows, problems, lines), "problems": problems,
         "counts": {"certificates": len(rows), "alerts": len(found),
                    "expiring": sum(r["status"] == "expiring" for r in rows),
-                   "expired": sum(r["status"] == "expired" for r in rows), "problems": len(problems),
-                   "drift": len(drift)},
+                   "expired": sum(r["status"] == "expired" for r in rows),
+                   "renewed": sum(r["status"] == "renewed" for r in rows), "problems": len(problems),
+                   "drift": len(drift), "resolved": len(resolved)},
     }

@@ -1,6 +1,9 @@
 """Spanish notices of the procedure: render Jinja2 templates, build a text+HTML message, send it by SMTP.
 
-Pure code (stdlib + Jinja2): no Ansible import.
+Pure code (stdlib + Jinja2 + the project's sla module for the procedure's clock): no Ansible import.
+Dates a person reads are written in words in the procedure's local time (America/Mexico_City by default), whatever
+the controller's system zone: `fecha_larga` ('28 de diciembre de 2026') and `fecha_hora` ('lunes 28 de diciembre
+de 2026 a las 18:00 h').
 
 Each notice `<name>` is two templates under `templates/notices/` (or `templates/oficio/`):
 `<name>.txt.j2` with `{% block subject %}` and `{% block body %}`, and `<name>.html.j2` (autoescaped).
@@ -19,27 +22,63 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import jinja2
+from ansible.module_utils.sla import now_local, to_datetime
 
 DEFAULT_TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
 TEMPLATE_SUBDIRS = ("notices", "oficio")
 NOTICES = (
     "observations", "folio_issued", "oficio_respuesta", "deployment_concluded", "rollback", "ticket_closed",
-    "quarantine", "certificate_expiring", "unauthenticated",
+    "quarantine", "certificate_expiring", "unauthenticated", "sla_due_soon", "sla_breached",
 )
 MONTHS_ES = ("enero", "febrero", "marzo", "abril", "mayo", "junio", "julio", "agosto", "septiembre", "octubre",
              "noviembre", "diciembre")
 SERVICE_NAMES = {"renapo": "RENAPO (consulta de CURP)", "sat": "SAT (opinión de cumplimiento)"}
 
 
-def fecha_larga(value) -> str:
-    """A date in Spanish long form: '28 de noviembre de 2026' (accepts date, datetime or ISO string)."""
+WEEKDAYS_ES = ("lunes", "martes", "miércoles", "jueves", "viernes", "sábado", "domingo")
+
+
+def _local(value):
+    """A date stays a date; a moment (datetime or ISO timestamp; naive = procedure-local) becomes the procedure's
+    local datetime, so the date written is the one a person in Mexico City sees."""
     if isinstance(value, str):
-        value = dt.date.fromisoformat(value[:10])
+        text = value.strip()
+        return dt.date.fromisoformat(text) if len(text) == 10 else to_datetime(text)
+    if isinstance(value, dt.datetime):
+        return to_datetime(value)
+    return value
+
+
+def fecha_larga(value) -> str:
+    """A date in Spanish long form: '28 de noviembre de 2026' (accepts date, datetime or ISO string; a moment is
+    read in the procedure's local time)."""
+    value = _local(value)
     return f"{value.day} de {MONTHS_ES[value.month - 1]} de {value.year}"
+
+
+def fecha_hora(value) -> str:
+    """A moment in Spanish words, local time: 'lunes 28 de diciembre de 2026 a las 18:00 h'."""
+    value = _local(value)
+    text = f"{WEEKDAYS_ES[value.weekday()]} {fecha_larga(value)}"
+    return text + (f" a las {value:%H:%M} h" if isinstance(value, dt.datetime) else "")
 
 
 def servicio(value) -> str:
     return SERVICE_NAMES.get(str(value).lower(), str(value))
+
+
+STATES_ES = {
+    "received": "recibido", "observations": "con observaciones", "folio_issued": "folio asignado",
+    "requester_validated": "solicitante validado", "rejected": "rechazado",
+    "certificate_received": "certificado recibido", "deploying": "en despliegue", "deployed": "desplegado",
+    "rolled_back": "revertido", "notified": "notificado", "closed": "cerrado", "reopened": "reabierto",
+    "cancelled": "cancelado", "duplicate": "duplicado", "acknowledged": "enterado",
+}
+
+
+def estado(value) -> str:
+    """A ticket state as the Mesa de Servicios reads it ('certificate_received' -> 'certificado recibido')."""
+    return STATES_ES.get(str(value), str(value))
 
 
 def _environment(template_dir) -> jinja2.Environment:
@@ -55,6 +94,8 @@ def _environment(template_dir) -> jinja2.Environment:
         keep_trailing_newline=True,
     )
     env.filters["fecha_larga"] = fecha_larga
+    env.filters["fecha_hora"] = fecha_hora
+    env.filters["estado"] = estado
     env.filters["servicio"] = servicio
     return env
 
@@ -62,7 +103,7 @@ def _environment(template_dir) -> jinja2.Environment:
 def render(name: str, template_dir=None, **ctx) -> tuple[str, str, str]:
     """Render notice `name` with ctx; returns (subject, text, html)."""
     env = _environment(template_dir)
-    ctx.setdefault("hoy", dt.date.today())
+    ctx.setdefault("hoy", now_local().date())  # today in Mexico City, not on the controller's UTC clock
     text_tmpl = env.get_template(f"{name}.txt.j2")
     context = text_tmpl.new_context(ctx)
     subject = " ".join("".join(text_tmpl.blocks["subject"](context)).split())
@@ -96,7 +137,7 @@ def build_message(
     if in_reply_to:
         msg["In-Reply-To"] = in_reply_to
         msg["References"] = in_reply_to
-    msg["Date"] = email.utils.formatdate(localtime=True)
+    msg["Date"] = email.utils.format_datetime(now_local())  # the procedure's offset, as its people read it
     msg["Message-ID"] = email.utils.make_msgid(domain=sender.rpartition("@")[2] or None)
     # RFC 3834: a notice is machine-made; auto-responders must not answer it, so no notice ever loops.
     msg["Auto-Submitted"] = "auto-generated"

@@ -189,11 +189,29 @@ def parse_dof_days(values):
     return frozenset(days), frozenset(years)
 
 
+_TRUE, _FALSE = ("true", "yes", "on", "1", "sí", "si"), ("false", "no", "off", "0")
+
+
+def _flag(value, what):
+    """A bool from a bool or its usual spellings (a templated module option arrives as 'True')."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise ValueError(f"{what} must be true or false, got {value!r}")
+
+
 def parse_semana_santa(value):
     """True / False for every year, or {year: bool} (unlisted years: True) -> (default, {year: bool})."""
     if isinstance(value, dict):
-        return True, {int(y): bool(on) for y, on in value.items()}
-    return bool(value), {}
+        years = {}
+        for year, on in value.items():
+            if not str(year).strip().isdigit():
+                raise ValueError(f"semana_santa: {year!r} is not a year")
+            years[int(year)] = _flag(on, f"semana_santa[{year}]")
+        return True, years
+    return _flag(True if value is None else value, "semana_santa"), {}
 
 
 @dataclass(frozen=True)
@@ -210,13 +228,15 @@ class SlaPolicy:
     dof_years: frozenset = frozenset()  # years whose DOF list is configured, even when it is empty
     semana_santa: bool = True
     semana_santa_years: dict = field(default_factory=dict)  # per-year override of `semana_santa`
+    reopen_business_days: int = 10  # a closed ticket may be reopened until close of business of this business day
 
     @classmethod
     def from_options(cls, days=None, non_working_days=(), due_soon_business_days=1, business_hours=None,
-                     business_weekdays=None, semana_santa=True):
+                     business_weekdays=None, semana_santa=True, reopen_business_days=10):
         """Build from module options: `days` overrides DEFAULT_DAYS per service, e.g. {'sat': {'attention': 2}};
         `non_working_days` is a list of dates or {year: [dates]}; `business_hours` '09:00-18:00';
-        `business_weekdays` ISO numbers or names; `semana_santa` a bool or {year: bool}."""
+        `business_weekdays` ISO numbers or names; `semana_santa` a bool or {year: bool}; `reopen_business_days`
+        the window in which a closed ticket may be reopened."""
         merged = {s: dict(c) for s, c in DEFAULT_DAYS.items()}
         for service, clocks in (days or {}).items():
             if service not in SERVICES:
@@ -229,8 +249,15 @@ class SlaPolicy:
         dof_days, dof_years = parse_dof_days(non_working_days)
         opens, closes = parse_business_hours(business_hours)
         rule, rule_years = parse_semana_santa(semana_santa)
+        if isinstance(reopen_business_days, bool) or not isinstance(reopen_business_days, int) \
+                or reopen_business_days < 0:
+            raise ValueError("reopen window must be a whole number of business days >= 0, "
+                             f"got {reopen_business_days!r}")
+        if isinstance(due_soon_business_days, bool) or int(due_soon_business_days) < 0:
+            raise ValueError(f"due-soon window must be a whole number of business days >= 0, "
+                             f"got {due_soon_business_days!r}")
         return cls(merged, dof_days, int(due_soon_business_days), opens, closes, parse_weekdays(business_weekdays),
-                   dof_years, rule, rule_years)
+                   dof_years, rule, rule_years, reopen_business_days)
 
     # --- calendar -------------------------------------------------------------------------------------------
     @property
@@ -311,6 +338,7 @@ class SlaPolicy:
     def clock(self, due, now, met_at=None):
         """Status of one clock: None before it starts, else on_time / due_soon / breached at `now`, with the
         business hours left until the due moment (None once met)."""
+        met_at = iso(to_datetime(met_at)) if met_at is not None else None
         if due is None:
             return {"due": None, "met_at": met_at, "status": None, "business_hours_left": None}
         due_at, now = to_datetime(due), to_datetime(now)
@@ -325,13 +353,29 @@ class SlaPolicy:
         return {"due": iso(due_at), "met_at": met_at, "status": status, "business_hours_left": left}
 
     def ticket_status(self, ticket, now):
-        """SLA status of a ticket dict (as the ticket store returns it) at `now`."""
-        result = {
-            "first_contact": self.clock(ticket.get("first_contact_due"), now, ticket.get("first_contact_at")),
-            "attention": self.clock(ticket.get("attention_due"), now, ticket.get("attended_at")),
-        }
+        """SLA status of a ticket dict (as the ticket store returns it) at `now`, every moment in local time.
+
+        A clock still open when the ticket was cancelled or marked duplicate stopped then (`stopped_at`): it is
+        `breached` if it was already late, else None (no clock to keep)."""
+        stopped = ticket.get("closed_at") if ticket.get("state") in ("cancelled", "duplicate") else None
+        result = {}
+        for clock, met in (("first_contact", "first_contact_at"), ("attention", "attended_at")):
+            due, met_at = ticket.get(f"{clock}_due"), ticket.get(met)
+            status = self.clock(due, stopped or now, met_at)
+            status["stopped_at"] = None
+            if stopped and met_at is None and due is not None:
+                status["stopped_at"] = iso(to_datetime(stopped))
+                status["business_hours_left"] = None
+                if status["status"] != BREACHED:
+                    status["status"] = None
+            result[clock] = status
         result["breached"] = any(result[c]["status"] == BREACHED for c in CLOCKS)
         return result
+
+    def reopen_deadline(self, closed_at):
+        """Until when a ticket closed at `closed_at` may be reopened: close of business of the
+        `reopen_business_days`-th business day after the day it closed (counted like an SLA term)."""
+        return self.due_after(closed_at, self.reopen_business_days)
 
     def warnings(self, now=None):
         """What every SLA report must show (Spanish): the current year has no DOF list of non-working days."""
@@ -373,3 +417,26 @@ def iso(moment):
     if isinstance(moment, datetime):
         moment = to_datetime(moment)
     return moment.isoformat(timespec="seconds")
+
+
+# The clock options every module that computes SLA clocks takes (an argument spec fragment; each module documents
+# them), and the policy they describe.
+MODULE_OPTIONS = {
+    "timezone": {"type": "str"},
+    "non_working_days": {"type": "raw", "default": []},
+    "business_hours": {"type": "str", "default": "09:00-18:00"},
+    "semana_santa": {"type": "raw", "default": True},
+    "sla_days": {"type": "dict"},
+}
+
+
+def policy_from_params(params, **extra):
+    """Set the procedure zone from `params['timezone']` (None: $PROCEDURE_TIMEZONE, else America/Mexico_City) and
+    build the SlaPolicy the MODULE_OPTIONS describe (`extra`: other from_options arguments). Raises ValueError."""
+    set_timezone(params.get("timezone"))
+    days = params.get("non_working_days")
+    if isinstance(days, str):  # a templated empty list or a single date
+        days = [d for d in (x.strip() for x in days.strip("[]").split(",")) if d.strip("'\"")]
+        days = [d.strip("'\"") for d in days]
+    return SlaPolicy.from_options(params.get("sla_days"), days or (), business_hours=params.get("business_hours"),
+                                  semana_santa=params.get("semana_santa", True), **extra)

@@ -12,8 +12,23 @@ never lose an update; the folio counter is an upsert inside the state change's t
 the number back (gap-free); the audit log is append-only by trigger. Ticket ids are unique but, on PostgreSQL,
 not gap-free (a rolled-back insert consumes its sequence value); folios are.
 
-State machine (DESIGN.md §5), plus two edges the design leaves implicit:
-`rolled_back -> deploying` (retry after a fix) and `rolled_back -> notified` (the Mesa de Servicios is told).
+State machine (DESIGN.md §5), plus the edges the design leaves implicit: `rolled_back -> deploying` (retry after a
+fix), `rolled_back -> certificate_received` (the provider sends a corrected delivery), `rolled_back -> notified` (the
+Mesa de Servicios is told), and the service desk's own lifecycle:
+- `cancelled` (from any open state, with a reason): the Mesa withdraws the request; final.
+- `duplicate` (from any open state, naming the ticket it duplicates, which must exist and not be a duplicate
+  itself): final.
+- `closed -> reopened` with a reason, within `SlaPolicy.reopen_business_days` business days (default 10) of the
+  close; afterwards refused (ReopenRefused) with the deadline: open a new ticket instead. A reopened request goes
+  on to `requester_validated`, `certificate_received`, `deploying` or `notified`.
+Tickets of the expiry monitor (source `monitor`, one per certificate event, found by `event_key`) have their own
+short path (MONITOR_TRANSITIONS): `received -> acknowledged -> closed` (the Mesa saw it; closed once the certificate
+is renewed), or `received -> closed` directly (the scan found it renewed or retired), always with a reason.
+Cancelled, duplicate and closed tickets carry `closed_at` and `close_reason`. `allowed_next(state, source)` is the
+one list of what may follow; every transition is audited.
+
+Notices sent about a ticket are recorded on it (`notices`, keyed, with `record_notice` / `transition(notice=)`), so
+a rerun of the sending playbook never sends one twice.
 
 The store also keeps, per provider (DESIGN.md §2, §5): the approved-anchor registry (`trust_anchors`, the only source
 of what hosts trust), the evidence for each fingerprint (`anchor_evidence`, append-only, keyed by provider and
@@ -47,20 +62,43 @@ from cryptography.hazmat.primitives import serialization
 
 # `provider`: a ticket opened by an authenticated provider delivery that quotes no folio (RENAPO mails every user).
 SOURCES = ("mail", "monitor", "manual", "provider")
+# Final states: finished, withdrawn by the Mesa, folded into another ticket. Only `closed` may be reopened.
+TERMINAL = ("closed", "cancelled", "duplicate")
+_WITHDRAW = ("cancelled", "duplicate")  # open to every open state
+# The renewal request (sources mail, manual, provider).
 TRANSITIONS = {
-    "received": ("observations", "folio_issued"),
-    "observations": ("received",),
-    "folio_issued": ("requester_validated", "rejected"),
-    "requester_validated": ("certificate_received",),
-    "certificate_received": ("deploying",),
-    "deploying": ("deployed", "rolled_back"),
-    "rolled_back": ("deploying", "notified"),
-    "deployed": ("notified",),
-    "rejected": ("notified",),
-    "notified": ("closed",),
-    "closed": (),
+    "received": ("observations", "folio_issued", *_WITHDRAW),
+    "observations": ("received", *_WITHDRAW),
+    "folio_issued": ("requester_validated", "rejected", *_WITHDRAW),
+    "requester_validated": ("certificate_received", *_WITHDRAW),
+    "certificate_received": ("deploying", *_WITHDRAW),
+    "deploying": ("deployed", "rolled_back", *_WITHDRAW),
+    "rolled_back": ("deploying", "certificate_received", "notified", *_WITHDRAW),
+    "deployed": ("notified", *_WITHDRAW),
+    "rejected": ("notified", *_WITHDRAW),
+    "notified": ("closed", *_WITHDRAW),
+    "reopened": ("requester_validated", "certificate_received", "deploying", "notified", *_WITHDRAW),
+    "closed": ("reopened",),
+    "cancelled": (),
+    "duplicate": (),
 }
-STATES = tuple(TRANSITIONS)
+# An expiry-monitor ticket (source monitor): acknowledged by the Mesa, closed once the certificate is renewed.
+MONITOR_TRANSITIONS = {
+    "received": ("acknowledged", "closed", *_WITHDRAW),
+    "acknowledged": ("closed", *_WITHDRAW),
+    "reopened": ("acknowledged", "closed", *_WITHDRAW),
+    "closed": ("reopened",),
+    "cancelled": (),
+    "duplicate": (),
+}
+STATES = tuple(dict.fromkeys([*TRANSITIONS, *MONITOR_TRANSITIONS]))
+# Entering these needs a reason (the audit log and `close_reason` say why).
+NEEDS_REASON = {"cancelled": "cancelling a ticket", "reopened": "reopening a ticket"}
+
+
+def allowed_next(state, source="manual"):
+    """The states a ticket of `source` in `state` may move to."""
+    return (MONITOR_TRANSITIONS if source == "monitor" else TRANSITIONS).get(state, ())
 
 Result = namedtuple("Result", "ticket changed before")
 
@@ -77,6 +115,10 @@ class InvalidTransition(TicketStoreError):
     def __init__(self, message, allowed=()):
         super().__init__(message)
         self.allowed = list(allowed)
+
+
+class ReopenRefused(InvalidTransition):
+    """The reopen window of a closed ticket has passed (or another open ticket holds its event)."""
 
 
 class TicketConflict(TicketStoreError):
@@ -220,8 +262,9 @@ class TicketStore:
     def get(self, ref):
         return self._ticket(self._load(self._query, ref))
 
-    def find(self, service=None, states=None):
-        """Tickets filtered by service and state(s), oldest first."""
+    def find(self, service=None, states=None, source=None, open_only=False, event_key=None):
+        """Tickets filtered by service, state(s), source, event and openness (not in a TERMINAL state), oldest
+        first."""
         sql, params = "SELECT * FROM tickets WHERE 1 = 1", []
         if service:
             sql, params = sql + " AND service = ?", params + [service]
@@ -229,6 +272,13 @@ class TicketStore:
             states = [states] if isinstance(states, str) else list(states)
             sql += " AND state IN (%s)" % ", ".join("?" * len(states))
             params += states
+        if source:
+            sql, params = sql + " AND source = ?", params + [source]
+        if open_only:
+            sql += " AND state NOT IN (%s)" % ", ".join("?" * len(TERMINAL))
+            params += list(TERMINAL)
+        if event_key:
+            sql, params = sql + " AND event_key = ?", params + [event_key]
         return [self._ticket(row) for row in self._query(sql + " ORDER BY id", params)]
 
     def audit(self, ref):
@@ -239,15 +289,18 @@ class TicketStore:
 
     # --- writes ---------------------------------------------------------------------------------------------
     def create(self, service, *, actor, requester=None, forwarded_by=None, source="manual", message_id=None,
-               hosts=(), received_at=None, reason=None, note=None, now=None, dry_run=False):
-        """Open a ticket in `received`; an existing `message_id` returns that ticket unchanged."""
+               hosts=(), received_at=None, reason=None, note=None, event_key=None, now=None, dry_run=False):
+        """Open a ticket in `received`; an existing `message_id` returns that ticket unchanged. With `event_key`
+        (one event, e.g. a certificate about to expire), the event's open ticket is returned instead of opening
+        another, with `hosts` and `note` merged into it (changed when they add something)."""
         if service not in SERVICES:
             raise TicketStoreError(f"unknown service {service!r}; services are {', '.join(SERVICES)}")
         if source not in SOURCES:
             raise TicketStoreError(f"unknown source {source!r}; sources are {', '.join(SOURCES)}")
         requester, forwarded_by = dict(requester or {}), dict(forwarded_by or {})
         reject_secrets({"requester": requester, "forwarded_by": forwarded_by, "message_id": message_id,
-                        "hosts": list(hosts or ()), "reason": reason, "note": note, "actor": actor})
+                        "hosts": list(hosts or ()), "reason": reason, "note": note, "actor": actor,
+                        "event_key": event_key})
         now = to_datetime(now) if now else now_local()
         received = to_datetime(received_at) if received_at else now
         with self._write(dry_run) as query:
@@ -257,61 +310,94 @@ class TicketStore:
                 if rows:
                     ticket = self._ticket(rows[0])
                     return Result(ticket, False, ticket)
+            if event_key:
+                self._serialize(query, f"event:{event_key}")  # two scans of one event open one ticket
+                row = self._open_event(query, event_key, lock=True)
+                if row is not None:
+                    return self._apply(query, row, None, actor=actor, reason=reason, hosts=hosts, note=note,
+                                       now=now)
             observations = [self._note(now, actor, note)] if note else []
+            # event_key is named only when given (a store opened at an older schema version has no such column).
+            extra_column, extra_value = (", event_key", ", ?") if event_key else ("", "")
             row = query(
-                "INSERT INTO tickets (service, state, requester_name, requester_email, requester_unit,"
+                "INSERT INTO tickets (service, state, requester_name, requester_email, requester_unit,"  # noqa: S608
                 " requester_system, forwarded_by_name, forwarded_by_rank, source, message_id, received_at,"
-                " first_contact_due, hosts, observations, created_at, updated_at)"
-                " VALUES (?, 'received', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
+                f" first_contact_due, hosts, observations, created_at, updated_at{extra_column})"
+                f" VALUES (?, 'received', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?{extra_value}) RETURNING *",
                 (service, requester.get("name"), requester.get("email"), requester.get("unit"),
                  requester.get("system"), forwarded_by.get("name"), forwarded_by.get("rank"), source, message_id,
                  iso(received), iso(self.policy.due(service, "first_contact", received)),
-                 json.dumps(_union([], hosts)), json.dumps(observations), iso(now), iso(now)))[0]
+                 json.dumps(_union([], hosts)), json.dumps(observations), iso(now), iso(now),
+                 *([event_key] if event_key else [])))[0]
             self._append_audit(query, row["id"], now, actor, None, "received", reason or "ticket opened",
                                None, _union([], hosts))
             return Result(self._ticket(row), True, None)
 
     def transition(self, ref, to_state, *, actor, reason=None, serial=None, hosts=None, verified_hosts=None,
-                   cause=None, note=None, request=None, now=None, dry_run=False):
+                   cause=None, note=None, request=None, duplicate_of=None, notice=None, now=None, dry_run=False):
         """Move a ticket to `to_state` (None: stay) recording data; asking again for the current state with
-        nothing new is a no-op (changed=False). Hosts only accumulate; a new serial on `deploying` restarts
-        verification. `request` ({service, requester, forwarded_by}, as create() takes them) corrects the
-        request's data while the ticket is in `received` or `observations` (the requester's reply, step 2.2)."""
-        if to_state is not None and to_state not in TRANSITIONS:
+        nothing new is a no-op (changed=False). Hosts only accumulate; a new serial on `certificate_received` or
+        `deploying` restarts verification. `request` ({service, requester, forwarded_by}, as create() takes them)
+        corrects the request's data while the ticket is in `received` or `observations` (the requester's reply,
+        step 2.2). `duplicate_of` (id or folio) is the ticket a `duplicate` points to; `notice` is the key of a
+        notice just sent about the ticket (recorded once)."""
+        if to_state is not None and to_state not in STATES:
             raise InvalidTransition(f"unknown ticket state {to_state!r}; states are {', '.join(STATES)}")
         reject_secrets({"reason": reason, "serial": serial, "hosts": hosts or [], "cause": cause,
                         "verified_hosts": verified_hosts or [], "note": note, "actor": actor,
-                        "request": request or {}})
+                        "request": request or {}, "duplicate_of": duplicate_of, "notice": notice})
         now = to_datetime(now) if now else now_local()
         with self._write(dry_run) as query:
             row = self._load(query, ref, lock=True)
-            before = self._ticket(row)
-            current = row["state"]
-            to_state = to_state or current
-            if to_state != current and to_state not in TRANSITIONS[current]:
-                raise InvalidTransition(
-                    f"ticket {self._name(row)} is '{current}': cannot go to '{to_state}'; allowed next: "
-                    + (", ".join(TRANSITIONS[current]) or "none (final state)"), TRANSITIONS[current])
-            changes = self._data_changes(row, to_state, serial, hosts, verified_hosts, cause, note, actor, now)
-            changes.update(self._request_changes(row, request))
-            if to_state == current and not changes:
-                return Result(before, False, before)
-            if to_state != current:
-                changes.update(self._entering(query, row, to_state, changes, now))
-            changes.update(self._breaches(row, changes, now))
-            changes["state"], changes["updated_at"] = to_state, iso(now)
-            # Column names come from this module, never from the caller; values are bound parameters.
-            assignments = ", ".join(f"{column} = ?" for column in changes)
-            row = query(f"UPDATE tickets SET {assignments} WHERE id = ? RETURNING *",  # noqa: S608
-                        (*changes.values(), row["id"]))[0]
-            self._append_audit(query, row["id"], now, actor, current, to_state,
-                               reason or note or ("updated" if to_state == current else None),
-                               row["deployed_serial"], _union(list(hosts or ()), verified_hosts))
-            return Result(self._ticket(row), True, before)
+            return self._apply(query, row, to_state, actor=actor, reason=reason, serial=serial, hosts=hosts,
+                               verified_hosts=verified_hosts, cause=cause, note=note, request=request,
+                               duplicate_of=duplicate_of, notice=notice, now=now)
 
     def annotate(self, ref, note, *, actor, now=None, dry_run=False):
         """Append a note to the ticket's observations (a note already there is not repeated)."""
         return self.transition(ref, None, actor=actor, note=note, now=now, dry_run=dry_run)
+
+    def record_notice(self, ref, key, *, actor, detail=None, now=None, dry_run=False):
+        """Record that notice `key` about the ticket was sent (audited with `detail`); a key already recorded
+        changes nothing, so the sender can ask before sending and a rerun never sends it twice."""
+        if not str(key or "").strip():
+            raise TicketStoreError("a notice is recorded under a key (what was sent, e.g. sla:attention:due_soon)")
+        return self.transition(ref, None, actor=actor, notice=str(key).strip(), reason=detail, now=now,
+                               dry_run=dry_run)
+
+    def _apply(self, query, row, to_state, *, actor, reason=None, serial=None, hosts=None, verified_hosts=None,
+               cause=None, note=None, request=None, duplicate_of=None, notice=None, now):
+        """The body of a transition on a locked row, inside the caller's transaction."""
+        before = self._ticket(row)
+        current = row["state"]
+        to_state = to_state or current
+        allowed = allowed_next(current, row["source"])
+        if to_state != current and to_state not in allowed:
+            raise InvalidTransition(
+                f"ticket {self._name(row)} is '{current}': cannot go to '{to_state}'; allowed next: "
+                + (", ".join(allowed) or "none (final state)"), allowed)
+        if duplicate_of not in (None, "") and to_state != "duplicate":
+            raise TicketStoreError(f"duplicate_of names the original of a ticket marked 'duplicate', not of one "
+                                   f"going to '{to_state}'")
+        changes = self._data_changes(row, to_state, serial, hosts, verified_hosts, cause, note, actor, now)
+        changes.update(self._request_changes(row, request))
+        changes.update(self._notice_changes(row, notice, actor, now))
+        if to_state == current and not changes:
+            return Result(before, False, before)
+        if to_state != current:
+            changes.update(self._entering(query, row, to_state, changes, now, reason=reason,
+                                          duplicate_of=duplicate_of))
+        changes.update(self._breaches(row, changes, now))
+        changes["state"], changes["updated_at"] = to_state, iso(now)
+        # Column names come from this module, never from the caller; values are bound parameters.
+        assignments = ", ".join(f"{column} = ?" for column in changes)
+        row = query(f"UPDATE tickets SET {assignments} WHERE id = ? RETURNING *",  # noqa: S608
+                    (*changes.values(), row["id"]))[0]
+        default = ("notice sent: " + notice) if notice else ("updated" if to_state == current else None)
+        self._append_audit(query, row["id"], now, actor, current, to_state,
+                           reason or note or changes.get("close_reason") or default,
+                           row["deployed_serial"], _union(list(hosts or ()), verified_hosts))
+        return Result(self._ticket(row), True, before)
 
     # --- rules ----------------------------------------------------------------------------------------------
     def _data_changes(self, row, to_state, serial, hosts, verified_hosts, cause, note, actor, now):
@@ -322,7 +408,7 @@ class TicketStore:
                 raise TicketConflict(f"ticket {self._name(row)} records certificate serial {row['deployed_serial']}"
                                      f" in '{row['state']}'; refusing to replace it with {serial} without a transition")
             changes["deployed_serial"] = serial
-            if to_state == "deploying" and row["deployed_serial"]:
+            if to_state in ("certificate_received", "deploying") and row["deployed_serial"]:
                 verified = []  # verification belongs to a serial; a new certificate is verified afresh
                 changes["verified_hosts"] = "[]"
         new_verified = _union(verified, verified_hosts)
@@ -353,16 +439,50 @@ class TicketStore:
             raise TicketStoreError(f"unknown service {changes['service']!r}; services are {', '.join(SERVICES)}")
         return changes
 
-    def _entering(self, query, row, to_state, changes, now):
-        """Column changes that entering `to_state` implies (first contact, folio, attention clock, closing)."""
+    def _notice_changes(self, row, notice, actor, now):
+        """Record a sent notice once (its key), so a rerun of the sender finds it."""
+        if not notice:
+            return {}
+        notices = json.loads(row.get("notices") or "[]")
+        if notice in (n["key"] for n in notices):
+            return {}
+        return {"notices": json.dumps(notices + [{"key": notice, "at": iso(now), "actor": actor}])}
+
+    def _open_event(self, query, event_key, lock=False):
+        """The newest ticket of `event_key` not in a final state, or None."""
+        rows = query("SELECT * FROM tickets WHERE event_key = ? AND state NOT IN (%s) ORDER BY id DESC"  # noqa: S608
+                     % ", ".join("?" * len(TERMINAL)) + (self.for_update if lock else ""),
+                     (event_key, *TERMINAL))
+        return rows[0] if rows else None
+
+    def _entering(self, query, row, to_state, changes, now, reason=None, duplicate_of=None):
+        """Column changes that entering `to_state` implies (first contact, folio, attention clock, closing,
+        cancelling, duplicate, reopening)."""
         entering = {}
-        if row["state"] == "received" and not row["first_contact_at"]:
-            entering["first_contact_at"] = iso(now)
+        name = self._name(row)
+        if to_state in NEEDS_REASON and not (reason or "").strip():
+            raise TicketStoreError(f"{NEEDS_REASON[to_state]} needs a reason (ticket {name}); it is audited")
+        if to_state == "closed" and row["source"] == "monitor" and not (reason or "").strip():
+            raise TicketStoreError(f"closing expiry ticket {name} needs a reason: how the certificate was renewed "
+                                   "(or why it no longer matters)")
+        if row["state"] == "received" and not row["first_contact_at"] and to_state not in _WITHDRAW:
+            entering["first_contact_at"] = iso(now)  # cancelling or marking a duplicate is no contact
+        if to_state in TERMINAL:
+            entering["closed_at"], entering["close_reason"] = iso(now), (reason or "").strip() or None
+        if to_state == "duplicate":
+            original = self._duplicate_target(query, row, duplicate_of)
+            entering["duplicate_of"] = original["id"]
+            entering["close_reason"] = entering["close_reason"] or f"duplicado de {self._name(original)}"
+        elif to_state == "reopened":
+            entering.update(self._reopening(query, row, now))
         if to_state == "folio_issued" and not row["folio"]:
             entering["folio"] = self._next_folio(query, row["service"], now.year)
         elif to_state == "certificate_received":
+            # A new delivery (also after a rollback or a reopen) starts a new attention clock.
             entering["certificate_received_at"] = iso(now)
             entering["attention_due"] = iso(self.policy.due(row["service"], "attention", now))
+            if row["attended_at"] or row["sla_attention_breached"]:
+                entering["attended_at"], entering["sla_attention_breached"] = None, 0
         elif to_state == "deployed" and not row["attended_at"]:
             entering["attended_at"] = iso(now)
         elif to_state == "closed" and query(
@@ -373,6 +493,46 @@ class TicketStore:
                 raise InvalidTransition(f"ticket {self._name(row)} cannot close: hosts not verified: "
                                         + ", ".join(missing), ())
         return entering
+
+    def _duplicate_target(self, query, row, duplicate_of):
+        """The ticket a duplicate points to: it must exist, be another ticket and not be a duplicate itself."""
+        name = self._name(row)
+        if duplicate_of in (None, ""):
+            raise TicketStoreError(f"marking ticket {name} a duplicate needs duplicate_of: the id or folio of the "
+                                   "ticket it duplicates")
+        try:
+            original = self._load(query, duplicate_of)
+        except (TicketNotFound, ValueError):
+            raise TicketNotFound(f"ticket {name} cannot be a duplicate of {duplicate_of}: no such ticket") from None
+        if original["id"] == row["id"]:
+            raise TicketStoreError(f"ticket {name} cannot be a duplicate of itself")
+        if original["state"] == "duplicate":
+            target = query("SELECT * FROM tickets WHERE id = ?", (original["duplicate_of"],))[0]
+            raise TicketStoreError(f"ticket {self._name(original)} is itself a duplicate of {self._name(target)}: "
+                                   f"mark {name} a duplicate of {self._name(target)}")
+        return original
+
+    def _reopening(self, query, row, now):
+        """Column changes of a reopen, refused once the window after the close has passed."""
+        closed_at = row.get("closed_at") or self._closed_at(query, row["id"]) or row["updated_at"]
+        deadline = self.policy.reopen_deadline(closed_at)
+        if now > deadline:
+            raise ReopenRefused(
+                f"ticket {self._name(row)} was closed on {iso(to_datetime(closed_at))} and could be reopened until "
+                f"{iso(deadline)} ({self.policy.reopen_business_days} business days after its close); it is "
+                "past that: open a new ticket and cite this one in its note", ())
+        other = self._open_event(query, row["event_key"]) if row.get("event_key") else None
+        if other is not None:
+            raise ReopenRefused(f"ticket {self._name(row)} cannot be reopened: ticket {self._name(other)} is open "
+                                f"for the same event ({row['event_key']}); work on that one", ())
+        return {"closed_at": None, "close_reason": None}
+
+    @staticmethod
+    def _closed_at(query, ticket_id):
+        """When the ticket last entered `closed` (tickets closed before the store kept closed_at)."""
+        rows = query("SELECT at FROM audit_log WHERE ticket_id = ? AND to_state = 'closed'"
+                     " AND (from_state IS NULL OR from_state <> 'closed') ORDER BY id DESC LIMIT 1", (ticket_id,))
+        return rows[0]["at"] if rows else None
 
     def _breaches(self, row, changes, now):
         """Flag an SLA clock breached when a write happens after its due moment while the clock is open."""
@@ -389,6 +549,18 @@ class TicketStore:
                        " ON CONFLICT (service, year) DO UPDATE SET last = folio_counters.last + 1 RETURNING last",
                        (service, year))[0]["last"]
         return folio(service, year, number)
+
+    def next_oficio_number(self, unit, year, dry_run=False):
+        """The next consecutive number of `unit`'s oficios in `year` (1, 2, ...), gap-free like the folio: it is kept
+        in folio_counters under the series "oficio:<unit>" and moves inside the caller's `transaction()` when one is
+        open, so recording the number on the ticket in that transaction makes a rollback give it back."""
+        unit = str(unit or "").strip().upper()
+        if not unit:
+            raise TicketStoreError("an oficio number needs the issuing unit (e.g. SOAS)")
+        with self._write(dry_run) as query:
+            return query("INSERT INTO folio_counters (service, year, last) VALUES (?, ?, 1)"
+                         " ON CONFLICT (service, year) DO UPDATE SET last = folio_counters.last + 1 RETURNING last",
+                         (f"oficio:{unit}", int(year)))[0]["last"]
 
     # --- helpers --------------------------------------------------------------------------------------------
     def _load(self, query, ref, lock=False):
@@ -430,7 +602,10 @@ class TicketStore:
             "deployed_serial": row["deployed_serial"], "hosts": json.loads(row["hosts"]),
             "verified_hosts": json.loads(row["verified_hosts"]), "cause": row["cause"],
             "observations": json.loads(row["observations"]), "created_at": row["created_at"],
-            "updated_at": row["updated_at"], "allowed_next": list(TRANSITIONS[row["state"]]),
+            "updated_at": row["updated_at"], "closed_at": row.get("closed_at"),
+            "close_reason": row.get("close_reason"), "duplicate_of": row.get("duplicate_of"),
+            "event_key": row.get("event_key"), "notices": json.loads(row.get("notices") or "[]"),
+            "allowed_next": list(allowed_next(row["state"], row["source"])),
         }
 
     # --- approved-anchor registry (DESIGN.md §2) ---------------------------------------------------------------
@@ -983,6 +1158,26 @@ SQLITE_MIGRATIONS = [
 ]
 
 
+# Version 3: the service desk's lifecycle (closed_at, close_reason, duplicate_of), the expiry monitor's event key
+# (one open ticket per certificate event), and the notices sent about each ticket. Tickets closed before it get
+# their closed_at from the audit log; expiry tickets keyed by crossing (`expiry:<service>:<sha256>:<threshold>`)
+# get the event key of their certificate (`expiry:<service>:<sha256>`, 72 + len(service) characters).
+_LIFECYCLE_V3 = """
+    ALTER TABLE tickets ADD COLUMN closed_at TEXT;
+    ALTER TABLE tickets ADD COLUMN close_reason TEXT;
+    ALTER TABLE tickets ADD COLUMN duplicate_of {ticket_ref} REFERENCES tickets (id);
+    ALTER TABLE tickets ADD COLUMN event_key TEXT;
+    ALTER TABLE tickets ADD COLUMN notices TEXT NOT NULL DEFAULT '[]';
+    UPDATE tickets SET event_key = substr(message_id, 1, 72 + length(service))
+        WHERE source = 'monitor' AND message_id LIKE 'expiry:%';
+    UPDATE tickets SET closed_at = (SELECT a.at FROM audit_log a WHERE a.ticket_id = tickets.id
+        AND a.to_state = 'closed' AND (a.from_state IS NULL OR a.from_state <> 'closed') ORDER BY a.id DESC LIMIT 1)
+        WHERE state = 'closed';
+    CREATE INDEX tickets_event ON tickets (event_key);
+"""
+SQLITE_MIGRATIONS.append(_LIFECYCLE_V3.format(ticket_ref="INTEGER"))
+
+
 class SqliteTicketStore(TicketStore):
     """One SQLite file: WAL, synchronous=FULL (a committed ticket survives power loss), BEGIN IMMEDIATE."""
 
@@ -1076,6 +1271,9 @@ POSTGRESQL_MIGRATIONS = [
         FOR EACH STATEMENT EXECUTE FUNCTION registry_append_only();
     """,
 ]
+
+
+POSTGRESQL_MIGRATIONS.append(_LIFECYCLE_V3.format(ticket_ref="BIGINT"))
 
 
 class PostgresTicketStore(TicketStore):

@@ -78,6 +78,14 @@ def test_crossed_is_the_most_urgent_threshold_reached(days, threshold):
     assert expiry.crossed(days, LIMITS) == threshold
 
 
+def test_event_key_names_service_and_certificate_never_the_host():
+    fp = "AB:CD:" + "00:" * 29 + "EF"
+    assert expiry.event_key("renapo", fp) == "expiry:renapo:abcd" + "00" * 29 + "ef"
+    assert expiry.dedupe_key("renapo", fp, 15) == expiry.event_key("renapo", fp) + ":15"
+    assert expiry.parse_event_key(expiry.event_key("sat", fp)) == ("sat", fp)
+    assert expiry.parse_event_key("<msg@mail>") is None and expiry.parse_event_key(None) is None
+
+
 def test_dedupe_key_names_service_certificate_and_threshold():
     fp = "AB:CD:" + "00:" * 29 + "EF"
     assert expiry.dedupe_key("renapo", fp, 15) == "expiry:renapo:abcd" + "00" * 29 + "ef:15"
@@ -213,8 +221,9 @@ def test_one_alert_per_crossing_naming_every_host_and_endpoint():
     assert alert["key"] == expiry.dedupe_key("renapo", sha256(near), 15)
     assert alert["hosts"] == ["web01", "web02"] and alert["endpoints"] == ["127.0.0.1:9443"]
     assert alert["days_left"] == 10 and alert["threshold"] == 15 and alert["status"] == "expiring"
-    assert summary["counts"] == {"certificates": 4, "alerts": 1, "expiring": 3, "expired": 0, "problems": 0,
-                                 "drift": 0}
+    assert alert["event"] == expiry.event_key("renapo", sha256(near))  # the certificate's one ticket, any host
+    assert summary["counts"] == {"certificates": 4, "alerts": 1, "expiring": 3, "expired": 0, "renewed": 0,
+                                 "problems": 0, "drift": 0, "resolved": 0}
     assert summary["drift"] == [] and summary["registry_empty"] == []  # no registry given: drift not checked
     header, first, *_ = summary["table"]
     assert header.split()[:5] == ["HOST", "SERVICE", "ROLE", "DAYS", "ALERT"]
@@ -231,6 +240,76 @@ def test_healthy_fleet_has_no_alert_and_a_missing_host_is_a_problem():
     assert [p["host"] for p in summary["problems"]] == ["web02", "web03"]
     assert summary["table"][-2:] == ["PROBLEM web02 /x.pem: file not found",
                                      "PROBLEM web03 -: not scanned (unreachable or failed)"]
+
+
+# ---------------------------------------------------------------- renewal and the tickets it closes
+
+NEAR = issue("RENAPO Lab Root G0", 10, serial=21)
+RENEWED = issue("RENAPO Lab Root G0", 3650, serial=22)  # same name, new key and validity: its successor
+OTHER = issue("RENAPO Lab Root G1", 3000, serial=23)
+
+
+def _ticket(cert, hosts, ticket_id=7, service="renapo"):
+    return {"id": ticket_id, "event_key": expiry.event_key(service, sha256(cert)), "hosts": hosts,
+            "state": "received", "source": "monitor"}
+
+
+def test_a_successor_in_the_same_file_marks_the_certificate_renewed():
+    rows = [_row("web01", NEAR), _row("web01", RENEWED), _row("web02", NEAR), _row("web02", OTHER)]
+    summary = expiry.summarize(rows, expected_hosts=["web01", "web02"])
+    renewed = {(r["host"], r["subject_cn"]): r["renewed_by"] for r in rows if r["threshold"] is not None}
+    # web02's G1 has another name: no successor there
+    assert renewed == {("web01", "RENAPO Lab Root G0"): sha256(RENEWED), ("web02", "RENAPO Lab Root G0"): None}
+    [alert] = summary["alerts"]
+    assert alert["hosts"] == ["web02"] and summary["counts"]["renewed"] == 1
+    assert [line.split()[:5] for line in summary["table"] if "RENEWED" in line] == [
+        ["web01", "renapo", "trusts", "10", "RENEWED"]]
+
+
+@pytest.mark.parametrize("case, rows, problems, retired, reason", [
+    ("renewed on both hosts", [_row("web01", NEAR), _row("web01", RENEWED), _row("web02", NEAR),
+                               _row("web02", RENEWED)], [], {},
+     "renovado en web01, web02 (tienen su sucesor)"),
+    ("renewed on one host, removed from the other", [_row("web01", NEAR), _row("web01", RENEWED),
+                                                      _row("web02", OTHER)], [], {},
+     "renovado en web01 (tiene su sucesor); ya no está en web02"),
+    ("retired in the registry, still held", [_row("web01", NEAR), _row("web02", NEAR)], [],
+     {"renapo": [sha256(NEAR)]}, "fue retirado del registro de anclas aprobadas de renapo"),
+])
+def test_resolved_when_renewed_everywhere_or_retired(case, rows, problems, retired, reason):
+    [resolved] = expiry.resolutions(rows, problems, [_ticket(NEAR, ["web01", "web02"])], retired)
+    assert resolved["ticket_id"] == 7 and resolved["event_key"] == expiry.event_key("renapo", sha256(NEAR))
+    assert reason in resolved["reason"]
+
+
+@pytest.mark.parametrize("case, rows, problems", [
+    ("still held without a successor on one host", [_row("web01", NEAR), _row("web01", RENEWED),
+                                                     _row("web02", NEAR)], []),
+    ("a host of the ticket was not scanned", [_row("web01", NEAR), _row("web01", RENEWED)],
+     [{"host": "web02", "source": "-", "problem": "not scanned (unreachable or failed)"}]),
+    ("the provider's endpoint could not be read", [_row("web01", RENEWED), _row("web02", RENEWED)],
+     [{"host": "127.0.0.1:9443", "source": "127.0.0.1:9443", "problem": "TLS handshake failed: x",
+       "service": "renapo"}]),
+    ("the successor itself crosses a threshold", [_row("web01", NEAR), _row("web01", issue("RENAPO Lab Root G0",
+                                                                                             12, serial=24))], []),
+])
+def test_not_resolved_while_renewal_is_unproven(case, rows, problems):
+    assert expiry.resolutions(rows, problems, [_ticket(NEAR, ["web01", "web02"])]) == []
+
+
+def test_tickets_of_other_events_or_other_providers_are_left_alone():
+    rows = [_row("web01", RENEWED)]
+    problems = [{"host": "sat.lab:443", "source": "sat.lab:443", "problem": "TLS", "service": "sat"}]
+    tickets = [dict(_ticket(NEAR, ["web01"]), id=1), {"id": 2, "event_key": None, "hosts": []},
+               {"id": 3, "event_key": "<x@mail>", "hosts": []}]
+    assert [r["ticket_id"] for r in expiry.resolutions(rows, problems, tickets)] == [1]
+
+
+def test_summary_lists_resolved_tickets():
+    rows = [_row("web01", NEAR), _row("web01", RENEWED)]
+    summary = expiry.summarize(rows, expected_hosts=["web01"], open_tickets=[_ticket(NEAR, ["web01"])])
+    assert summary["alerts"] == [] and summary["counts"]["resolved"] == 1
+    assert summary["table"][-1].startswith("RESOLVED ticket #7 expiry:renapo:")
 
 
 # ---------------------------------------------------------------- trust drift against the registry
@@ -334,12 +413,12 @@ def test_summary_prints_drift_section_and_counts_it_without_alerting():
         f"DRIFT web02 renapo held, not approved: {sha256(ROGUE)} CN=Rogue Root CA not_after "
         f"{(NOW + dt.timedelta(days=3650)):%Y-%m-%dT%H:%M:%SZ} in {BUNDLE}",
         f"DRIFT web02 renapo approved, missing: {sha256(GEN2)} from {BUNDLE}",
-        "REGISTRY registry empty for sat: seed it (playbooks/anchor.yml -e action=seed -e provider=sat) "
+        "REGISTRY registry empty for sat: seed it (playbooks/anchor.yml -e op=seed -e provider=sat) "
         "(hosts: web01)"]
     assert summary["table"][-1] == "PROBLEM web03 /x.pem: file not found"  # problems stay last
     assert summary["registry_empty"] == [{
         "service": "sat", "hosts": ["web01"],
-        "message": "registry empty for sat: seed it (playbooks/anchor.yml -e action=seed -e provider=sat)"}]
+        "message": "registry empty for sat: seed it (playbooks/anchor.yml -e op=seed -e provider=sat)"}]
 
 
 def test_summary_says_when_there_is_no_drift():
@@ -389,6 +468,23 @@ def test_module_reports_drift_from_the_registry_pems(tmp_path):
         ("held_not_approved", sha256(ROGUE)), ("approved_missing", sha256(GEN2))]
     assert res["counts"]["drift"] == 2 and res["registry_empty"] == []
     assert sum(line.startswith("DRIFT web01 renapo") for line in res["table"]) == 2
+
+
+def test_module_resolves_open_tickets(tmp_path):
+    (tmp_path / "bundle.pem").write_bytes(pem(NEAR, RENEWED))
+    rc, res = _ansible("cert_expiry_info", {
+        "host": "web01", "now": "2026-03-02T12:00:00Z",
+        "files": [{"path": str(tmp_path / "bundle.pem"), "service": "renapo"}],
+        "open_tickets": [_ticket(NEAR, ["web01"]), _ticket(OTHER, ["web01"], ticket_id=8)],
+        "retired": {"renapo": [sha256(OTHER)]}}, "--check")
+    assert rc == 0 and res["alerts"] == []
+    assert [(r["ticket_id"], r["reason"]) for r in res["resolved"]] == [
+        (7, f"certificado {sha256(NEAR)[:11]} por vencer renovado en todos los servidores: renovado en web01 (tiene "
+            "su sucesor)"),
+        (8, f"el certificado {sha256(OTHER)[:11]} fue retirado del registro de anclas aprobadas de renapo; la "
+            "siguiente actualización lo quita de los servidores")]
+    rc, res = _ansible("cert_expiry_info", {"retired": {"renapo": ["zz"]}}, "--check")
+    assert rc != 0 and res["msg"].startswith("invalid retired anchors: retired[renapo]")
 
 
 def test_module_refuses_a_bad_approved_fingerprint(tmp_path):

@@ -10,7 +10,7 @@ import jinja2
 import pytest
 from aiosmtpd.controller import Controller
 from ansible.module_utils.mail_intake import html_to_text
-from ansible.module_utils.notify import NOTICES, build_message, fecha_larga, notice, render, send
+from ansible.module_utils.notify import NOTICES, build_message, fecha_hora, fecha_larga, notice, render, send
 from ansible.module_utils.observations import Observation
 
 FOLIO = "DGTIC-RENAPO-2026-000123"
@@ -83,6 +83,20 @@ CASES = [
     ("certificate_expiring", [MESA], [],
      {"service": "sat", "days_left": 20, "not_after": dt.date(2026, 12, 18), "serial": "0B", "folio": FOLIO},
      ["quedan 20 días", "18 de diciembre de 2026", "SAT (opinión de cumplimiento)"], "vence en 20 días"),
+    # The term in words in Mexico City's time: 00:30 UTC of Dec 29 is Monday Dec 28, 18:30 there.
+    ("sla_due_soon", [MESA], [],
+     {"ticket_id": 12, "folio": None, "service": "renapo", "state": "certificate_received",
+      "clock_name": "atención", "due": "2026-12-29T00:30:00+00:00", "business_hours_left": 3.5,
+      "requester": "Juan Pérez"},
+     ["ticket #12 (aún sin folio)", "vence el lunes 28 de diciembre de 2026 a las 18:30 h",
+      "quedan 3.5 horas hábiles", "Estado del ticket: certificado recibido", "Solicitante: Juan Pérez"],
+     "Plazo de atención por vencer: ticket #12 [Ticket #12]"),
+    ("sla_breached", [MESA], [],
+     {"ticket_id": 12, "folio": FOLIO, "service": "sat", "state": "received", "clock_name": "primer contacto",
+      "due": "2027-02-15T18:00:00-06:00"},
+     [f"folio {FOLIO}", "venció el lunes 15 de febrero de 2027 a las 18:00 h", "Estado del ticket: recibido",
+      "SAT (opinión de cumplimiento)"],
+     f"Plazo de primer contacto vencido: ticket #12, folio {FOLIO}"),
     ("unauthenticated", [REQUESTER], [],
      {"message_id": "<f@agricultura.gob.mx>", "original_subject": "Solicitud", "original_sender": REQUESTER,
       "detail": "dkim=none from trusted mx.agricultura.gob.mx", "mesa": MESA},
@@ -112,7 +126,7 @@ def test_notice_sent_and_read_back(smtp_sink, name, to, cc, ctx, body_has, subje
     for fragment in body_has:
         assert fragment in text
         assert re.sub(r"^\d+\. ", "", fragment) in html_text  # same content in the HTML part, minus list numbers
-    if "folio" in ctx:
+    if ctx.get("folio"):
         assert ctx["folio"] in text and ctx["folio"] in html
     assert "Atentamente" in text and "Subdirección de Operación y Administración de Sistemas" in html
     assert stored.get_content_type() == "multipart/alternative"
@@ -133,9 +147,26 @@ def test_missing_variable_fails_instead_of_mailing_a_blank():
 @pytest.mark.parametrize(("value", "expected"), [
     (dt.date(2026, 11, 28), "28 de noviembre de 2026"), (dt.datetime(2027, 1, 1, 9, 30), "1 de enero de 2027"),
     ("2026-09-16T10:00:00", "16 de septiembre de 2026"),
+    # a moment is dated in Mexico City: 03:00 UTC on Jan 1 is still Dec 31 there (UTC-6)
+    ("2027-01-01T03:00:00+00:00", "31 de diciembre de 2026"), ("2026-03-12T00:00:00Z", "11 de marzo de 2026"),
+    (dt.datetime(2026, 12, 25, 5, 59, tzinfo=dt.UTC), "24 de diciembre de 2026"),
 ])
 def test_fecha_larga(value, expected):
     assert fecha_larga(value) == expected
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("2026-12-28T18:00:00-06:00", "lunes 28 de diciembre de 2026 a las 18:00 h"),
+    ("2027-02-16T00:00:00Z", "lunes 15 de febrero de 2027 a las 18:00 h"),
+    (dt.date(2027, 3, 25), "jueves 25 de marzo de 2027"),
+])
+def test_fecha_hora_in_words_local_time(value, expected):
+    assert fecha_hora(value) == expected
+
+
+def test_message_date_is_mexico_city_time():
+    msg = build_message("Asunto", "texto", "<p>html</p>", sender=SENDER, to=[MESA])
+    assert msg["Date"].datetime.utcoffset() == dt.timedelta(hours=-6)  # CST all year since 2022
 
 
 def test_build_message_with_attachment_and_reply_headers():

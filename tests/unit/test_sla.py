@@ -352,3 +352,60 @@ def test_ticket_status_attention_not_started_and_breached():
     ticket["attention_due"] = "2026-02-10T18:00:00-06:00"
     status = policy.ticket_status(ticket, at("2026-02-20T10:00"))
     assert status["attention"]["status"] == BREACHED and status["breached"] is True
+
+
+# --- reopen window, stopped clocks, module options ------------------------------------------------------------
+@pytest.mark.parametrize("closed, days, deadline", [
+    # Fri 2026-12-18 17:00 + 10 business days: Dec 21-24 (4), Christmas, Dec 28-31 (8), New Year, Jan 4, 5 (10)
+    ("2026-12-18T17:00:00-06:00", 10, "2027-01-05T18:00:00-06:00"),
+    # closed Sunday 2027-02-07 23:00: counted from Monday 8 (the next opening): 9..12 (4), 15 (5)
+    ("2027-02-07T23:00:00-06:00", 5, "2027-02-15T18:00:00-06:00"),
+    # 0 days: close of business of the day it closed
+    ("2026-12-18T17:00:00-06:00", 0, "2026-12-18T18:00:00-06:00"),
+])
+def test_reopen_deadline(closed, days, deadline):
+    assert iso(SlaPolicy.from_options(reopen_business_days=days).reopen_deadline(closed)) == deadline
+
+
+@pytest.mark.parametrize("bad", [-1, "10", True, 1.5])
+def test_reopen_window_must_be_whole_days(bad):
+    with pytest.raises(ValueError, match="reopen window"):
+        SlaPolicy.from_options(reopen_business_days=bad)
+
+
+def test_clock_of_a_cancelled_ticket_stops_at_the_cancel():
+    policy = SlaPolicy()
+    ticket = {"state": "cancelled", "closed_at": "2026-12-22T10:00:00-06:00",
+              "first_contact_due": "2026-12-28T18:00:00-06:00", "first_contact_at": None,
+              "attention_due": None, "attended_at": None}
+    status = policy.ticket_status(ticket, datetime(2027, 2, 1, 12, 0, tzinfo=CDMX))
+    assert status["first_contact"] == {"due": "2026-12-28T18:00:00-06:00", "met_at": None, "status": None,
+                                       "business_hours_left": None, "stopped_at": "2026-12-22T10:00:00-06:00"}
+    assert status["breached"] is False
+    late = dict(ticket, closed_at="2026-12-29T10:00:00-06:00")  # cancelled after its term: the breach stands
+    assert policy.ticket_status(late, datetime(2027, 2, 1, tzinfo=CDMX))["first_contact"]["status"] == BREACHED
+
+
+def test_met_moment_is_shown_in_local_time():
+    status = SlaPolicy().clock("2026-12-28T18:00:00-06:00", datetime(2027, 1, 1, tzinfo=UTC),
+                               "2026-12-28T20:00:00+00:00")
+    assert status["met_at"] == "2026-12-28T14:00:00-06:00" and status["status"] == ON_TIME
+
+
+def test_policy_from_module_options(monkeypatch):
+    policy = sla.policy_from_params({"timezone": "America/Cancun", "non_working_days": {"2027": []},
+                                     "business_hours": "08:00-15:00", "semana_santa": {"2027": "false"},
+                                     "sla_days": None})
+    assert str(sla.procedure_zone()) == "America/Cancun"
+    assert (policy.opens.hour, policy.closes.hour) == (8, 15) and policy.dof_list_years == frozenset({2027})
+    assert policy.is_business_day(date(2027, 3, 25))  # Holy Thursday, rule off for 2027
+    sla.set_timezone(None)
+    monkeypatch.setenv("PROCEDURE_TIMEZONE", "America/Tijuana")
+    sla.policy_from_params({"non_working_days": []})
+    assert str(sla.procedure_zone()) == "America/Tijuana"
+    monkeypatch.delenv("PROCEDURE_TIMEZONE")
+    assert str(sla.set_timezone(None)) == "America/Mexico_City"
+    with pytest.raises(ValueError, match="unknown time zone 'Mars/Olympus'"):
+        sla.policy_from_params({"timezone": "Mars/Olympus"})
+    with pytest.raises(ValueError, match="semana_santa must be true or false"):
+        sla.policy_from_params({"semana_santa": "quizá"})

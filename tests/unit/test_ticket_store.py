@@ -11,13 +11,19 @@ from datetime import datetime, timedelta, timezone
 from itertools import count
 
 import pytest
+from ansible.module_utils.sla import SlaPolicy
 from ansible.module_utils.ticket_store import (
+    MONITOR_TRANSITIONS,
     POSTGRESQL_MIGRATIONS,
     SQLITE_MIGRATIONS,
     STATES,
+    TERMINAL,
     TRANSITIONS,
     InvalidTransition,
+    PostgresTicketStore,
+    ReopenRefused,
     SecretMaterialError,
+    SqliteTicketStore,
     TicketConflict,
     TicketNotFound,
     TicketStoreError,
@@ -33,19 +39,31 @@ pytest_plugins = ["tests.pg"]  # pg_server (session), pg_schema, store_dsn / mod
 
 CDMX = timezone(timedelta(hours=-6))
 T0 = datetime(2026, 1, 30, 10, 0, tzinfo=CDMX)
-ALLOWED = [(frm, to) for frm, targets in TRANSITIONS.items() for to in targets]
-FORBIDDEN = [(frm, to) for frm in STATES for to in STATES if to != frm and to not in TRANSITIONS[frm]]
-# Data a real run records when it enters these states (closing needs every host verified).
+# The request's machine (sources mail, manual, provider) and the expiry monitor's, by the source that follows each.
+MACHINES = {"manual": TRANSITIONS, "monitor": MONITOR_TRANSITIONS}
+ALLOWED = [(source, frm, to) for source, machine in MACHINES.items() for frm, targets in machine.items()
+           for to in targets]
+FORBIDDEN = [(source, frm, to) for source, machine in MACHINES.items() for frm in machine for to in STATES
+             if to != frm and to not in machine[frm]]
+# Data a real run records when it enters these states (closing needs every host verified; cancelling, reopening and
+# closing an expiry ticket need a reason; a duplicate names its original, see `step`).
 STEP_DATA = {"certificate_received": {"serial": "0A1B"}, "deploying": {"hosts": ["web01", "web02"]},
-             "deployed": {"verified_hosts": ["web01", "web02"]}, "rejected": {"cause": "no es personal"}}
+             "deployed": {"verified_hosts": ["web01", "web02"]}, "rejected": {"cause": "no es personal"},
+             "cancelled": {"reason": "el solicitante retiró la solicitud"},
+             "reopened": {"reason": "el solicitante reporta que la consulta sigue fallando"},
+             "closed": {"reason": "concluido"}}
 
 
-def shortest_path(target):
+def ids_of(rows):
+    return [f"{source}:{a}->{b}" for source, a, b in rows]
+
+
+def shortest_path(target, machine=TRANSITIONS):
     """States from `received` to `target` through allowed transitions (BFS)."""
     paths, queue = {"received": []}, deque(["received"])
     while queue:
         state = queue.popleft()
-        for nxt in TRANSITIONS[state]:
+        for nxt in machine[state]:
             if nxt not in paths:
                 paths[nxt] = paths[state] + [nxt]
                 queue.append(nxt)
@@ -89,46 +107,62 @@ def new_ticket(store, clock, service="renapo", **kw):
                         forwarded_by={"name": "Luis Pérez", "rank": "Director de Área"}, now=clock(), **kw).ticket
 
 
-def drive(store, clock, ticket_id, target):
-    for state in shortest_path(target):
-        store.transition(ticket_id, state, actor="test", now=clock(), **STEP_DATA.get(state, {}))
+def step(store, clock, state):
+    """What entering `state` records; a duplicate points to an original opened for it."""
+    if state == "duplicate":
+        return {"duplicate_of": str(new_ticket(store, clock)["id"])}
+    return STEP_DATA.get(state, {})
+
+
+def drive(store, clock, ticket_id, target, source="manual"):
+    for state in shortest_path(target, MACHINES[source]):
+        store.transition(ticket_id, state, actor="test", now=clock(), **step(store, clock, state))
     return store.get(ticket_id)
 
 
 @pytest.fixture(scope="module")
 def ticket_in_each_state(module_store_dsn):
-    """One store with one ticket sitting in every state (built once per backend: forbidden attempts write nothing)."""
+    """One store with one ticket of each machine sitting in each of its states (built once per backend: forbidden
+    attempts write nothing)."""
     path = module_store_dsn
     clock = Clock()
     with open_store(path) as s:
-        ids = {state: drive(s, clock, new_ticket(s, clock)["id"], state)["id"] for state in STATES}
+        ids = {(source, state): drive(s, clock, new_ticket(s, clock, source=source)["id"], state, source)["id"]
+               for source, machine in MACHINES.items() for state in machine}
     return path, ids
 
 
-@pytest.mark.parametrize("frm, to", ALLOWED, ids=[f"{a}->{b}" for a, b in ALLOWED])
-def test_every_allowed_transition(store, frm, to):
+@pytest.mark.parametrize("source, frm, to", ALLOWED, ids=ids_of(ALLOWED))
+def test_every_allowed_transition(store, source, frm, to):
     clock = Clock()
-    ticket = drive(store, clock, new_ticket(store, clock)["id"], frm)
+    ticket = drive(store, clock, new_ticket(store, clock, source=source)["id"], frm, source)
     assert ticket["state"] == frm
-    ticket, changed, before = store.transition(ticket["id"], to, actor="test", now=clock(), **STEP_DATA.get(to, {}))
+    ticket, changed, before = store.transition(ticket["id"], to, actor="test", now=clock(),
+                                               **step(store, clock, to))
     assert changed and before["state"] == frm and ticket["state"] == to
-    assert ticket["allowed_next"] == list(TRANSITIONS[to])
+    assert ticket["allowed_next"] == list(MACHINES[source][to])
     last = store.audit(ticket["id"])[-1]
     assert (last["from_state"], last["to_state"], last["actor"]) == (frm, to, "test")
+    if to in ("cancelled", "duplicate", "reopened"):
+        assert last["reason"]  # the Mesa's lifecycle always says why
+    assert (ticket["closed_at"] is not None) == (to in TERMINAL)
 
 
-@pytest.mark.parametrize("frm, to", FORBIDDEN, ids=[f"{a}->{b}" for a, b in FORBIDDEN])
-def test_forbidden_transition_lists_allowed(ticket_in_each_state, frm, to):
+@pytest.mark.parametrize("source, frm, to", FORBIDDEN, ids=ids_of(FORBIDDEN))
+def test_forbidden_transition_lists_allowed(ticket_in_each_state, source, frm, to):
     path, ids = ticket_in_each_state
+    allowed = list(MACHINES[source][frm])
     with open_store(path) as s:
-        audit_before = len(s.audit(ids[frm]))
+        audit_before = len(s.audit(ids[source, frm]))
         with pytest.raises(InvalidTransition) as err:
-            s.transition(ids[frm], to, actor="test", now=T0)
-        assert err.value.allowed == list(TRANSITIONS[frm])
+            s.transition(ids[source, frm], to, actor="test", now=T0, reason="x")
+        assert err.value.allowed == allowed
         assert f"cannot go to '{to}'" in str(err.value)
-        for allowed in TRANSITIONS[frm]:
-            assert allowed in str(err.value)
-        assert s.get(ids[frm])["state"] == frm and len(s.audit(ids[frm])) == audit_before
+        for state in allowed:
+            assert state in str(err.value)
+        if not allowed:
+            assert "none (final state)" in str(err.value)
+        assert s.get(ids[source, frm])["state"] == frm and len(s.audit(ids[source, frm])) == audit_before
 
 
 def test_unknown_state_and_unknown_ticket(store):
@@ -329,6 +363,230 @@ def test_sla_policy_of_the_store_is_used(db):
     from ansible.module_utils.sla import SlaPolicy
     with open_store(db, SlaPolicy.from_options({"renapo": {"first_contact": 1}}, ["2026-02-03"])) as s:
         assert s.create("renapo", actor="t", now=T0).ticket["first_contact_due"] == "2026-02-04T18:00:00-06:00"
+
+
+# --- the Mesa's lifecycle: cancel, duplicate-of, reopen, new delivery, expiry tickets, notices ------------------
+def test_cancel_needs_a_reason_stops_the_clocks_and_is_final(store):
+    ticket = store.create("renapo", actor="mesa", received_at=T0, now=T0).ticket  # first contact due Feb 9 18:00
+    with pytest.raises(TicketStoreError, match="cancelling a ticket needs a reason"):
+        store.transition(ticket["id"], "cancelled", actor="mesa", now=T0)
+    at = datetime(2026, 2, 2, 12, 0, tzinfo=CDMX)
+    cancelled = store.transition(ticket["id"], "cancelled", actor="mesa", reason="el solicitante la retiró",
+                                 now=at).ticket
+    assert cancelled["state"] == "cancelled" and cancelled["allowed_next"] == []
+    assert cancelled["closed_at"] == "2026-02-02T12:00:00-06:00"
+    assert cancelled["close_reason"] == "el solicitante la retiró"
+    assert cancelled["first_contact_at"] is None  # a cancellation is no contact with the requester
+    # the clock stopped before its term: no status, even long after the term
+    clock = SlaPolicy().ticket_status(cancelled, datetime(2026, 3, 1, tzinfo=CDMX))["first_contact"]
+    assert clock["status"] is None and clock["stopped_at"] == "2026-02-02T12:00:00-06:00"
+    last = store.audit(ticket["id"])[-1]
+    assert (last["from_state"], last["to_state"], last["reason"]) == ("received", "cancelled",
+                                                                       "el solicitante la retiró")
+    with pytest.raises(InvalidTransition, match="none \\(final state\\)"):
+        store.transition(ticket["id"], "reopened", actor="mesa", reason="x", now=at)
+    # cancelled after its term: the breach stays on record
+    late = store.create("sat", actor="mesa", received_at=T0, now=T0).ticket
+    late = store.transition(late["id"], "cancelled", actor="mesa", reason="sin respuesta",
+                            now=datetime(2026, 2, 10, 9, 0, tzinfo=CDMX)).ticket
+    assert late["sla_first_contact_breached"] is True
+    assert SlaPolicy().ticket_status(late, datetime(2026, 3, 1, tzinfo=CDMX))["first_contact"]["status"] == "breached"
+
+
+def test_cancel_from_deploying_is_allowed_and_audited(store):
+    clock = Clock()
+    ticket = drive(store, clock, new_ticket(store, clock)["id"], "deploying")
+    cancelled = store.transition(ticket["id"], "cancelled", actor="mesa", reason="RENAPO retiró el certificado",
+                                 now=clock()).ticket
+    assert cancelled["state"] == "cancelled" and cancelled["hosts"] == ["web01", "web02"]
+
+
+def test_duplicate_points_to_an_existing_original(store):
+    clock = Clock()
+    original = drive(store, clock, new_ticket(store, clock)["id"], "folio_issued")
+    copy = new_ticket(store, clock)
+    with pytest.raises(TicketStoreError, match="needs duplicate_of"):
+        store.transition(copy["id"], "duplicate", actor="mesa", now=clock())
+    with pytest.raises(TicketNotFound, match="no such ticket"):
+        store.transition(copy["id"], "duplicate", actor="mesa", duplicate_of="DGTIC-RENAPO-2026-000999",
+                         now=clock())
+    with pytest.raises(TicketStoreError, match="duplicate of itself"):
+        store.transition(copy["id"], "duplicate", actor="mesa", duplicate_of=str(copy["id"]), now=clock())
+    with pytest.raises(TicketStoreError, match="names the original of a ticket marked 'duplicate'"):
+        store.transition(copy["id"], "cancelled", actor="mesa", reason="x", duplicate_of="1", now=clock())
+    marked = store.transition(copy["id"], "duplicate", actor="mesa", duplicate_of=original["folio"],
+                              now=clock()).ticket
+    assert marked["state"] == "duplicate" and marked["duplicate_of"] == original["id"]
+    assert marked["close_reason"] == f"duplicado de {original['folio']}" and marked["allowed_next"] == []
+    assert store.audit(copy["id"])[-1]["reason"] == f"duplicado de {original['folio']}"
+    # a third copy pointing at the duplicate is sent to the original
+    third = new_ticket(store, clock)
+    with pytest.raises(TicketStoreError, match=f"is itself a duplicate of {original['folio']}"):
+        store.transition(third["id"], "duplicate", actor="mesa", duplicate_of=str(copy["id"]), now=clock())
+    assert store.get(third["id"])["state"] == "received"
+    assert store.get(original["id"])["state"] == "folio_issued"  # the original is untouched
+
+
+def closed_ticket(store, at):
+    """A request closed at `at` through the rejection path (no hosts to verify)."""
+    ticket = new_ticket(store, Clock(at - timedelta(hours=1)))
+    for state in ("folio_issued", "rejected", "notified"):
+        store.transition(ticket["id"], state, actor="mesa", now=at - timedelta(minutes=30), **STEP_DATA.get(state, {}))
+    return store.transition(ticket["id"], "closed", actor="mesa", now=at).ticket
+
+
+def test_reopen_within_ten_business_days_of_the_close(store):
+    # Closed Friday 2026-12-18 17:00. Business days after it (by the calendar): Dec 21, 22, 23, 24 (1-4), Dec 25
+    # Christmas, Dec 28, 29, 30, 31 (5-8), Jan 1 New Year, Jan 4 (9), Jan 5 (10): reopenable until Tuesday
+    # 2027-01-05 18:00 local.
+    closed = closed_ticket(store, datetime(2026, 12, 18, 17, 0, tzinfo=CDMX))
+    assert closed["closed_at"] == "2026-12-18T17:00:00-06:00" and closed["allowed_next"] == ["reopened"]
+    with pytest.raises(TicketStoreError, match="reopening a ticket needs a reason"):
+        store.transition(closed["id"], "reopened", actor="mesa", now=datetime(2026, 12, 21, 10, 0, tzinfo=CDMX))
+    late = datetime(2027, 1, 5, 18, 1, tzinfo=CDMX)
+    with pytest.raises(ReopenRefused) as err:
+        store.transition(closed["id"], "reopened", actor="mesa", reason="sigue fallando", now=late)
+    assert "could be reopened until 2027-01-05T18:00:00-06:00 (10 business days" in str(err.value)
+    assert "open a new ticket" in str(err.value) and isinstance(err.value, InvalidTransition)
+    assert store.get(closed["id"])["state"] == "closed"
+    reopened = store.transition(closed["id"], "reopened", actor="mesa", reason="sigue fallando",
+                                now=datetime(2027, 1, 5, 17, 59, tzinfo=CDMX)).ticket
+    assert reopened["state"] == "reopened" and reopened["closed_at"] is None and reopened["close_reason"] is None
+    assert reopened["allowed_next"] == ["requester_validated", "certificate_received", "deploying", "notified",
+                                        "cancelled", "duplicate"]
+    assert [(a["from_state"], a["to_state"], a["reason"]) for a in store.audit(closed["id"])][-1] == (
+        "closed", "reopened", "sigue fallando")
+    store.transition(closed["id"], "notified", actor="mesa", now=datetime(2027, 1, 6, 10, 0, tzinfo=CDMX))
+    again = store.transition(closed["id"], "closed", actor="mesa", now=datetime(2027, 1, 6, 11, 0, tzinfo=CDMX))
+    assert again.ticket["closed_at"] == "2027-01-06T11:00:00-06:00"
+
+
+def test_reopen_window_is_configurable(db):
+    # No window: reopenable until close of business of the day it closed (Friday 2026-12-18 18:00).
+    with open_store(db, SlaPolicy.from_options(reopen_business_days=0)) as s:
+        early = closed_ticket(s, datetime(2026, 12, 18, 17, 0, tzinfo=CDMX))
+        late = closed_ticket(s, datetime(2026, 12, 18, 17, 10, tzinfo=CDMX))
+        s.transition(early["id"], "reopened", actor="mesa", reason="r", now=datetime(2026, 12, 18, 17, 30, tzinfo=CDMX))
+        with pytest.raises(ReopenRefused, match="until 2026-12-18T18:00:00-06:00 \\(0 business days"):
+            s.transition(late["id"], "reopened", actor="mesa", reason="r",
+                         now=datetime(2026, 12, 21, 9, 0, tzinfo=CDMX))
+
+
+def test_new_delivery_after_a_rollback_starts_a_new_attention_clock(store):
+    clock = Clock()
+    ticket = drive(store, clock, new_ticket(store, clock)["id"], "deploying")
+    store.transition(ticket["id"], "rolled_back", actor="renew", verified_hosts=["web01"], cause="cadena incompleta",
+                     now=clock())
+    at = datetime(2026, 2, 3, 10, 0, tzinfo=CDMX)  # Tuesday: attention (1 day) due Wednesday at close
+    redelivered = store.transition(ticket["id"], "certificate_received", actor="intake", serial="0C0D",
+                                   now=at).ticket
+    assert redelivered["state"] == "certificate_received" and redelivered["deployed_serial"] == "0C0D"
+    assert redelivered["certificate_received_at"] == "2026-02-03T10:00:00-06:00"
+    assert redelivered["attention_due"] == "2026-02-04T18:00:00-06:00"
+    assert redelivered["verified_hosts"] == []  # verification belongs to the old certificate
+    assert redelivered["allowed_next"] == ["deploying", "cancelled", "duplicate"]
+    assert store.audit(ticket["id"])[-1]["serial"] == "0C0D"
+
+
+def test_expiry_ticket_short_path_and_reason(store):
+    ticket = store.create("renapo", actor="monitor", source="monitor", hosts=["consulta-01"], now=T0).ticket
+    assert ticket["allowed_next"] == ["acknowledged", "closed", "cancelled", "duplicate"]
+    with pytest.raises(InvalidTransition, match="allowed next: acknowledged, closed, cancelled, duplicate"):
+        store.transition(ticket["id"], "folio_issued", actor="mesa", now=T0)
+    acknowledged = store.transition(ticket["id"], "acknowledged", actor="mesa", now=T0 + timedelta(hours=1)).ticket
+    assert acknowledged["first_contact_at"] == "2026-01-30T11:00:00-06:00"  # acknowledging is the first contact
+    with pytest.raises(TicketStoreError, match="closing expiry ticket #1 needs a reason"):
+        store.transition(ticket["id"], "closed", actor="mesa", now=T0 + timedelta(hours=2))
+    closed = store.transition(ticket["id"], "closed", actor="mesa", reason="renovado en consulta-01",
+                              now=T0 + timedelta(hours=2)).ticket
+    assert closed["close_reason"] == "renovado en consulta-01" and closed["allowed_next"] == ["reopened"]
+    # or straight from received, as the scan does
+    direct = store.create("renapo", actor="monitor", source="monitor", now=T0).ticket
+    assert store.transition(direct["id"], "closed", actor="monitor", reason="retirado del registro",
+                            now=T0).ticket["state"] == "closed"
+
+
+def test_one_open_ticket_per_event(store):
+    key = "expiry:renapo:" + "ab" * 32
+    first = store.create("renapo", actor="monitor", source="monitor", event_key=key, hosts=["consulta-01"],
+                         reason="umbral 30", now=T0)
+    again = store.create("renapo", actor="monitor", source="monitor", event_key=key, hosts=["consulta-01"],
+                         now=T0 + timedelta(days=1))
+    assert first.changed and not again.changed and again.ticket["id"] == first.ticket["id"]
+    more = store.create("renapo", actor="monitor", source="monitor", event_key=key,
+                        hosts=["consulta-02", "consulta-01"], note="umbral 15", now=T0 + timedelta(days=2))
+    assert more.changed and more.ticket["id"] == first.ticket["id"]
+    assert more.ticket["hosts"] == ["consulta-01", "consulta-02"] and more.ticket["event_key"] == key
+    assert [a["to_state"] for a in store.audit(first.ticket["id"])] == ["received", "received"]
+    assert len(store.find(event_key=key)) == 1
+    store.transition(first.ticket["id"], "closed", actor="monitor", reason="renovado",
+                     now=T0 + timedelta(days=3))
+    # the event came back after its ticket closed: a new ticket; the old one cannot be reopened beside it
+    recurrence = store.create("renapo", actor="monitor", source="monitor", event_key=key, now=T0 + timedelta(days=4))
+    assert recurrence.changed and recurrence.ticket["id"] != first.ticket["id"]
+    with pytest.raises(ReopenRefused, match=f"is open for the same event \\({key}\\)"):
+        store.transition(first.ticket["id"], "reopened", actor="mesa", reason="r", now=T0 + timedelta(days=4))
+    assert [t["id"] for t in store.find(source="monitor", open_only=True)] == [recurrence.ticket["id"]]
+
+
+def test_a_notice_is_recorded_once(store):
+    clock = Clock()
+    ticket = new_ticket(store, clock)
+    key = "sla:first_contact:due_soon:2026-02-09T18:00:00-06:00"
+    sent = store.record_notice(ticket["id"], key, actor="sla.watch", detail="aviso a la Mesa", now=clock())
+    assert sent.changed and [n["key"] for n in sent.ticket["notices"]] == [key]
+    assert store.record_notice(ticket["id"], key, actor="sla.watch", now=clock()).changed is False
+    last = store.audit(ticket["id"])[-1]
+    assert (last["from_state"], last["to_state"], last["reason"]) == ("received", "received", "aviso a la Mesa")
+    assert len(store.audit(ticket["id"])) == 2
+
+
+# --- migration v2 -> v3 --------------------------------------------------------------------------------------
+def open_v2(dsn):
+    """A store that stops at schema version 2, as the product shipped it before the service desk's lifecycle."""
+    if is_pg(dsn):
+        return type("V2", (PostgresTicketStore,), {"migrations": POSTGRESQL_MIGRATIONS[:2]})(dsn)
+    return type("V2", (SqliteTicketStore,), {"migrations": SQLITE_MIGRATIONS[:2]})(dsn)
+
+
+def test_upgrade_from_version_2_keeps_every_ticket_and_keys_the_expiry_events(db):
+    sha = "cd" * 32
+    with open_v2(db) as old:
+        assert old.schema_version == 2
+        clock = Clock()
+        request = drive(old, clock, new_ticket(old, clock, message_id="<r@m>")["id"], "notified")
+        # v2 kept one expiry ticket per threshold crossing
+        crossings = [old.create("renapo", actor="monitor", source="monitor", message_id=f"expiry:renapo:{sha}:{t}",
+                                hosts=["consulta-01"], now=clock()).ticket["id"] for t in (30, 15)]
+        # v2 closed a ticket by its own code: the state and one audit row
+        closing = datetime(2026, 12, 18, 17, 0, tzinfo=CDMX).isoformat()
+        old._query("UPDATE tickets SET state = 'closed', updated_at = ? WHERE id = ?", (closing, request["id"]))
+        old._query("INSERT INTO audit_log (ticket_id, at, actor, from_state, to_state, reason, hosts)"
+                   " VALUES (?, ?, 'mesa', 'notified', 'closed', NULL, '[]')", (request["id"], closing))
+        before = {t["id"]: t for t in old.find()}
+        audit = old._query("SELECT * FROM audit_log ORDER BY id")
+    with open_store(db) as new:
+        assert new.schema_version == LATEST == 3
+        assert new._query("SELECT * FROM audit_log ORDER BY id") == audit
+        lifecycle = ("closed_at", "close_reason", "duplicate_of", "event_key", "notices", "allowed_next")
+        for ticket in new.find():
+            assert {k: v for k, v in ticket.items() if k not in lifecycle} == {
+                k: v for k, v in before[ticket["id"]].items() if k not in lifecycle}
+        upgraded = new.get(request["id"])
+        assert upgraded["closed_at"] == "2026-12-18T17:00:00-06:00" and upgraded["allowed_next"] == ["reopened"]
+        assert [new.get(i)["event_key"] for i in crossings] == [f"expiry:renapo:{sha}"] * 2
+        assert upgraded["event_key"] is None and upgraded["notices"] == []
+        # the closed ticket's window runs from its recorded close (Friday 2026-12-18 -> Tuesday 2027-01-05)
+        with pytest.raises(ReopenRefused, match="until 2027-01-05T18:00:00-06:00"):
+            new.transition(request["id"], "reopened", actor="mesa", reason="r",
+                           now=datetime(2027, 1, 6, 9, 0, tzinfo=CDMX))
+        new.transition(request["id"], "reopened", actor="mesa", reason="r", now=datetime(2027, 1, 5, 9, tzinfo=CDMX))
+        # the scan finds the event's newest open ticket instead of opening another
+        found = new.create("renapo", actor="monitor", source="monitor", event_key=f"expiry:renapo:{sha}",
+                           hosts=["consulta-02"], now=clock())
+        assert found.ticket["id"] == crossings[-1] and found.ticket["hosts"] == ["consulta-01", "consulta-02"]
+    with open_store(db) as again:  # reopening applies nothing twice
+        assert again.schema_version == 3 and len(again.find()) == 3
 
 
 # --- secrets -------------------------------------------------------------------------------------------------
