@@ -22,7 +22,20 @@ description:
   - A message that cannot be understood, or a delivery that does not fit its ticket, is moved untouched to
     O(quarantine_dir) with an C(X-Quarantine-Reason) header, and the Mesa de Servicios gets a notice.
   - A message leaves C(new/) only after its ticket is committed; a run killed at any point is finished by the
-    next one, and a Message-ID already processed is skipped.
+    next one. A Message-ID already processed with the same content is skipped; with other content (a client
+    reusing it) it is processed as a new message.
+  - Never loop (RFC 3834). Automatic mail (C(Auto-Submitted) other than C(no), out-of-office replies, read
+    receipts) and the procedure's own notices coming back (From O(sender), or a Message-ID noted as sent) are
+    filed in O(imap.filed_folder) (a Maildir files them in C(cur/)) without a ticket and without a quarantine
+    notice; a bounce (delivery status notification) of a notice is noted on its ticket.
+  - Never stop. An error on one message (a value the store refuses, a defect the parser finds) quarantines that
+    message with its reason, never repeating key material, and the run goes on. A transient outage (SMTP, IMAP,
+    database) stops the run with the message left in the mailbox for the next run. A message larger than
+    O(max_message_bytes) is quarantined unread.
+  - A forwarded provider delivery (the provider's mail attached by a colleague) is quarantined with its
+    fingerprint recorded as a claim (the inner sender cannot be authenticated). An operator may release it.
+  - Outlook's C(winmail.dat) (TNEF) is unpacked; an attachment holding a private key is written with mode 0600
+    whatever its name.
 version_added: "0.1.0"
 author: DGTIC automation team
 options:
@@ -82,6 +95,10 @@ options:
         description: Folder a quarantined message is moved to, with its reason.
         type: str
         default: Cuarentena
+      filed_folder:
+        description: Folder automatic mail (auto-replies, the procedure's own notices, bounces) is filed in.
+        type: str
+        default: Automaticos
   providers:
     description:
       - The certificate providers, each with C(kind) (C(trust) or C(identity)) and C(sender_domains), the only
@@ -162,6 +179,12 @@ options:
   firmante:
     description: Name that signs the oficio de respuesta.
     type: str
+  oficio:
+    description:
+      - "How the oficio de respuesta is written (C(module_utils/oficio.py)): letterhead lines, the numbering series,
+        lugar, fundamento, the signer's cargo, c.c.p. With C(firmante_requerido=true) (production) nothing is
+        numbered or sent while O(firmante) is empty, and the message waits in the mailbox."
+    type: dict
   smtp_host:
     description: SMTP server the notices go through.
     type: str
@@ -184,14 +207,19 @@ options:
     description: Larger attachments (or zip contents) send the message to quarantine.
     type: int
     default: 10485760
+  max_message_bytes:
+    description: A larger message is sent to quarantine before it is read or parsed (25 MiB by default).
+    type: int
+    default: 26214400
   actor:
     description: Who the audit log records for the Mesa de Servicios' steps.
     type: str
     default: mesa.servicios
   non_working_days:
-    description: Extra non-working days (DOF suspension days), C(YYYY-MM-DD), for the SLA clocks.
-    type: list
-    elements: str
+    description:
+      - Extra non-working days (DOF suspension days), C(YYYY-MM-DD), for the SLA clocks.
+      - "A list of dates, or one list per year (C({2027: [2027-03-25]})); a year with no list gets a warning."
+    type: raw
     default: []
   awx_url:
     description:
@@ -255,8 +283,9 @@ RETURN = r"""
 outcomes:
   description:
     - One entry per message, in the order processed. C(outcome) is the ticket's state after the message,
-      C(skipped) (Message-ID already processed), C(quarantined), or in check mode C(would_process) /
-      C(would_quarantine).
+      C(skipped) (Message-ID already processed with the same content), C(quarantined), C(filed) (automatic mail,
+      own notice or bounce; with C(ticket) when it was noted on one), or in check mode C(would_process) /
+      C(would_quarantine) / C(would_file) / C(would_skip).
   returned: always
   type: list
   elements: dict
@@ -276,10 +305,15 @@ quarantined:
   type: int
   sample: 1
 skipped:
-  description: How many messages were duplicates of a processed Message-ID.
+  description: How many messages were duplicates of a processed message (same Message-ID and content).
   returned: always
   type: int
   sample: 0
+filed:
+  description: How many messages were filed without a ticket (automatic mail, own notices, bounces).
+  returned: always
+  type: int
+  sample: 1
 renewals:
   description:
     - One entry per ticket that reached C(certificate_received) in this run (also in its outcome as C(renew)).
@@ -323,7 +357,7 @@ def _imap_mailbox(module, imap):
         return ImapMailbox(imap["host"], imap["port"], imap["user"], password=password, oauth2_token=token,
                            tls=imap["tls"], ca_file=imap["ca_file"], server_name=imap["server_name"],
                            folder=imap["folder"], processed_folder=imap["processed_folder"],
-                           quarantine_folder=imap["quarantine_folder"])
+                           quarantine_folder=imap["quarantine_folder"], filed_folder=imap["filed_folder"])
     except Exception as e:  # noqa: BLE001 - refused login, TLS failure, unreachable server: say which
         module.fail_json(msg=f"cannot open the Mesa de Servicios mailbox imap://{imap['user']}@{imap['host']}:"
                              f"{imap['port']}: {type(e).__name__}: {e}")
@@ -346,6 +380,7 @@ def main():
                 folder=dict(type="str", default="INBOX"),
                 processed_folder=dict(type="str", default="Procesados"),
                 quarantine_folder=dict(type="str", default="Cuarentena"),
+                filed_folder=dict(type="str", default="Automaticos"),
             )),
             providers=dict(type="dict"),
             sender_auth=dict(type="dict", options=dict(
@@ -365,13 +400,15 @@ def main():
             enlace_name=dict(type="str"),
             sender=dict(type="str", required=True),
             firmante=dict(type="str"),
+            oficio=dict(type="dict"),
             smtp_host=dict(type="str", default="localhost"),
             smtp_port=dict(type="int", default=25),
             template_dir=dict(type="path"),
             institutional_domains=dict(type="list", elements="str", default=["agricultura.gob.mx"]),
             max_attachment_bytes=dict(type="int", default=10 * 1024 * 1024),
+            max_message_bytes=dict(type="int", default=25 * 1024 * 1024),
             actor=dict(type="str", default="mesa.servicios"),
-            non_working_days=dict(type="list", elements="str", default=[]),
+            non_working_days=dict(type="raw", default=[]),
             awx_url=dict(type="str", fallback=(env_fallback, ["CONTROLLER_HOST", "TOWER_HOST"])),
             awx_token=dict(type="str", no_log=True,
                            fallback=(env_fallback, ["CONTROLLER_OAUTH_TOKEN", "TOWER_OAUTH_TOKEN"])),
@@ -416,7 +453,8 @@ def main():
                     on_certificate_received=AwxLauncher(p["awx_url"], token, p["awx_renew_template"],
                                                         p["awx_validate_certs"]),
                     providers=providers, sender_auth=dict(p["sender_auth"] or {}))
-    options = dict(max_attachment_bytes=p["max_attachment_bytes"])
+    intake.oficio = p["oficio"]
+    options = dict(max_attachment_bytes=p["max_attachment_bytes"], max_message_bytes=p["max_message_bytes"])
     try:
         with store:
             if module.check_mode:
@@ -432,8 +470,8 @@ def main():
     finally:
         if hasattr(mailbox, "close"):
             mailbox.close()
-    counts = {k: sum(1 for o in outcomes if o["outcome"] == k) for k in ("quarantined", "skipped")}
-    processed = len(outcomes) - counts["quarantined"] - counts["skipped"]
+    counts = {k: sum(1 for o in outcomes if o["outcome"] == k) for k in ("quarantined", "skipped", "filed")}
+    processed = len(outcomes) - counts["quarantined"] - counts["skipped"] - counts["filed"]
     module.exit_json(changed=not module.check_mode and bool(outcomes), outcomes=outcomes,
                      processed=0 if module.check_mode else processed,
                      renewals=[o["renew"] for o in outcomes if "renew" in o], **counts)

@@ -5,6 +5,9 @@ Pure code (stdlib only: imaplib, ssl, email): no Ansible import, so pytest drive
 committed (moved to the processed folder once the handler returned, or copied to quarantine with its reason), so a
 run killed at any point neither loses nor doubles one; UIDs give the order and UIDVALIDITY guards them.
 Every read is `BODY.PEEK[]`: reading never sets \\Seen, and `preview` (check mode) changes nothing at all.
+Automatic mail (auto-replies, our own notices come back, read receipts) and bounces are filed in their own folder
+(`filed_folder`, default "Automaticos"): kept, never answered, never a ticket, never a quarantine notice.
+A message larger than the size cap is moved to quarantine as it is, without being downloaded.
 """
 from __future__ import annotations
 
@@ -17,11 +20,13 @@ from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 
 from ansible.module_utils.mail_intake import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    FILED_KINDS,
     IntakeResult,
     ParsedMessage,
-    QuarantineMessage,
     parse_message,
     quarantine_bytes,
+    run_intake,
     unquarantine_bytes,
 )
 
@@ -32,12 +37,15 @@ _MONTHS = {m: i for i, m in enumerate(("jan", "feb", "mar", "apr", "may", "jun",
 _INTERNALDATE_RE = re.compile(rb'INTERNALDATE "\s*(\d{1,2})-([A-Za-z]{3})-(\d{4}) (\d{2}):(\d{2}):(\d{2}) '
                               rb'([+-])(\d{2})(\d{2})"')
 _UID_RE = re.compile(rb"\bUID (\d+)")
+_SIZE_RE = re.compile(rb"\bRFC822\.SIZE (\d+)")
 _RESPONSE_START_RE = re.compile(rb"^\d+ \(")
 _NEWLINE_RE = re.compile(rb"\r\n|\r|\n")
 
 
 class ImapError(Exception):
     """The mailbox could not be reached, trusted, logged into or changed; the message names the defect."""
+
+    transient = True  # the intake stops and leaves the message for the next run (mail_intake.is_transient)
 
 
 def xoauth2_string(user: str, token: str) -> bytes:
@@ -118,7 +126,7 @@ class ImapMailbox:
 
     def __init__(self, host, port, user, password=None, oauth2_token=None, tls="implicit", ca_file=None,
                  folder="INBOX", processed_folder="Procesados", quarantine_folder="Cuarentena", timeout=30,
-                 server_name=None):
+                 server_name=None, filed_folder="Automaticos"):
         if tls not in TLS_MODES:
             raise ValueError(f"tls must be one of {', '.join(TLS_MODES)}, not {tls!r}")
         if tls == "none" and not is_loopback(host):
@@ -129,6 +137,7 @@ class ImapMailbox:
         self.host, self.port, self.user, self.tls = host, int(port), user, tls
         self.ca_file, self.server_name, self.timeout = ca_file, server_name or host, timeout
         self.folder, self.processed_folder, self.quarantine_folder = folder, processed_folder, quarantine_folder
+        self.filed_folder = filed_folder
         self._password, self._token = password, oauth2_token
         self.uidvalidity: int | None = None
         self.capabilities: frozenset = frozenset()
@@ -278,17 +287,32 @@ class ImapMailbox:
         self._folders.add(folder)
 
     # --- reading ---------------------------------------------------------------------------------------------
-    def messages(self, readonly=False) -> Iterator[tuple[int, bytes, datetime]]:
+    def messages(self, readonly=False, max_bytes=None) -> Iterator[tuple[int, bytes | None, datetime]]:
         """(uid, raw, internaldate) of every undeleted message of the folder in UID order; never sets \\Seen.
 
         readonly=True EXAMINEs the folder (check mode). UIDs are listed once; a message another run took meanwhile
         is passed over. Messages flagged \\Deleted (a move interrupted before its expunge) are already copied.
+        With max_bytes, a larger message (RFC822.SIZE, asked first) is not downloaded: raw is None and its size is
+        in self.sizes[uid].
         """
         self._select(self.folder, readonly)
         data = self._call("UID SEARCH", self._conn.uid, "SEARCH", None, "UNDELETED")
         uids = sorted(int(u) for u in _text(data).split() if u.isdigit())
+        self.sizes: dict[int, int] = {}
         for uid in uids:
             self._select(self.folder, readonly)  # quarantine() looks into the quarantine folder in between
+            if max_bytes is not None:
+                head = self._fetch(uid, "(UID INTERNALDATE RFC822.SIZE)")
+                size = _SIZE_RE.search(head[0]) if head else None
+                if head is None:
+                    continue
+                self.sizes[uid] = int(size.group(1)) if size else 0
+                if self.sizes[uid] > max_bytes:
+                    internaldate = parse_internaldate(head[0])
+                    if internaldate is None:
+                        raise ImapError(f"the server sent no INTERNALDATE for UID {uid} of {self.folder}")
+                    yield uid, None, internaldate
+                    continue
             found = self._fetch(uid, "(UID INTERNALDATE BODY.PEEK[])")
             if found is None or found[1] is None:
                 continue
@@ -425,56 +449,61 @@ def process_imap(
     mailbox: ImapMailbox,
     handler: Callable[[ParsedMessage], object],
     seen: Callable[[str], bool] | None = None,
+    prepare: Callable[[ParsedMessage], None] | None = None,
+    on_quarantine: Callable[[str, str, ParsedMessage | None], None] | None = None,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     **parse_options,
 ) -> IntakeResult:
-    """Process every message of the mailbox's folder in UID order (arrival order), like `process_maildir`.
+    """Process every message of the mailbox's folder in UID order (arrival order): mail_intake.run_intake's contract.
 
-    `handler(parsed)` must commit its own work (the ticket) before returning; only then the message moves to the
-    processed folder. It may raise QuarantineMessage(reason). Any other exception stops the run with the message
-    still in the folder, so a rerun retries it; `seen(message_id)` lets the rerun skip (and file) what the handler
-    already committed. Quarantined messages (kind unknown, defective delivery) never reach the handler.
+    A message moves to the processed folder once the handler returned (its work committed), automatic mail and
+    bounces to the filed folder, a quarantined one to the quarantine folder with its reason (an oversize one as it
+    is, never downloaded). A transient error (IMAP, SMTP, database) stops the run with the message still in the
+    folder; `seen(message_id)` lets the rerun skip (and file) what the handler already committed.
     `parsed.received_at` is the server's INTERNALDATE (ISO 8601 with offset); result entries name "imap:<uid>".
     """
-    result = IntakeResult()
-    done_here: set[str] = set()
-    for uid, raw, internaldate in mailbox.messages():
-        name = f"imap:{uid}"
-        parsed = parse_message(raw, **parse_options)
-        _received_at(parsed, internaldate)
-        if parsed.message_id in done_here or (seen is not None and seen(parsed.message_id)):
-            mailbox.move(uid, mailbox.processed_folder)
-            result.skipped.append((name, parsed.message_id))
-            continue
-        if parsed.quarantine:
-            reason = parsed.reason or "sin motivo"
+    arrivals: dict[str, tuple[int, datetime]] = {}
+
+    def items():
+        for uid, raw, internaldate in mailbox.messages(max_bytes=max_message_bytes):
+            name = f"imap:{uid}"
+            arrivals[name] = (uid, internaldate)
+            yield name, raw, mailbox.sizes.get(uid, len(raw or b"")), internaldate
+
+    def quarantine(name, raw, reason):
+        uid, internaldate = arrivals[name]
+        if raw is None:  # too large to download: moved as it is (the reason is in the notice and the outcome)
+            mailbox.move(uid, mailbox.quarantine_folder)
+        else:
             mailbox.quarantine(uid, raw, reason, internaldate=internaldate)
-            result.quarantined.append((name, reason, parsed))
-            continue
-        try:
-            outcome = handler(parsed)
-        except QuarantineMessage as exc:
-            reason = str(exc) or "rechazado por el manejador"
-            parsed.reason, parsed.quarantine = reason, True
-            mailbox.quarantine(uid, raw, reason, internaldate=internaldate)
-            result.quarantined.append((name, reason, parsed))
-            continue
-        done_here.add(parsed.message_id)
-        mailbox.move(uid, mailbox.processed_folder)
-        result.processed.append((name, parsed, outcome))
-    return result
+
+    moves = {"processed": lambda name: mailbox.move(arrivals[name][0], mailbox.processed_folder),
+             "filed": lambda name: mailbox.move(arrivals[name][0], mailbox.filed_folder or mailbox.processed_folder),
+             "quarantine": quarantine}
+    return run_intake(items(), moves, handler, seen=seen, prepare=prepare, on_quarantine=on_quarantine,
+                      max_message_bytes=max_message_bytes, received_at=lambda when: when.isoformat(),
+                      **parse_options)
 
 
-def preview(mailbox: ImapMailbox, seen: Callable[[str], bool] | None = None, **parse_options) -> list[dict]:
+def preview(mailbox: ImapMailbox, seen: Callable[[str], bool] | None = None,
+            max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, **parse_options) -> list[dict]:
     """Check mode: how each message would be classified. EXAMINE + BODY.PEEK[]: no flag, no move, no folder made."""
     out = []
-    for uid, raw, internaldate in mailbox.messages(readonly=True):
+    for uid, raw, internaldate in mailbox.messages(readonly=True, max_bytes=max_message_bytes):
+        if raw is None:
+            out.append({"file": f"imap:{uid}", "uid": uid, "message_id": None, "kind": "unknown", "folio": None,
+                        "received_at": internaldate.isoformat(), "outcome": "would_quarantine",
+                        "reason": f"correo demasiado grande ({mailbox.sizes.get(uid)} > {max_message_bytes} bytes)"})
+            continue
         parsed = parse_message(raw, **parse_options)
         _received_at(parsed, internaldate)
-        if seen is not None and seen(parsed.message_id):
+        if parsed.kind in FILED_KINDS:
+            outcome = "would_file"
+        elif seen is not None and seen(parsed.message_id):
             outcome = "would_skip"
         else:
             outcome = "would_quarantine" if parsed.quarantine else "would_process"
         out.append({"file": f"imap:{uid}", "uid": uid, "message_id": parsed.message_id, "kind": parsed.kind,
                     "folio": parsed.folio, "received_at": parsed.received_at, "outcome": outcome,
-                    "reason": parsed.reason})
+                    "reason": parsed.reason or parsed.auto})
     return out

@@ -12,14 +12,29 @@ Pure code (no Ansible import): `library/mail_intake.py` is a thin wrapper over `
 Anything else, or a delivery that does not fit, goes to quarantine with a notice to the Mesa de Servicios.
 
 Every step is resumable: a run killed at any point is finished by the next one. The ticket carries notes that make
-it so: "Aviso <name> por <Message-ID> ..." (that notice was sent) and "Correo procesado: <Message-ID>" (the message
-is done; a duplicate Message-ID is skipped).
+it so: "Aviso <name> por <Message-ID> enviado a ... (Message-ID <notice's>)" (that notice was sent) and
+"Correo procesado: <Message-ID> [contenido <sha256>]" (the message is done).
+
+What a real mailbox also holds (mail_intake's kinds):
+- never loop: automatic mail (Auto-Submitted, out-of-office, read receipts) and our own notices coming back (From:
+  the configured sender, or a Message-ID noted as sent) are filed without a ticket and without a quarantine notice;
+  an out-of-office that quotes a ticket is noted on it. A bounce (DSN) of a notice is noted on the ticket that sent
+  it (found by the notice's Message-ID, else the [Ticket #N] or folio of the returned subject).
+- never stop: an error on one message (the store refuses a value, a parse defect...) quarantines that message with
+  its reason, redacted of any key material, and the run goes on; a transient outage (SMTP, IMAP, database) stops
+  the run with the message left in the inbox for the next one.
+- never lose: a Message-ID already processed with the same content (sender, subject, text, attachments) is skipped;
+  with other content it is processed as a new message under "<Message-ID> (reenvio <sha256 prefix>)".
+- a forwarded provider delivery (message/rfc822 attached by a colleague): the inner From is a claim, the forward is
+  the colleague's; it is quarantined with its fingerprint recorded as a claim, until an operator releases it.
 """
 from __future__ import annotations
 
+import email.utils
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,28 +45,41 @@ from ansible.module_utils.imap_mailbox import process_imap
 from ansible.module_utils.mail_auth import authenticate, domain_in
 from ansible.module_utils.mail_intake import (
     EMAIL_RE,
+    FILED_KINDS,
     SECRET_EXTENSIONS,
     QuarantineMessage,
     ServiceRequest,
     extract_attachments,
     parse_message,
     process_maildir,
+    redact,
     release_from_maildir,
 )
-from ansible.module_utils.notify import build_message, notice, render, send
+from ansible.module_utils.notify import build_message, notice, send
 from ansible.module_utils.observations import DEFAULT_INSTITUTIONAL_DOMAINS, DEFAULT_RANKS, evaluate
+from ansible.module_utils.oficio import assigned as oficio_assigned
+from ansible.module_utils.oficio import check_signer
+from ansible.module_utils.oficio import file_stem as oficio_file_stem
+from ansible.module_utils.oficio import format_number as oficio_number
+from ansible.module_utils.oficio import issue as oficio_issue
+from ansible.module_utils.oficio import number_note as oficio_note
+from ansible.module_utils.oficio import settings as oficio_settings
 from ansible.module_utils.sla import now_local
 from ansible.module_utils.ticket_store import TicketNotFound
 from ansible.module_utils.x509_load import LoadError, parse_certificates
 
 PROCESSED = "Correo procesado: "
+CONTENT = " [contenido "
+# The Message-ID of each notice sent, in its "Aviso ..." note: a bounce finds its ticket by it, and the notice coming
+# back is recognised as ours.
+SENT_ID_RE = re.compile(r"\(Message-ID (<[^<>\s]+>)\)")
 # Each provider: what it delivers (trust anchor or client identity) and the domains its deliveries come from.
 DEFAULT_PROVIDERS = {
     "renapo": {"kind": "trust", "sender_domains": ["renapo.gob.mx", "segob.gob.mx"]},
     "sat": {"kind": "identity", "sender_domains": ["sat.gob.mx"]},
 }
 # States in which a ticket waits for the provider's certificate.
-AWAITING_CERTIFICATE = ("requester_validated",)
+AWAITING_CERTIFICATE = ("requester_validated", "rolled_back", "reopened")  # rolled_back: a corrected delivery
 PROVISIONAL_SERVICE = "renapo"  # a ticket needs a service; a request that names none gets this until corrected
 MANIFEST = "delivery.json"
 RENEW_LAUNCHED = "Renovación lanzada en AWX"
@@ -68,9 +96,13 @@ class Mailer:
     reply_to: str | None = None
 
     def send(self, name, to, cc=(), in_reply_to=None, **ctx):
+        """Send notice `name`; returns its Message-ID."""
+        if in_reply_to:  # a resend's key "<id> (reenvio ...)": the header names the message itself
+            in_reply_to = in_reply_to.split(" (", 1)[0]
         message = notice(name, sender=self.sender, to=to, cc=cc, reply_to=self.reply_to, in_reply_to=in_reply_to,
                          template_dir=self.template_dir, **ctx)
-        return send(message, self.host, self.port)
+        send(message, self.host, self.port)
+        return str(message["Message-ID"])
 
 
 @dataclass
@@ -102,9 +134,16 @@ class Intake:
         """Process the inbox (a Maildir path, or an imap_mailbox.ImapMailbox); returns one outcome dict per message
         (also kept in self.outcomes on a crash). `release`: Message-IDs an operator takes out of quarantine to be
         processed again, as sent; they pass sender authentication on that operator's word, recorded on the ticket."""
-        processed = {note["note"][len(PROCESSED):] for ticket in self.store.find()
-                     for note in ticket["observations"] if note["note"].startswith(PROCESSED)}
+        self._processed, self._sent_ids = {}, set()
+        for ticket in self.store.find():
+            for note in ticket["observations"]:
+                if note["note"].startswith(PROCESSED):
+                    key, _, digest = note["note"][len(PROCESSED):].partition(CONTENT)
+                    self._processed.setdefault(key, set()).add(digest.rstrip("]") or None)  # None: before digests
+                self._sent_ids.update(SENT_ID_RE.findall(note["note"]))
         parse_options.setdefault("provider_domains", self.provider_domains())
+        parse_options.setdefault("own_senders", [email.utils.parseaddr(self.mailer.sender)[1]] if self.mailer else [])
+        parse_options.setdefault("own_message_ids", self._sent_ids)  # grows as this run sends
         self._released = {}
         if release and not operator:
             raise ValueError("releasing a message from quarantine needs the operator's name (operator)")
@@ -114,49 +153,70 @@ class Intake:
             if not raws:
                 raise ValueError(f"no message with Message-ID {message_id} in quarantine")
             self._released.update({hashlib.sha256(raw).hexdigest(): operator for raw in raws})
-        if hasattr(mailbox, "messages"):
-            result = process_imap(mailbox, self._handle, seen=processed.__contains__, **parse_options)
-        else:
-            result = process_maildir(mailbox, self._handle, quarantine_dir, seen=processed.__contains__,
-                                     **parse_options)
-        for name, message_id in result.skipped:
-            self.outcomes.append({"file": name, "message_id": message_id, "outcome": "skipped",
-                                  "reason": "Message-ID ya procesado"})
-        for name, reason, parsed in result.quarantined:
+        def quarantined(name, reason, parsed):
+            # The Mesa's notice goes before the message moves: a notice that cannot be sent leaves it in the inbox.
             qfile = (f"{mailbox.quarantine_folder}/{name}" if hasattr(mailbox, "messages")
                      else str(Path(quarantine_dir) / "new" / name.split(":", 1)[0]))
-            self.mailer.send("quarantine", [self.mesa_address], message_id=parsed.message_id if parsed else name,
-                             original_subject=parsed.subject if parsed else "", reason=reason,
-                             original_sender=parsed.sender if parsed else "", quarantine_file=qfile)
-            self.outcomes.append({"file": name, "message_id": parsed.message_id if parsed else None,
+            shown = redact(parsed.message_id) if parsed else name
+            self._sent_ids.add(self.mailer.send(
+                "quarantine", [self.mesa_address], message_id=shown,
+                original_subject=redact(parsed.subject, 120) if parsed else "", reason=reason,
+                original_sender=redact(parsed.sender, 120) if parsed else "", quarantine_file=qfile))
+            self.outcomes.append({"file": name, "message_id": shown if parsed else None,
                                   "kind": parsed.kind if parsed else "unknown", "outcome": "quarantined",
                                   "reason": reason, "quarantine_file": qfile, "notices": ["quarantine"]})
+
+        hooks = dict(seen=self._processed.__contains__, prepare=self._prepare, on_quarantine=quarantined)
+        if hasattr(mailbox, "messages"):
+            result = process_imap(mailbox, self._handle, **hooks, **parse_options)
+        else:
+            result = process_maildir(mailbox, self._handle, quarantine_dir, **hooks, **parse_options)
+        for name, message_id in result.skipped:
+            self.outcomes.append({"file": name, "message_id": redact(message_id), "outcome": "skipped",
+                                  "reason": "Message-ID ya procesado con el mismo contenido"})
         return self.outcomes
+
+    def _prepare(self, parsed):
+        """A Message-ID processed before with other content (a client reusing it) is a new message: re-keyed."""
+        digests = self._processed.get(parsed.message_id)
+        if parsed.kind in FILED_KINDS or digests is None or None in digests or parsed.digest in digests:
+            return
+        parsed.message_id = f"{parsed.message_id} (reenvio {parsed.digest[:12]})"
 
     def preview(self, maildir, **parse_options):
         """Check mode: how each message in new/ (or the IMAP folder) would be classified; nothing is written or
         sent, nothing on the server is flagged or moved."""
+        if self.mailer:
+            parse_options.setdefault("own_senders", [email.utils.parseaddr(self.mailer.sender)[1]])
         if hasattr(maildir, "messages"):
             parse_options.setdefault("provider_domains", self.provider_domains())
             return imap_preview(maildir, **parse_options)
+        parse_options.pop("max_message_bytes", None)
         new = Path(maildir) / "new"
         names = sorted(n for n in os.listdir(new) if not n.startswith(".")) if new.is_dir() else []
         out = []
         parse_options.setdefault("provider_domains", self.provider_domains())
         for name in names:
             parsed = parse_message((new / name).read_bytes(), **parse_options)
-            out.append({"file": name, "message_id": parsed.message_id, "kind": parsed.kind, "folio": parsed.folio,
-                        "outcome": "would_quarantine" if parsed.quarantine else "would_process",
-                        "reason": parsed.reason})
+            outcome = ("would_file" if parsed.kind in FILED_KINDS else
+                       "would_quarantine" if parsed.quarantine else "would_process")
+            out.append({"file": name, "message_id": redact(parsed.message_id), "kind": parsed.kind,
+                        "folio": parsed.folio, "outcome": outcome, "reason": parsed.reason or parsed.auto})
         return out
 
     def _handle(self, parsed):
         parsed.released_by = getattr(self, "_released", {}).get(hashlib.sha256(parsed.raw).hexdigest())
+        if parsed.kind in FILED_KINDS:
+            return self._file(parsed)
         handler = {"request": self._request, "reply": self._reply, "delivery": self._delivery}[parsed.kind]
         outcome = {"message_id": parsed.message_id, "kind": parsed.kind, "notices": []}
+        if " (reenvio " in parsed.message_id:
+            outcome["resent"] = "Message-ID ya procesado con otro contenido: se procesa como correo nuevo"
         tickets = handler(parsed, outcome)
-        tickets = [self.store.annotate(t["id"], PROCESSED + parsed.message_id, actor=self.actor).ticket
+        done = f"{PROCESSED}{parsed.message_id}{CONTENT}{parsed.digest}]"
+        tickets = [self.store.annotate(t["id"], done, actor=self.actor).ticket
                    for t in (tickets if isinstance(tickets, list) else [tickets])]
+        self._processed.setdefault(parsed.message_id, set()).add(parsed.digest)
         ticket = tickets[0]
         if len(tickets) > 1:
             outcome["tickets"] = [{"ticket": t["id"], "folio": t["folio"], "state": t["state"]} for t in tickets]
@@ -164,6 +224,57 @@ class Intake:
         outcome.setdefault("outcome", ticket["state"])
         self.outcomes.append(outcome)
         return outcome
+
+    # --- automatic mail and bounces: filed, never answered (RFC 3834) -------------------------------------------
+    def _file(self, parsed):
+        """An auto-reply, read receipt or our own notice come back: filed. A bounce is noted on the ticket whose
+        notice it returns; an out-of-office quoting a ticket is noted on it. Never a ticket, never a notice."""
+        outcome = {"message_id": redact(parsed.message_id), "kind": parsed.kind, "outcome": "filed",
+                   "reason": parsed.auto, "notices": []}
+        ticket, note = None, None
+        if parsed.kind == "bounce":
+            facts = parsed.bounce or {}
+            original = facts.get("original_message_id")
+            ticket = self._ticket_of_notice(original) or self._ticket_referenced(parsed)
+            who = "; ".join(" ".join(x for x in (r["recipient"], r["action"] or "", r["status"] or "",
+                                                  r["diagnostic"] or "") if x) for r in facts.get("recipients", []))
+            recipients = facts.get("recipients") or []
+            failed = not recipients or any((r["action"] or "failed") == "failed" for r in recipients)
+            what = "no se entregó" if failed else "tiene un aviso de entrega"
+            to = redact(who, 300) or "(destinatario no indicado)"
+            subject = redact(facts.get("original_subject") or "", 120)
+            note = (f"Rebote ({redact(parsed.message_id, 200)}): el aviso "
+                    f"{redact(original or '(sin Message-ID)', 200)} «{subject}»"
+                    f" {what} a {to} (informe de {redact(parsed.sender or 'remitente vacío', 80)}, no autenticado: "
+                    "no cambia el estado del ticket)")
+            outcome["bounce"] = {"original_message_id": original, "failed": failed}
+        elif not parsed.own and (parsed.ticket_id or parsed.folio):
+            ticket = self._ticket_referenced(parsed)
+            note = (f"Respuesta automática ({redact(parsed.message_id, 200)}) de {redact(parsed.sender, 80)}: "
+                    f"«{redact(parsed.subject, 120)}»")
+        if ticket is not None:
+            prefix = note.split(":", 1)[0]
+            if not _has_note(ticket, prefix):
+                ticket = self.store.annotate(ticket["id"], note, actor=self.actor).ticket
+            outcome.update(ticket=ticket["id"], folio=ticket["folio"], state=ticket["state"])
+        self.outcomes.append(outcome)
+        return outcome
+
+    def _ticket_of_notice(self, message_id):
+        """The ticket whose notes record that this notice was sent."""
+        if not message_id:
+            return None
+        marker = f"(Message-ID {message_id})"
+        return next((t for t in self.store.find() if any(marker in n["note"] for n in t["observations"])), None)
+
+    def _ticket_referenced(self, parsed):
+        for ref in (parsed.ticket_id, parsed.folio):
+            if ref:
+                try:
+                    return self.store.get(ref)
+                except TicketNotFound:
+                    continue
+        return None
 
     # --- requests and replies (steps 1.2, 2.1–2.3, 3.1–3.2) ---------------------------------------------------
     def _request(self, parsed, outcome):
@@ -234,16 +345,18 @@ class Intake:
             ticket = self.store.transition(ticket["id"], "folio_issued", actor=self.actor,
                                            reason="sin observaciones; turnado al enlace administrativo").ticket
         if ticket["state"] == "folio_issued":
-            self._notify_once(ticket, parsed, outcome, "folio_issued", self._requester_to(ticket, parsed),
-                              cc=[self.enlace_address], requester=ticket["requester"]["name"],
-                              system=ticket["requester"]["system"], service=ticket["service"],
-                              enlace=self.enlace_name)
             verdict = self.directory.validate(ticket["requester"]["name"], ticket["requester"]["email"])
             if verdict.is_staff:
                 # "Turnado por" is a name in the body: it counts only when it names active staff.
                 forwarder = self.directory.validate_forwarder(ticket["forwarded_by"]["name"])
                 verdict = forwarder if not forwarder.is_staff else verdict
             if verdict.is_staff:
+                # Only a request that goes on hears "folio asignado, turnado al enlace"; a rejected one gets the
+                # oficio alone, which cites the folio: one coherent message, not three in the same second.
+                self._notify_once(ticket, parsed, outcome, "folio_issued", self._requester_to(ticket, parsed),
+                                  cc=[self.enlace_address], requester=ticket["requester"]["name"],
+                                  system=ticket["requester"]["system"], service=ticket["service"],
+                                  enlace=self.enlace_name)
                 return self.store.transition(ticket["id"], "requester_validated", actor="enlace.administrativo",
                                              reason=verdict.reason).ticket
             ticket = self.store.transition(ticket["id"], "rejected", actor="enlace.administrativo",
@@ -255,31 +368,50 @@ class Intake:
                                            reason="oficio de respuesta enviado a la Mesa de Servicios").ticket
         rejected = ticket["cause"] and not ticket["deployed_serial"]  # not a rollback's cause
         if ticket["state"] == "notified" and rejected:
+            # The oficio already told the requester the folio is answered and its ticket closes: no "cierre" notice
+            # (its text is the one for a completed renewal).
             ticket = self.store.transition(ticket["id"], "closed", actor=self.actor,
                                            reason="solicitud improcedente atendida con oficio de respuesta").ticket
-        if ticket["state"] == "closed" and rejected:
-            self._notify_once(ticket, parsed, outcome, "ticket_closed", self._requester_to(ticket, parsed),
-                              requester=ticket["requester"]["name"], closed_at=now_local().date())
         return ticket
 
     def _oficio(self, ticket, parsed, outcome):
-        """Render the oficio de respuesta to <oficios_dir>/<folio>.txt/.html and mail it (Cc Mesa de Servicios)."""
-        ctx = dict(folio=ticket["folio"], fecha=now_local().date(), requester=ticket["requester"]["name"],
-                   reason=ticket["cause"], administrative_unit=ticket["requester"]["unit"],
-                   firmante=self.firmante)
-        subject, text, html = render("oficio_respuesta", template_dir=self.mailer.template_dir, **ctx)
+        """The oficio de respuesta (module_utils/oficio.py): numbered once in its unit's yearly series, the number
+        noted on the ticket in the same transaction (gap-free, and a rerun reuses it); written to <oficios_dir> as
+        <folio>.txt/.html/.pdf; mailed once with the text as body and the PDF attached, Cc the Mesa de Servicios
+        and each c.c.p. with an address. Settings: `self.oficio` (the inventory's procedure_oficio) over the
+        defaults; with firmante_requerido and no signer nothing is numbered or sent (OficioError: the run stops
+        and the message waits in the inbox)."""
+        conf = oficio_settings(getattr(self, "oficio", None), self.firmante)
+        check_signer(conf)
+        numbered = oficio_assigned(ticket)
+        if numbered is None:
+            now = now_local()
+            with self.store.transaction():
+                number = oficio_number(conf, self.store.next_oficio_number(conf["serie"], now.year), now.year)
+                ticket = self.store.annotate(ticket["id"], oficio_note(number), actor="enlace.administrativo",
+                                             now=now).ticket
+            numbered = oficio_assigned(ticket)
+        number, at = numbered
+        doc = oficio_issue(conf, ticket, number, at, self.mailer.template_dir)
         base = Path(self.oficios_dir) / ticket["folio"]
-        for suffix, content in ((".txt", text), (".html", html)):
-            _write_atomic(base.with_suffix(suffix), content.encode("utf-8"))
-        outcome["oficio"] = str(base.with_suffix(".txt"))
+        for suffix, content in ((".txt", doc["text"].encode("utf-8")), (".html", doc["html"].encode("utf-8")),
+                                (".pdf", doc["pdf"])):
+            _write_atomic(base.with_suffix(suffix), content)
+        outcome.update(oficio=str(base.with_suffix(".txt")), oficio_pdf=str(base.with_suffix(".pdf")),
+                       oficio_numero=number)
         key = _notice_key("oficio_respuesta", parsed.message_id)
         if not _has_note(ticket, key):
             to = self._requester_to(ticket, parsed)
-            message = build_message(subject, text, html, sender=self.mailer.sender, to=to, cc=[self.mesa_address],
-                                    reply_to=self.mailer.reply_to, in_reply_to=parsed.message_id)
+            cc = [self.mesa_address, *(c["correo"] for c in conf["ccp"] if c.get("correo"))]
+            message = build_message(doc["subject"], doc["text"], doc["html"], sender=self.mailer.sender, to=to, cc=cc,
+                                    reply_to=self.mailer.reply_to, in_reply_to=parsed.message_id.split(" (", 1)[0],
+                                    attachments=[(f"oficio-{oficio_file_stem(number)}.pdf", doc["pdf"],
+                                                  "application/pdf")])
             send(message, self.mailer.host, self.mailer.port)
-            self.store.annotate(ticket["id"], f"{key} enviado a {', '.join([*to, self.mesa_address])}; "
-                                f"oficio en {outcome['oficio']}", actor="enlace.administrativo")
+            getattr(self, "_sent_ids", set()).add(str(message["Message-ID"]))
+            self.store.annotate(ticket["id"], f"{key} enviado a {', '.join([*to, *cc])} (Message-ID "
+                                f"{message['Message-ID']}); oficio {number} en {outcome['oficio_pdf']}",
+                                actor="enlace.administrativo")
         outcome["notices"].append("oficio_respuesta")
 
     # --- deliveries (step 4.2) ----------------------------------------------------------------------------------
@@ -289,6 +421,25 @@ class Intake:
         else to a ticket opened for it. The letter's fingerprint is recorded as evidence only when the mail is
         authenticated, as a claim otherwise; what hosts trust is decided later from the anchor registry."""
         provider = self.provider_of(parsed.sender)
+        forwarded = self.provider_of((parsed.forwarded or {}).get("from")) if provider is None else None
+        if forwarded and not parsed.released_by:
+            # The inner From: of a forward is whatever the forwarder's mail says: a claim, never authentication.
+            verdict = self._authenticated(parsed, outcome)
+            facts = _delivery_facts(parsed)
+            facts.pop("fingerprints")
+            letter = (normalise_fingerprint(parsed.fingerprint or "") or "").upper() or None
+            self._record_letter(forwarded, self.providers[forwarded].get("kind", "trust"), facts, letter, parsed,
+                                authenticated=False)
+            raise QuarantineMessage(
+                f"entrega de {forwarded.upper()} reenviada por {parsed.sender or '(sin From:)'} "
+                f"({'reenvío autenticado' if verdict.authenticated else 'reenvío no autenticado'}): el remitente "
+                f"original ({parsed.forwarded['from']}) es solo lo que dice el reenvío y no se puede autenticar; su "
+                f"huella queda registrada como afirmación. Pida que {forwarded.upper()} la envíe directamente al buzón"
+                f" de la Mesa o, si es genuina, registre la huella confirmada por otro canal (ansible-playbook "
+                f"playbooks/anchor.yml -e provider={forwarded} -e fingerprint=<huella> -e operator=<usted> -e "
+                f"channel=telefono) y libere el correo (ansible-playbook playbooks/intake.yml "
+                f"-e release='{parsed.message_id}' -e operator=<usted>)")
+        provider = provider or forwarded  # a forward released by a named operator: on that operator's word
         if provider is None:
             raise QuarantineMessage(
                 f"entrega de certificados desde {parsed.sender or '(sin From:)'}: el dominio no es de ningún proveedor "
@@ -448,9 +599,11 @@ class Intake:
     def _notify_once(self, ticket, parsed, outcome, name, to, cc=(), **ctx):
         key = _notice_key(name, parsed.message_id)
         if not _has_note(ticket, key):
-            self.mailer.send(name, to, cc=cc, in_reply_to=parsed.message_id, ticket_id=ticket["id"],
-                             folio=ticket["folio"], **ctx)
-            self.store.annotate(ticket["id"], f"{key} enviado a {', '.join([*to, *cc])}", actor=self.actor)
+            sent = self.mailer.send(name, to, cc=cc, in_reply_to=parsed.message_id, ticket_id=ticket["id"],
+                                    folio=ticket["folio"], **ctx)
+            getattr(self, "_sent_ids", set()).add(sent)
+            self.store.annotate(ticket["id"], f"{key} enviado a {', '.join([*to, *cc])} (Message-ID {sent})",
+                                actor=self.actor)
         outcome["notices"].append(name)
 
 

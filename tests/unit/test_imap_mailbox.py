@@ -209,10 +209,10 @@ def test_handler_error_leaves_message_for_the_rerun(box, connect):
 
     def failing(parsed):
         if parsed.message_id == "<req-1@agricultura.gob.mx>":
-            raise RuntimeError("ticket store down")
+            raise ConnectionError("ticket store down")  # an outage: the run stops, the message stays
         return "ticket"
 
-    with pytest.raises(RuntimeError, match="ticket store down"):
+    with pytest.raises(ConnectionError, match="ticket store down"):
         process_imap(connect(), failing)
     assert message_ids(box.fetch_all("INBOX")) == ["<req-1@agricultura.gob.mx>", "<req-2@agricultura.gob.mx>"]
     assert message_ids(box.fetch_all("Procesados")) == ["<req-0@agricultura.gob.mx>"]
@@ -382,3 +382,34 @@ def test_dovecot_fixture_stops_with_nothing_left(dovecot_server):
     server.stop()
     assert not server.base.exists()
     assert [pid for pid in pids if os.path.exists(f"/proc/{pid}")] == []
+
+
+# --- a real mailbox: automatic mail filed, oversize quarantined unread, one bad message never stops the run ----------
+def test_automatic_mail_is_filed_oversize_quarantined_unread_and_errors_quarantined(box, connect):
+    box.deliver(request_mail(1))
+    box.deliver(b"Auto-Submitted: auto-replied\r\n" + request_mail(2))
+    box.deliver(request_mail(3) + b"x" * 6000)
+    box.deliver(request_mail(4))
+    box.deliver(request_mail(5))
+    handled, notices = [], []
+
+    def handler(parsed):
+        if parsed.message_id == "<req-4@agricultura.gob.mx>":
+            raise KeyError("a defect of this one message")
+        handled.append(parsed.message_id)
+        return parsed.kind
+
+    result = process_imap(connect(), handler, max_message_bytes=4096,
+                          on_quarantine=lambda name, reason, parsed: notices.append(name))
+    assert handled == ["<req-1@agricultura.gob.mx>", "<req-2@agricultura.gob.mx>", "<req-5@agricultura.gob.mx>"]
+    assert [name for name, _p, _o in result.filed] == ["imap:2"]
+    assert notices == ["imap:3", "imap:4"]
+    assert message_ids(box.fetch_all("Automaticos")) == ["<req-2@agricultura.gob.mx>"]
+    assert message_ids(box.fetch_all("Procesados")) == ["<req-1@agricultura.gob.mx>", "<req-5@agricultura.gob.mx>"]
+    quarantined = sorted(box.fetch_all("Cuarentena").values())
+    assert len(quarantined) == 2 and box.fetch_all("INBOX") == {}
+    # the oversize one was moved as it arrived (never downloaded); the other carries its reason
+    assert any(raw.startswith(b"From: Juan") and raw.rstrip().endswith(b"x" * 100) for raw, _f in quarantined)
+    assert any(b"KeyError" in raw for raw, _f in quarantined)
+    rows = preview(connect(), max_message_bytes=4096)
+    assert rows == []

@@ -4,6 +4,7 @@ import email
 import io
 import mailbox
 import os
+import quopri
 import signal
 import stat
 import subprocess
@@ -18,8 +19,11 @@ from ansible.module_utils.mail_intake import (
     QuarantineMessage,
     ServiceRequest,
     extract_attachments,
+    holds_private_key,
+    is_transient,
     parse_message,
     process_maildir,
+    redact,
     sanitise_filename,
 )
 from cryptography import x509
@@ -315,14 +319,14 @@ def test_handler_crash_keeps_message_in_new_and_rerun_creates_no_duplicate(tmp_p
     def crashing(parsed):
         calls["n"] += 1
         if calls["n"] == 1:
-            raise RuntimeError("database is down")  # before commit
+            raise ConnectionError("database is down")  # before commit: an outage stops the run
         tickets.append(parsed.message_id)
         if calls["n"] == 3:
-            raise RuntimeError("killed after commit")  # after commit, before the move
+            raise ConnectionError("killed after commit")  # after commit, before the move
         return None
 
     for _ in range(2):
-        with pytest.raises(RuntimeError):
+        with pytest.raises(ConnectionError):
             process_maildir(inbox, crashing, quarantine, seen=tickets.__contains__, max_attachment_bytes=CAP)
         assert _count_everywhere(inbox, quarantine) == len(sent)
     process_maildir(inbox, crashing, quarantine, seen=tickets.__contains__, max_attachment_bytes=CAP)
@@ -446,3 +450,245 @@ def test_reply_merges_into_the_stored_request_and_round_trips_the_ticket_shape()
     reply = parse_message(make("RE: [Ticket #4] Observaciones", "Cargo: Director General\n> Cargo: Subdirectora\n"))
     merged = ServiceRequest.from_ticket(ticket).merged(reply.request)
     assert merged.forwarded_by_rank == "Director General" and merged.requester == "Juan Pérez López"
+
+
+# ---- a real mailbox: never loop, never stop, never lose (issue 11) -------------------------------------------------
+
+MESA = "mesa.servicios@agricultura.gob.mx"
+
+
+def _with_headers(raw: bytes, **headers) -> bytes:
+    return "".join(f"{k.replace('_', '-')}: {v}\r\n" for k, v in headers.items()).encode() + raw
+
+
+@pytest.mark.parametrize("headers, subject, sender", [
+    ({"Auto_Submitted": "auto-replied"}, "Re: Solicitud", "juan.perez@agricultura.gob.mx"),
+    ({"Auto_Submitted": "auto-generated; owner-email=x@y"}, "Aviso", "sistema@agricultura.gob.mx"),
+    ({"X_Autoreply": "yes"}, "Solicitud", "juan.perez@agricultura.gob.mx"),
+    ({"Precedence": "auto_reply"}, "Solicitud", "juan.perez@agricultura.gob.mx"),
+    ({}, "Respuesta automática: Folio DGTIC-RENAPO-2026-000123 asignado [Ticket #7]", "juan.perez@agricultura.gob.mx"),
+    ({}, "Fuera de la oficina: Solicitud", "juan.perez@agricultura.gob.mx"),
+    ({}, "Automatic reply: Solicitud", "juan.perez@agricultura.gob.mx"),
+    ({}, "Folio DGTIC-RENAPO-2026-000123 asignado [Ticket #7]", MESA),  # our notice, Auto-Submitted stripped
+], ids=["auto-replied", "auto-generated", "x-autoreply", "precedence", "respuesta-automatica", "fuera-de-oficina",
+        "automatic-reply", "own-sender"])
+def test_automatic_mail_is_filed_never_a_request_or_reply(headers, subject, sender):
+    raw = _with_headers(make(subject, REQUEST_BODY, sender=sender), **headers)
+    parsed = parse_message(raw, own_senders=[MESA])
+    assert parsed.kind == "automatic" and parsed.auto and not parsed.quarantine and parsed.request is None
+    if "Ticket #7" in subject:
+        assert parsed.ticket_id == 7  # an out-of-office quoting a ticket is noted on it, never read as a reply
+
+
+def test_auto_submitted_no_and_a_recorded_notice_id():
+    raw = _with_headers(make("Solicitud", REQUEST_BODY, msgid="<n1@agricultura.gob.mx>"), Auto_Submitted="no")
+    assert parse_message(raw).kind == "request"
+    parsed = parse_message(raw, own_message_ids={"<n1@agricultura.gob.mx>"})
+    assert parsed.kind == "automatic" and parsed.own
+
+
+def _dsn(original_headers: str, variant: str) -> bytes:
+    status = ("Reporting-MTA: dns; mx.lab\r\n\r\nFinal-Recipient: rfc822; enlace@agricultura.gob.mx\r\n"
+              "Action: failed\r\nStatus: 5.1.1\r\nDiagnostic-Code: smtp; 550 5.1.1 User unknown\r\n")
+    returned = ("text/rfc822-headers", original_headers) if variant == "headers" else (
+        "message/rfc822", original_headers + "\r\nCuerpo del aviso.\r\n")
+    return ("From: MAILER-DAEMON@mx.lab (Mail Delivery System)\r\nTo: mesa.servicios@agricultura.gob.mx\r\n"
+            "Subject: Undelivered Mail Returned to Sender\r\nMessage-ID: <dsn1@mx.lab>\r\nMIME-Version: 1.0\r\n"
+            'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n\r\n'
+            "--B\r\nContent-Type: text/plain\r\n\r\nNo se pudo entregar.\r\n"
+            f"--B\r\nContent-Type: message/delivery-status\r\n\r\n{status}\r\n"
+            f"--B\r\nContent-Type: {returned[0]}\r\n\r\n{returned[1]}\r\n--B--\r\n").encode()
+
+
+@pytest.mark.parametrize("variant", ["headers", "rfc822"])
+def test_delivery_status_notification_names_the_returned_notice(variant):
+    original = (f"From: {MESA}\r\nTo: enlace@agricultura.gob.mx\r\nMessage-ID: <aviso-1@agricultura.gob.mx>\r\n"
+                f"Subject: Folio {FOLIO} asignado a su solicitud [Ticket #12]\r\n")
+    parsed = parse_message(_dsn(original, variant), own_senders=[MESA])
+    assert parsed.kind == "bounce" and not parsed.quarantine
+    assert parsed.bounce["original_message_id"] == "<aviso-1@agricultura.gob.mx>"
+    assert parsed.ticket_id == 12 and parsed.folio == FOLIO
+    [rcpt] = parsed.bounce["recipients"]
+    assert rcpt["recipient"] == "enlace@agricultura.gob.mx" and rcpt["action"] == "failed" and rcpt["status"] == "5.1.1"
+
+
+def test_classic_bounce_without_report():
+    body = ("This is the mail system at host mx.lab.\n\n<enlace@agricultura.gob.mx>: user unknown\n\n"
+            "--- Below this line is a copy of the message.\n\nMessage-ID: <aviso-2@agricultura.gob.mx>\n"
+            "Subject: Cierre del ticket, folio DGTIC-SAT-2026-000004 [Ticket #4]\n")
+    parsed = parse_message(make("Mail delivery failed: returning message to sender", body,
+                                sender="MAILER-DAEMON@mx.lab"))
+    assert parsed.kind == "bounce" and parsed.bounce["original_message_id"] == "<aviso-2@agricultura.gob.mx>"
+    assert parsed.ticket_id == 4 and parsed.bounce["recipients"][0]["recipient"] == "enlace@agricultura.gob.mx"
+
+
+def test_read_receipt_is_filed():
+    raw = (b"From: juan.perez@agricultura.gob.mx\r\nSubject: Leido: Folio\r\nMessage-ID: <r@x>\r\nMIME-Version: 1.0"
+           b'\r\nContent-Type: multipart/report; report-type=disposition-notification; boundary="B"\r\n\r\n'
+           b"--B\r\nContent-Type: text/plain\r\n\r\nLeido\r\n--B--\r\n")
+    assert parse_message(raw).kind == "automatic"
+
+
+def test_forwarded_provider_mail_keeps_the_inner_sender_as_a_claim(cert):
+    inner = EmailMessage()
+    inner["From"] = "RENAPO <servicios.consulta@renapo.gob.mx>"
+    inner["Subject"] = "Renovación del certificado"
+    inner["Message-ID"] = "<pub@renapo.gob.mx>"
+    inner.set_content(f"Huella SHA-256: {FINGERPRINT}\n")
+    inner.add_attachment(cert["pem"], maintype="application", subtype="x-pem-file", filename="renapo.pem")
+    fwd = EmailMessage()
+    fwd["From"] = "Luis Pérez <luis.perez@agricultura.gob.mx>"
+    fwd["Subject"] = f"RV: {inner['Subject']}"
+    fwd["Message-ID"] = "<fwd@agricultura.gob.mx>"
+    fwd.set_content("Les reenvío lo de RENAPO.\n")
+    fwd.add_attachment(inner, filename="renapo.eml")
+    parsed = parse_message(fwd.as_bytes())
+    assert parsed.kind == "delivery" and parsed.sender == "luis.perez@agricultura.gob.mx"
+    assert parsed.forwarded == {"from": "servicios.consulta@renapo.gob.mx", "subject": "Renovación del certificado",
+                                "message_id": "<pub@renapo.gob.mx>"}
+    assert parsed.service == "renapo" and parsed.fingerprint == FINGERPRINT
+    assert [a.filename for a in parsed.attachments] == ["renapo.pem"]
+
+
+@pytest.mark.parametrize("subject", ["RV: Solicitud", "RE: RV: Solicitud", "FW: Solicitud", "Fwd: Solicitud"])
+def test_forwarded_request_subjects_are_requests_when_they_quote_no_ticket(subject):
+    body = "-----Mensaje original-----\nDe: Juan\n\n" + REQUEST_BODY
+    parsed = parse_message(make(subject, body))
+    assert parsed.kind == "request" and parsed.request.requester == "Juan Pérez López"
+
+
+def test_outlook_html_only_windows_1252_and_mislabelled_latin1():
+    html = ("<html><body><p class=MsoNormal>Solicitante: Juan Pérez López<o:p></o:p></p>"
+            "<p class=MsoNormal>Sistema: Padrón de Productores</p><p>“Saludos”</p></body></html>")
+    raw = (b"From: juan.perez@agricultura.gob.mx\r\nSubject: RV: Solicitud\r\nMessage-ID: <h@x>\r\n"
+           b"MIME-Version: 1.0\r\n"
+           b"Content-Type: text/html; charset=\"windows-1252\"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+           ) + quopri.encodestring(html.encode("cp1252"))
+    parsed = parse_message(raw)
+    assert parsed.kind == "request" and parsed.request.requester == "Juan Pérez López"
+    assert parsed.request.system == "Padrón de Productores" and "“Saludos”" in parsed.body
+    # Outlook labels Windows-1252 text as ISO-8859-1: curly quotes and dashes must survive
+    latin = (b"From: juan.perez@agricultura.gob.mx\r\nSubject: Solicitud\r\nMessage-ID: <l@x>\r\nMIME-Version: 1.0\r\n"
+             b"Content-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: 8bit\r\n\r\n") + \
+        "Solicitante: José Núñez\nSistema: Padrón de Productores\n“Gracias” – J.\n".encode("cp1252")
+    parsed = parse_message(latin)
+    assert parsed.request.requester == "José Núñez" and "“Gracias” – J." in parsed.body
+
+
+def _tnef(body: bytes, files) -> bytes:
+    """A minimal winmail.dat as Outlook writes it: version, OEM code page, body, then each attachment."""
+    def obj(level, attr, kind, data):
+        head = bytes([level]) + attr.to_bytes(2, "little") + kind.to_bytes(2, "little")
+        return head + len(data).to_bytes(4, "little") + data + (sum(data) % 65536).to_bytes(2, "little")
+    out = (0x223E9F78).to_bytes(4, "little") + (1).to_bytes(2, "little")
+    out += obj(1, 0x9006, 0x0008, (0x10000).to_bytes(4, "little"))
+    out += obj(1, 0x9007, 0x0006, (1252).to_bytes(4, "little") + bytes(4))
+    out += obj(1, 0x800C, 0x0002, body)
+    for name, data in files:
+        out += obj(2, 0x9002, 0x0006, bytes(14))
+        out += obj(2, 0x8010, 0x0001, name.encode() + b"\0")
+        out += obj(2, 0x800F, 0x0006, data)
+    return out
+
+
+def test_winmail_dat_is_unpacked_or_quarantined_with_a_clear_reason(cert):
+    tnef = _tnef(f"Huella SHA-256: {FINGERPRINT}\n".encode(), [("renapo.pem", cert["pem"])])
+    parsed = parse_message(make(f"Renovación, folio {FOLIO}", "", sender="certificados@renapo.gob.mx",
+                                attachments=[("winmail.dat", tnef)]))
+    assert parsed.kind == "delivery" and not parsed.quarantine, parsed.reason
+    assert [(a.filename, a.content) for a in parsed.attachments] == [("renapo.pem", cert["pem"])]
+    assert parsed.fingerprint == FINGERPRINT
+    for garbage in (b"not a tnef file at all", b"\x78\x9f\x3e\x22garbage", tnef[:40]):
+        broken = parse_message(make(f"Renovación, folio {FOLIO}", "x", sender="certificados@renapo.gob.mx",
+                                    attachments=[("winmail.dat", garbage)]))
+        assert broken.quarantine and "winmail.dat (formato TNEF de Outlook) ilegible" in broken.reason
+
+
+def test_private_keys_are_recognised_by_content(cert):
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.hazmat.primitives.serialization import pkcs12
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    enc, fmt = serialization.Encoding, serialization.PrivateFormat
+    keys = [ec_key.private_bytes(enc.PEM, fmt.PKCS8, serialization.NoEncryption()),
+            ec_key.private_bytes(enc.DER, fmt.PKCS8, serialization.NoEncryption()),
+            ec_key.private_bytes(enc.DER, fmt.TraditionalOpenSSL, serialization.NoEncryption()),
+            rsa_key.private_bytes(enc.DER, fmt.TraditionalOpenSSL, serialization.NoEncryption()),
+            rsa_key.private_bytes(enc.PEM, fmt.TraditionalOpenSSL, serialization.NoEncryption()),
+            cert["key_der"],  # a SAT .key: encrypted PKCS#8 DER
+            pkcs12.serialize_key_and_certificates(b"x", ec_key, None, None,
+                                                  serialization.BestAvailableEncryption(b"p"))]
+    assert all(holds_private_key(k) for k in keys)
+    assert not any(holds_private_key(x) for x in (cert["pem"], cert["der"], b"hola", b"0\x03\x02\x01\x00"))
+
+
+def test_an_attachment_holding_a_key_is_written_0600_whatever_its_name(tmp_path, cert):
+    raw = make(f"Entrega, folio {FOLIO}", "x", sender="certificados@sat.gob.mx",
+               attachments=[("certificado.cer", cert["der"]), ("notas.txt", cert["key_der"]), ("leeme.txt", b"hola")])
+    parsed = parse_message(raw)
+    assert [a.filename for a in parsed.attachments] == ["certificado.cer", "notas.txt"]
+    written = {p.name: stat.S_IMODE(p.stat().st_mode) for p in extract_attachments(parsed, tmp_path / "out")}
+    assert written == {"certificado.cer": 0o644, "notas.txt": 0o600}
+
+
+def test_redact_and_transient():
+    text = "Message-ID <-----BEGIN PRIVATE KEY-----MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC@x> y " + \
+        "unidad MII" + "A" * 64
+    shown = redact(text)
+    assert "PRIVATE KEY" not in shown and "MIIEvQ" not in shown
+    assert "A" * 40 not in redact("unidad MII" + "A" * 64)
+    import smtplib
+    import sqlite3
+    assert is_transient(ConnectionRefusedError()) and is_transient(smtplib.SMTPServerDisconnected("x"))
+    assert is_transient(sqlite3.OperationalError("database is locked"))
+    wrapped = ValueError("ticket store down")
+    wrapped.__context__ = sqlite3.OperationalError("disk I/O error")
+    assert is_transient(wrapped)
+    assert not is_transient(ValueError("bad value")) and not is_transient(sqlite3.IntegrityError("check"))
+    assert not is_transient(smtplib.SMTPRecipientsRefused({"x@y": (550, b"no such user")}))
+    assert is_transient(smtplib.SMTPRecipientsRefused({"x@y": (451, b"try later")}))
+
+
+def test_digest_ignores_transport_headers_and_sees_content():
+    one = parse_message(make("Solicitud", REQUEST_BODY, msgid="<same@x>"))
+    relayed = parse_message(_with_headers(make("Solicitud", REQUEST_BODY, msgid="<same@x>"),
+                                          Received="from mx.lab by imap.lab", DKIM_Signature="v=1; a=rsa"))
+    other = parse_message(make("Solicitud", REQUEST_BODY.replace("Padrón", "Padron"), msgid="<same@x>"))
+    assert one.digest == relayed.digest != other.digest
+
+
+def test_one_bad_message_never_stops_the_run_and_an_outage_does(tmp_path, cert):
+    inbox, quarantine = tmp_path / "inbox", tmp_path / "q"
+    box = mailbox.Maildir(inbox, create=True)
+    box.add(make("Solicitud 1", REQUEST_BODY.replace("Juan", "Uno"), msgid="<p1@x>"))
+    box.add(make("Solicitud 2", REQUEST_BODY.replace("Juan", "Dos"), msgid="<p2@x>"))
+    box.add(make("Solicitud 3", REQUEST_BODY, msgid="<p3@x>") + b"x" * 5000)  # oversize
+    box.add(_with_headers(make("Respuesta automática: Solicitud", "fuera", msgid="<p4@x>"),
+                          Auto_Submitted="auto-replied"))
+    box.add(make("Solicitud 5", REQUEST_BODY, msgid="<p5@x>"))
+    handled, notices = [], []
+
+    def handler(parsed):
+        if parsed.message_id == "<p1@x>":
+            raise ValueError("-----BEGIN PRIVATE KEY----- MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC")
+        handled.append(parsed.message_id)
+        return parsed.kind
+
+    result = process_maildir(inbox, handler, quarantine, max_message_bytes=4000,
+                             on_quarantine=lambda name, reason, parsed: notices.append(reason))
+    # (Maildir names order arrivals only to the second: compare sets)
+    assert sorted(handled) == ["<p2@x>", "<p4@x>", "<p5@x>"]
+    assert [p.message_id for _n, p, _o in result.filed] == ["<p4@x>"]
+    assert sorted(p.message_id for _n, p, _o in result.processed) == ["<p2@x>", "<p5@x>"]
+    assert len(result.quarantined) == 2 and notices == [r for _n, r, _p in result.quarantined]
+    [error] = [r for _n, r, p in result.quarantined if p is not None]
+    [oversize] = [r for _n, r, p in result.quarantined if p is None]  # never parsed
+    assert "ValueError" in error and "PRIVATE KEY" not in error and "MIIEvQ" not in error
+    assert "correo demasiado grande" in oversize
+    assert not os.listdir(inbox / "new") and len(os.listdir(inbox / "cur")) == 3
+    assert len(os.listdir(quarantine / "new")) == 2
+
+    box.add(make("Solicitud 6", REQUEST_BODY, msgid="<p6@x>"))
+    with pytest.raises(ConnectionRefusedError):
+        process_maildir(inbox, lambda parsed: (_ for _ in ()).throw(ConnectionRefusedError()), quarantine)
+    assert len(os.listdir(inbox / "new")) == 1  # left for the next run
