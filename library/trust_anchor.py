@@ -185,6 +185,7 @@ anchor:
     - The registry entry after the call (as it would be, in check mode), with its evidence, oldest first.
     - When only evidence exists for the fingerprint (no certificate recorded yet) the fields other than
       C(provider), C(fingerprint) and C(evidence) are null.
+    - C(serial_hex) is the certificate's serial in hexadecimal, when a certificate is recorded.
   returned: unless O(state=seeded)
   type: dict
   sample:
@@ -194,6 +195,7 @@ anchor:
     not_before: "2026-01-01T00:00:00+00:00"
     not_after: "2036-01-01T00:00:00+00:00"
     pem: "-----BEGIN CERTIFICATE-----\n..."
+    serial_hex: 4D2F03DA70D5
     state: approved
     created_at: "2026-03-01T10:00:00-06:00"
     created_by: intake
@@ -447,6 +449,8 @@ def keep(module, p):
                 for item in anchor["evidence"]:
                     item.pop("provider", None)
                     item.pop("fingerprint", None)
+    if anchor.get("pem"):  # the serial as people read it in a notice (the store keeps the certificate itself)
+        anchor["serial_hex"] = format(parse_certificates(anchor["pem"].encode(), "registry")[0].serial_number, "X")
     output = dict(changed=changed, anchor=anchor, fingerprint=fingerprint, approved=anchor["state"] == "approved")
     if check is not None:
         output["endpoint_check"] = check
