@@ -7,7 +7,7 @@ short_description: Consult every CURP of a padrón at RENAPO, or every RFC at SA
 description:
   - Reads a padrón CSV file and consults each CURP with RENAPO's C(consultarPorCurp), through a host's
     consultation gateway or RENAPO directly, with bounded concurrency, and stores each result in a SQLite database
-    with the moment of the consultation.
+    or a PostgreSQL database (the store AWX job slices share), with the moment of the consultation.
   - "Padrón columns (UTF-8 CSV with a header row; extra columns are ignored): C(curp), C(nombres), C(apellido1),
     C(apellido2), C(fecha_nacimiento) (YYYY-MM-DD or DD/MM/YYYY), C(sexo) (H/M), C(entidad) (two-letter CURP state
     code)."
@@ -24,6 +24,12 @@ description:
   - With O(service=sat) the file is a CSV of RFCs (column C(rfc), optional C(curp)) and each RFC's opinión de
     cumplimiento is consulted at SAT (mutual TLS with O(client_cert)/O(client_key) when the endpoint is SAT
     itself), through the same batch machinery, into the same database.
+  - "AWX job slicing: with O(slice)/O(slices) (for example from C(awx_job_slice_number)/C(awx_job_slice_count))
+    a job consults only the records whose CURP (or RFC) hashes to its slice: a stable partition, no record in two
+    slices and none left out. Every slice writes into the same run of a shared O(results_db) (PostgreSQL across
+    execution nodes); the run is finished when its last slice finishes, and its KPIs are those of an unsliced run."
+  - O(rate_limit) caps the requests per second sent to the endpoint (every attempt counted), shared by every
+    process and slice using the same O(results_db) and endpoint.
   - In check mode the padrón is read and checked and the module reports what it would consult; nothing is sent.
 version_added: "0.1.0"
 author: DGTIC certificate renewal team
@@ -38,8 +44,11 @@ options:
     type: path
     required: true
   results_db:
-    description: SQLite file of the results (created with its directory when missing).
-    type: path
+    description:
+      - The results store. A SQLite file (a path or C(sqlite:///path); created with its directory when missing), or
+        a PostgreSQL database C(postgresql://user@host:5432/db) (psycopg 3 on the controller), which job slices on
+        several execution nodes share. A password in the URL is never returned or logged; prefer C(PGPASSWORD).
+    type: str
     required: true
   endpoint:
     description:
@@ -84,9 +93,24 @@ options:
         named after the current time is started. Naming a finished run retries its records that ended in error.
     type: str
   resume:
-    description: Resume the unfinished run of the same padrón file when I(run_id) is not given.
+    description:
+      - Resume the unfinished run of the same padrón file when I(run_id) is not given.
+      - With O(slices) above 1 it must stay on (or I(run_id) be given), so that every slice joins the same run.
     type: bool
     default: true
+  slice:
+    description: This job's slice, from 1 to O(slices) (AWX C(awx_job_slice_number)).
+    type: int
+    default: 1
+  slices:
+    description: Number of slices the padrón is split into (AWX C(awx_job_slice_count)); 1 consults it all.
+    type: int
+    default: 1
+  rate_limit:
+    description:
+      - Most requests per second sent to the endpoint, over every slice and process sharing O(results_db); retries
+        count. Unset means no limit (only O(concurrency) bounds the load).
+    type: float
 """
 
 EXAMPLES = r"""
@@ -99,6 +123,17 @@ EXAMPLES = r"""
     password: "{{ renapo_password }}"
     concurrency: 8
   register: corrida
+
+- name: One AWX job slice of the padrón, into the store the slices share, at most 50 requests per second in all
+  padron_consulta:
+    padron: /srv/padron/padron.csv
+    results_db: postgresql://padron@db.example:5432/consulta
+    endpoint: http://127.0.0.2:8080
+    usuario: "{{ renapo_usuario }}"
+    password: "{{ renapo_password }}"
+    slice: "{{ awx_job_slice_number | default(1) }}"
+    slices: "{{ awx_job_slice_count | default(1) }}"
+    rate_limit: 50
 
 - name: Every record has a result
   ansible.builtin.assert:
@@ -227,8 +262,23 @@ duplicates:
   returned: always
   type: dict
   sample: {"PEAL770525MBSRVT05": [2, 17]}
+slice:
+  description: This job's slice.
+  returned: always
+  type: int
+  sample: 1
+slices:
+  description: Number of slices of the run.
+  returned: always
+  type: int
+  sample: 2
+slice_records:
+  description: Records of the file in this slice (all of them when unsliced).
+  returned: success
+  type: int
+  sample: 10042
 results_db:
-  description: The results database.
+  description: The results store (a PostgreSQL URL with its password masked).
   returned: always
   type: str
   sample: /var/lib/consulta/padron_resultados.db
@@ -238,6 +288,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.padron_batch import PadronError, plan, read_padron, read_rfcs, run_batch, run_sat_batch
+from ansible.module_utils.ticket_store import POSTGRES_SCHEMES, dsn_secrets, redact
 
 
 def main():
@@ -245,7 +296,7 @@ def main():
         argument_spec=dict(
             service=dict(type="str", choices=["renapo", "sat"], default="renapo"),
             padron=dict(type="path", required=True),
-            results_db=dict(type="path", required=True),
+            results_db=dict(type="str", required=True),
             endpoint=dict(type="str", required=True),
             usuario=dict(type="str"),
             password=dict(type="str", no_log=True),
@@ -258,6 +309,9 @@ def main():
             timeout=dict(type="float", default=10),
             run_id=dict(type="str"),
             resume=dict(type="bool", default=True),
+            slice=dict(type="int", default=1),
+            slices=dict(type="int", default=1),
+            rate_limit=dict(type="float"),
         ),
         required_if=[("service", "renapo", ("usuario", "password"))],
         required_together=[("client_cert", "client_key")],
@@ -265,27 +319,36 @@ def main():
     )
     p = module.params
     sat = p["service"] == "sat"
+    dsn = p["results_db"]
+    module.no_log_values.update(dsn_secrets(dsn))
+    shown = redact(dsn)
+    if not dsn.startswith(POSTGRES_SCHEMES):
+        dsn = os.path.expanduser(dsn[len("sqlite:///"):] if dsn.startswith("sqlite:///") else dsn)
+    sliced = {"slice_no": p["slice"], "slices": p["slices"]}
     try:
         if module.check_mode:
             padron = read_rfcs(p["padron"]) if sat else read_padron(p["padron"])
-            would = plan(p["results_db"], padron, p["run_id"], p["resume"], p["service"])
+            would = plan(dsn, padron, p["run_id"], p["resume"], p["service"], **sliced)
             module.exit_json(changed=would["to_consult"] + would["prechecked"] > 0, run_id=would["run_id"],
                              resumed=would["resumed"], consulted=0, would_consult=would["to_consult"],
                              already_stored=would["already_done"], padron_total=len(padron["records"]),
                              duplicated_curps=len(padron["duplicates"]),
-                             duplicates=dict(list(padron["duplicates"].items())[:20]), results_db=p["results_db"])
-        os.makedirs(os.path.dirname(os.path.abspath(p["results_db"])), exist_ok=True)
+                             duplicates=dict(list(padron["duplicates"].items())[:20]), results_db=shown,
+                             slice=p["slice"], slices=p["slices"])
+        if not dsn.startswith(POSTGRES_SCHEMES):
+            os.makedirs(os.path.dirname(os.path.abspath(dsn)), exist_ok=True)
         common = {"ca_path": p["ca_path"], "timeout": p["timeout"], "concurrency": p["concurrency"],
-                  "retries": p["retries"], "backoff": p["backoff"], "run_id": p["run_id"], "resume": p["resume"]}
+                  "retries": p["retries"], "backoff": p["backoff"], "run_id": p["run_id"], "resume": p["resume"],
+                  "rate_limit": p["rate_limit"], **sliced}
         if sat:
-            result = run_sat_batch(p["padron"], p["results_db"], p["endpoint"], client_cert=p["client_cert"],
+            result = run_sat_batch(p["padron"], dsn, p["endpoint"], client_cert=p["client_cert"],
                                    client_key=p["client_key"], **common)
         else:
-            result = run_batch(p["padron"], p["results_db"], p["endpoint"], usuario=p["usuario"],
+            result = run_batch(p["padron"], dsn, p["endpoint"], usuario=p["usuario"],
                                password=p["password"], **common)
     except PadronError as e:
-        module.fail_json(msg=str(e), results_db=p["results_db"])
-    module.exit_json(changed=result["stored"] > result["already_stored"], results_db=p["results_db"], **result)
+        module.fail_json(msg=str(e), results_db=shown)
+    module.exit_json(changed=result["stored"] > result["already_stored"], results_db=shown, **result)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The procedure's KPIs (DESIGN.md §7) from the padrón consultation results and the ticket store.
 
-Pure code (stdlib + the project's sla/ticket_store/consulta): no Ansible import. Every aggregation over results runs
-in SQLite (GROUP BY over the run's rows); Python only touches the grouped rows, so millions of stored results cost
+Pure code (stdlib + the project's sla/ticket_store/consulta/padron_batch): no Ansible import. Every aggregation over
+results runs in the results store, SQLite or PostgreSQL (GROUP BY over the run's rows; the same SQL, a 0/1 CASE where
+PostgreSQL cannot sum a comparison); Python only touches the grouped rows, so millions of stored results cost
 seconds and little memory. Percentages are rounded to two decimals; each KPI carries its numerator and denominator,
 and its definition (DEFINITIONS, shown on the report) names both.
 
@@ -18,11 +19,11 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import math
-import os
 import sqlite3
 import statistics
 
 from ansible.module_utils.consulta import ENTIDADES, OPINIONS, STATUS_ACTIVE, STATUS_INACTIVE
+from ansible.module_utils.padron_batch import PadronError, open_results, results_exist
 from ansible.module_utils.sla import (
     CLOCKS,
     SERVICES,
@@ -77,10 +78,20 @@ DEFINITIONS = {
 }
 
 # Per run: con resultado, no enviados, enviados, encontrados, inconsistentes, bajas, BD, actualizados, sin respuesta.
-_PER_RUN = ("SELECT run_id, SUM(revisado), SUM(attempts = 0), SUM(attempts > 0), SUM(exitoso), SUM(inconsistente), "  # noqa: S608
-            "SUM(baja), SUM(defuncion), SUM(exitoso = 1 AND inconsistente = 0 AND status_curp IN ("
-            + ", ".join(f"'{s}'" for s in STATUS_ACTIVE) + ")), COUNT(*) - SUM(revisado), MAX(consulted_at) "
-            "FROM results GROUP BY run_id")
+def _b(pg: bool, expr: str) -> str:
+    """A condition as a 0/1 integer: SQLite sums the comparison itself (fast), PostgreSQL needs a CASE."""
+    return f"CASE WHEN {expr} THEN 1 ELSE 0 END" if pg else expr
+
+
+def _per_run(pg: bool) -> str:
+    return (f"SELECT run_id, SUM(revisado), SUM({_b(pg, 'attempts = 0')}), SUM({_b(pg, 'attempts > 0')}), "  # noqa: S608
+            "SUM(exitoso), SUM(inconsistente), SUM(baja), SUM(defuncion), SUM("
+            + _b(pg, "exitoso = 1 AND inconsistente = 0 AND status_curp IN ("
+                 + ", ".join(f"'{s}'" for s in STATUS_ACTIVE) + ")")
+            + "), COUNT(*) - SUM(revisado), MAX(consulted_at) FROM results GROUP BY run_id")
+
+
+_PER_RUN = _per_run(False)
 _AGE_BAND = "CASE " + " ".join(f"WHEN edad BETWEEN {lo} AND {hi} THEN {i}"
                                for i, (_, lo, hi) in enumerate(AGE_BANDS)) + " END"
 
@@ -123,18 +134,27 @@ def _bounds(period_start, period_end) -> tuple[str, str]:
 
 def padron_kpis(db_path: str, period_start=None, period_end=None, min_sample: int = MIN_SAMPLE) -> dict:
     """Per-run trend, the latest run's coverage, KPIs and breakdowns, and the SAT opinions of the period."""
-    if not os.path.exists(db_path):
+    if not results_exist(db_path):
         raise KpiError(f"the results database {db_path} does not exist; run playbooks/padron_consulta.yml first")
     lo, hi = _bounds(period_start, period_end)
-    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)
+    if str(db_path).startswith(("postgresql://", "postgres://")):
+        try:
+            db = open_results(db_path, create=False, readonly=True)
+        except PadronError as e:
+            raise KpiError(str(e)) from None
+        pg, shown = True, db.dsn
+    else:
+        path = db_path[len("sqlite:///"):] if str(db_path).startswith("sqlite:///") else db_path
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        pg, shown = False, db_path
     try:
-        if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'results'").fetchone():
-            raise KpiError(f"{db_path} is not a padrón results database (no results table)")
+        if not _has_table(db, pg, "results"):
+            raise KpiError(f"{shown} is not a padrón results database (no results table)")
         runs = db.execute(
             "SELECT run_id, started_at, finished_at, padron_total FROM runs WHERE started_at >= ? AND started_at < ? "
             "ORDER BY started_at, run_id", (lo, hi)).fetchall()
         # The flags are 0/1 columns set at write time (padron_batch): one pass of integer SUMs per run.
-        per_run = {r[0]: r for r in db.execute(_PER_RUN)}
+        per_run = {r[0]: r for r in db.execute(_per_run(True) if pg else _PER_RUN)}
         trend = []
         for run_id, started, finished, total in runs:
             row = per_run.get(run_id) or (run_id, 0, 0, 0, 0, 0, 0, 0, 0, 0, None)
@@ -147,8 +167,10 @@ def padron_kpis(db_path: str, period_start=None, period_end=None, min_sample: in
                 "poblacion_actualizada": _kpi(updated, total), "inconsistencias": _kpi(inconsistent, reviewed),
                 "bajas": _kpi(bajas, found), "mortalidad": _kpi(bd, found)})
         latest = trend[-1] if trend else None
-        breakdown = _breakdown(db, latest["run_id"], min_sample) if latest else {}
-        sat = sat_kpis(db, lo, hi)
+        breakdown = _breakdown(db, latest["run_id"], min_sample, pg) if latest else {}
+        sat = sat_kpis(db, lo, hi, pg)
+    except PadronError as e:
+        raise KpiError(str(e)) from None
     finally:
         db.close()
     return {"periodo": {"desde": period_start and str(period_start), "hasta": period_end and str(period_end)},
@@ -157,15 +179,23 @@ def padron_kpis(db_path: str, period_start=None, period_end=None, min_sample: in
             "corridas": trend, "muestra_minima": min_sample, "sat": sat, **breakdown}
 
 
-def _breakdown(db: sqlite3.Connection, run_id: str, min_sample: int) -> dict:
+def _has_table(db, pg: bool, name: str) -> bool:
+    if pg:
+        return db.execute("SELECT to_regclass(?)", (name,)).fetchone()[0] is not None
+    return db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (name,)).fetchone() is not None
+
+
+def _breakdown(db, run_id: str, min_sample: int, pg: bool = False) -> dict:
     """The latest run's found records by statusCurp, age band and entidad (one GROUP BY), and its causes."""
     rows = db.execute(
         f"SELECT status_curp, {_AGE_BAND}, entidad, COUNT(*), SUM(defuncion) FROM results "  # noqa: S608
         "WHERE run_id = ? AND exitoso = 1 GROUP BY 1, 2, 3", (run_id,)).fetchall()
     causes = db.execute(
-        "SELECT SUM(mismatch_nombre), SUM(mismatch_fecha_nacimiento), SUM(mismatch_sexo), SUM(category = "
-        "'not_found'), SUM(category = 'malformed' AND attempts > 0), SUM(category = 'malformed' AND attempts = 0), "
-        "SUM(category = 'duplicate'), SUM(revisado) FROM results WHERE run_id = ?", (run_id,)).fetchone()
+        "SELECT SUM(mismatch_nombre), SUM(mismatch_fecha_nacimiento), SUM(mismatch_sexo), "  # noqa: S608
+        + ", ".join(f"SUM({_b(pg, c)})" for c in ("category = 'not_found'", "category = 'malformed' AND attempts > 0",
+                                                   "category = 'malformed' AND attempts = 0",
+                                                   "category = 'duplicate'"))
+        + ", SUM(revisado) FROM results WHERE run_id = ?", (run_id,)).fetchone()
     found = sum(r[3] for r in rows)
     status, bands, states = {}, [[0, 0] for _ in AGE_BANDS], {code: [0, 0] for code in ENTIDADES}
     for code, band, entidad, n, bd in rows:
@@ -192,19 +222,20 @@ def _breakdown(db: sqlite3.Connection, run_id: str, min_sample: int) -> dict:
     }
 
 
-def sat_kpis(db: sqlite3.Connection, lo: str, hi: str) -> dict | None:
+def sat_kpis(db, lo: str, hi: str, pg: bool = False) -> dict | None:
     """Opinión de cumplimiento shares of the period's SAT runs (tables of padron_batch.run_sat_batch), the latest
     run's as headline; None when the database holds no SAT run."""
-    if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'sat_results'").fetchone():
+    if not _has_table(db, pg, "sat_results"):
         return None
     runs = db.execute("SELECT run_id, started_at, finished_at, padron_total FROM sat_runs WHERE started_at >= ? "
                       "AND started_at < ? ORDER BY started_at, run_id", (lo, hi)).fetchall()
     if not runs:
         return None
-    opinions = ", ".join(f"SUM(opinion = '{o}')" for o in OPINIONS)
+    opinions = ", ".join(f"SUM({_b(pg, f'opinion = {o!r}')})" for o in OPINIONS)
+    sums = ", ".join(f"SUM({_b(pg, c)})" for c in ("attempts > 0", "attempts = 0", "category = 'answered'",
+                                                   "category = 'error'"))
     per_run = {r[0]: r for r in db.execute(
-        f"SELECT run_id, SUM(attempts > 0), SUM(attempts = 0), SUM(category = 'answered'), SUM(category = 'error'), "  # noqa: S608
-        f"MAX(consulted_at), {opinions} FROM sat_results GROUP BY run_id")}
+        f"SELECT run_id, {sums}, MAX(consulted_at), {opinions} FROM sat_results GROUP BY run_id")}  # noqa: S608
     trend = []
     for run_id, started, finished, total in runs:
         row = per_run.get(run_id) or (run_id, 0, 0, 0, 0, None, *([0] * len(OPINIONS)))

@@ -17,8 +17,11 @@ defect. A record with a malformed CURP (structure or check digit) or a CURP alre
 stored as an inconsistency without calling RENAPO. RENAPO's 01/09 (invalid CURP) is stored as `malformed` with the
 attempt that got it: a definitive answer, never retried.
 
-Results (SQLite, one file): table `runs` (one row per batch run) and table `results` (one row per padrón record
-per run: consulted_at, status_oper, status_curp, TipoError/CodigoError, mismatch_* flags, category, age, entidad).
+Results store: a SQLite file (a path or `sqlite:///path`) or a PostgreSQL database (`postgresql://...`, psycopg 3),
+the same SQL on both (`?` placeholders turned into `%s`), as the ticket store does; PostgreSQL is what AWX job
+slices on several execution nodes share. Table `runs` (one row per batch run) and table `results` (one row per
+padrón record per run: consulted_at, status_oper, status_curp, TipoError/CodigoError, mismatch_* flags, category,
+age, entidad).
 RENAPO's names (renapo_nombres, renapo_apellido1, renapo_apellido2, as received: Ñ and accents intact) and
 docProbatorio are kept for the found records, so an inconsistency can be reviewed against the padrón.
 Categories: found, not_found, malformed, duplicate, error (gave up after retries; retried when the run is resumed).
@@ -31,6 +34,15 @@ The 0/1 flags revisado (a definitive answer), exitoso, inconsistente (DESIGN §7
 defuncion (BD) are set when a result is stored, so the KPIs are plain SUMs over millions of rows.
 Checkpoint: results are committed as they arrive, a few at a time; a resumed run consults only the records that
 have no committed result, so a CURP whose result is committed is never consulted again in that run.
+
+Slices (AWX job slicing): `slice`/`slices` (1-based, as awx_job_slice_number/awx_job_slice_count) give a job the
+records whose CURP (or RFC) hashes, sha256 mod `slices`, to its slice: a stable partition, no record in two slices
+and none left out, duplicates in the slice of their first listing. Every slice writes into the same run (the
+unfinished run of the same padrón, picked under a table lock so concurrent slices agree); table `run_slices` records
+each slice, and the run is finished when its last slice finishes, so the KPIs of a sliced run are the unsliced run's.
+Rate limit (`rate_limit`, requests per second, every attempt counted): the slices share it through table
+`rate_limits`, one row per service and endpoint holding the next free send slot; a process reserves a block of slots
+with one atomic UPDATE and its threads send each at its slot, so all the slices together never exceed the limit.
 """
 from __future__ import annotations
 
@@ -44,6 +56,7 @@ import sqlite3
 import threading
 import time
 import unicodedata
+from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 from ansible.module_utils.consulta import (
@@ -121,7 +134,22 @@ CREATE TABLE IF NOT EXISTS sat_results (
     revisado INTEGER NOT NULL,
     PRIMARY KEY (run_id, row_no)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS run_slices (
+    service TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    slice_no INTEGER NOT NULL,
+    slices INTEGER NOT NULL,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    PRIMARY KEY (service, run_id, slice_no)
+);
+CREATE TABLE IF NOT EXISTS rate_limits (
+    name TEXT PRIMARY KEY,
+    next_slot DOUBLE PRECISION NOT NULL
+);
 """
+# PostgreSQL: the same tables (no WITHOUT ROWID), every later column included.
+PG_SCHEMA = SCHEMA.replace(") WITHOUT ROWID;", ");")
 # Columns added after the first release: a database written by an older batch gets them on open.
 ADDED_COLUMNS = (("results", "renapo_nombres", "TEXT"), ("results", "renapo_apellido1", "TEXT"),
                  ("results", "renapo_apellido2", "TEXT"), ("results", "doc_probatorio", "TEXT"))
@@ -135,8 +163,10 @@ SAT_CATEGORIES = ("answered", "malformed", "duplicate", "error")
 
 
 def _insert(table: str, columns: tuple) -> str:
-    return "INSERT OR REPLACE INTO %s (%s) VALUES (%s)" % (  # noqa: S608 - constant table and column names
-        table, ", ".join(columns), ", ".join("?" * len(columns)))
+    # An upsert both backends run (a retried error row is replaced by its later answer).
+    update = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in ("run_id", "row_no"))
+    return "INSERT INTO %s (%s) VALUES (%s) ON CONFLICT (run_id, row_no) DO UPDATE SET %s" % (  # noqa: S608
+        table, ", ".join(columns), ", ".join("?" * len(columns)), update)
 
 
 _INSERT = _insert("results", RESULT_COLUMNS)
@@ -261,6 +291,8 @@ def consult_record(rec: dict, conn: dict, retries: int = 3, backoff: float = 0.5
     attempt = 0
     while True:
         attempt += 1
+        if conn.get("limiter"):
+            conn["limiter"].acquire()
         try:
             answer = consult("renapo", conn["endpoint"], curp=rec["curp"], usuario=conn["usuario"],
                              password=conn["password"], ca_path=conn.get("ca_path"), timeout=conn.get("timeout", 10))
@@ -285,11 +317,103 @@ def _now() -> dt.datetime:
 
 # ---------------------------------------------------------------- the results store and the run
 
-def open_results(path: str, create: bool = True) -> sqlite3.Connection:
-    """The results database (WAL: a report may read while a batch writes)."""
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+class _SqliteDb(sqlite3.Connection):
+    """sqlite3's connection, tagged with its flavour; the SQL both backends run is written for it."""
+
+    flavour = "sqlite"
+    begin = "BEGIN IMMEDIATE"
+
+    def has_table(self, name: str) -> bool:
+        return self.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (name,)).fetchone() is not None
+
+
+class _PgDb:
+    """A psycopg 3 connection (autocommit; explicit BEGIN/COMMIT) with sqlite3's calling convention."""
+
+    flavour = "postgresql"
+    begin = "BEGIN"
+
+    def __init__(self, dsn: str, readonly: bool = False):
+        from ansible.module_utils.ticket_store import dsn_secrets, redact
+        self.dsn, self._secrets = redact(dsn), dsn_secrets(dsn)
+        try:
+            import psycopg
+        except ImportError as e:
+            raise PadronError(f"a PostgreSQL results store needs psycopg 3 on the controller: {e}") from None
+        self._error = psycopg.Error
+        try:
+            self.conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10, application_name="padron_batch")
+        except psycopg.Error as e:
+            raise PadronError(f"cannot open the results store {self.dsn}: {self._scrub(e)}") from None
+        if readonly:
+            self.conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+
+    def _scrub(self, e) -> str:
+        text = str(e)
+        for secret in sorted(self._secrets, key=len, reverse=True):
+            text = text.replace(secret, "********")
+        return text
+
+    def execute(self, sql: str, params=()):
+        if params:
+            sql = sql.replace("%", "%%").replace("?", "%s")
+        try:
+            return self.conn.execute(sql, tuple(params) if params else None)
+        except self._error as e:
+            raise PadronError(f"results store {self.dsn}: {self._scrub(e)}") from None
+
+    def executemany(self, sql: str, rows) -> None:
+        try:
+            with self.conn.cursor() as cur:
+                cur.executemany(sql.replace("%", "%%").replace("?", "%s"), rows)
+        except self._error as e:
+            raise PadronError(f"results store {self.dsn}: {self._scrub(e)}") from None
+
+    def has_table(self, name: str) -> bool:
+        return self.execute("SELECT to_regclass(?)", (name,)).fetchone()[0] is not None
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _is_pg(dsn: str) -> bool:
+    return str(dsn).startswith(POSTGRES_SCHEMES)
+
+
+def _sqlite_path(dsn: str) -> str:
+    dsn = str(dsn)
+    return dsn[len("sqlite:///"):] if dsn.startswith("sqlite:///") else dsn
+
+
+def results_exist(dsn: str) -> bool:
+    """Whether the results store can be opened without creating anything (a SQLite file exists; PostgreSQL: yes)."""
+    return _is_pg(dsn) or os.path.exists(_sqlite_path(dsn))
+
+
+def open_results(path: str, create: bool = True, readonly: bool = False):
+    """The results store a DSN names: a SQLite path (WAL: a report may read while a batch writes) or a PostgreSQL
+    URL. With create=False nothing is created."""
+    if _is_pg(path):
+        db = _PgDb(path, readonly=readonly)
+        if create:
+            # Concurrent slices start together: CREATE TABLE IF NOT EXISTS is not safe against itself.
+            db.execute("SELECT pg_advisory_lock(hashtextextended('padron_batch:schema', 0))")
+            try:
+                db.execute(PG_SCHEMA)
+                for table, column, kind in ADDED_COLUMNS:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
+            finally:
+                db.execute("SELECT pg_advisory_unlock(hashtextextended('padron_batch:schema', 0))")
+        return db
+    path = _sqlite_path(path)
     if not create and not os.path.exists(path):
         raise PadronError(f"the results database {path} does not exist; run the padrón consultation first")
-    db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    if readonly:
+        return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30, factory=_SqliteDb)
+    db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False, factory=_SqliteDb)
     db.execute("PRAGMA journal_mode = WAL")
     db.execute("PRAGMA synchronous = NORMAL")
     if create:
@@ -300,11 +424,78 @@ def open_results(path: str, create: bool = True) -> sqlite3.Connection:
     return db
 
 
-def _store(db: sqlite3.Connection, run_id: str, results: list[dict], insert: str = _INSERT,
-           columns: tuple = RESULT_COLUMNS) -> None:
+def _n(db, expr: str) -> str:
+    """A 0/1 integer of a condition: SQLite sums a comparison as is, PostgreSQL needs a CASE."""
+    return expr if getattr(db, "flavour", "sqlite") == "sqlite" else f"CASE WHEN {expr} THEN 1 ELSE 0 END"
+
+
+# ---------------------------------------------------------------- slices and the shared rate limit
+
+def slice_of(key: str, slices: int) -> int:
+    """The 1-based slice a CURP (or RFC) belongs to: stable across runs, hosts and Python versions."""
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") % slices + 1
+
+
+def _check_slice(slice_no: int, slices: int) -> None:
+    if slices < 1 or not 1 <= slice_no <= slices:
+        raise PadronError(f"slice must be between 1 and slices ({slices}), got {slice_no}")
+
+
+class RateLimiter:
+    """At most `rate` requests per second over every process sharing the store: slots 1/rate apart, reserved a
+    block at a time with one atomic UPDATE of the row `name` of rate_limits (the database clock on PostgreSQL, so
+    hosts with skewed clocks still agree). A slot left unused is lost: the limit is a ceiling."""
+
+    def __init__(self, dsn: str, name: str, rate: float, block_seconds: float = 0.02):
+        self.interval, self.name = 1.0 / rate, name
+        self.block = max(1, int(rate * block_seconds))
+        self.db = open_results(dsn, create=False)
+        self.slots, self.lock = deque(), threading.Lock()
+        self.db.execute("INSERT INTO rate_limits (name, next_slot) VALUES (?, 0) ON CONFLICT (name) DO NOTHING",
+                        (name,))
+
+    def _reserve(self) -> None:
+        span = self.block * self.interval
+        if self.db.flavour == "postgresql":
+            now = "extract(epoch from clock_timestamp())::float8"
+            before = time.time()
+            end, server_now = self.db.execute(
+                f"UPDATE rate_limits SET next_slot = GREATEST(next_slot, {now}) + ? WHERE name = ? "  # noqa: S608
+                f"RETURNING next_slot, {now}", (span, self.name)).fetchone()
+            offset = (before + time.time()) / 2 - server_now  # the local clock minus the database's
+        else:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                end = self.db.execute("UPDATE rate_limits SET next_slot = MAX(next_slot, ?) + ? WHERE name = ? "
+                                      "RETURNING next_slot", (time.time(), span, self.name)).fetchone()[0]
+            finally:
+                self.db.execute("COMMIT")
+            offset = 0.0
+        first = end - span + offset
+        self.slots.extend(first + i * self.interval for i in range(self.block))
+
+    def acquire(self) -> None:
+        """Wait for this process's next slot."""
+        with self.lock:
+            if not self.slots:
+                self._reserve()
+            slot = self.slots.popleft()
+        delay = slot - time.time()
+        if delay > 0:
+            time.sleep(delay)
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def _store(db, run_id: str, results: list[dict], insert: str = _INSERT, columns: tuple = RESULT_COLUMNS) -> None:
     if results:
-        db.execute("BEGIN IMMEDIATE")
-        db.executemany(insert, [tuple({**r, "run_id": run_id}.get(c) for c in columns) for r in results])
+        db.execute(db.begin)
+        try:
+            db.executemany(insert, [tuple({**r, "run_id": run_id}.get(c) for c in columns) for r in results])
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
         db.execute("COMMIT")
 
 
@@ -320,9 +511,51 @@ class _Service:
         _store(db, run_id, results, self.insert, self.columns)
 
 
-def _pick_run(db: sqlite3.Connection, padron: dict, endpoint: str, run_id: str | None, resume: bool,
-              runs: str = "runs") -> tuple:
-    """(run_id, resumed): the named run, else the unfinished run of the same padrón, else a new one."""
+def _pick_run(db, padron: dict, endpoint: str, run_id: str | None, resume: bool, runs: str = "runs",
+              service: str = "renapo", slice_no: int = 1, slices: int = 1) -> tuple:
+    """(run_id, resumed): the named run, else the unfinished run of the same padrón, else a new one; the slice is
+    recorded in run_slices. Under a table lock, so slices starting together pick the same run."""
+    db.execute(db.begin)
+    try:
+        if db.flavour == "postgresql":
+            db.execute(f"LOCK TABLE {runs} IN EXCLUSIVE MODE")  # readers go on; a second picker waits
+        run_id, resumed = _pick_run_locked(db, padron, endpoint, run_id, resume, runs)
+        other = db.execute("SELECT slices FROM run_slices WHERE service = ? AND run_id = ? AND slices != ?",
+                           (service, run_id, slices)).fetchone()
+        if other:
+            raise PadronError(f"run {run_id} is being made in {other[0]} slices, not {slices}; use the same slice "
+                              "count for every slice of a run (or start a new run)")
+        db.execute("INSERT INTO run_slices (service, run_id, slice_no, slices, started_at) VALUES (?, ?, ?, ?, ?) "
+                   "ON CONFLICT (service, run_id, slice_no) DO UPDATE SET finished_at = NULL",
+                   (service, run_id, slice_no, slices, _now().isoformat(timespec="seconds")))
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+    return run_id, resumed
+
+
+def _finish_slice(db, kind, run_id: str, slice_no: int, slices: int) -> None:
+    """Mark the slice finished, and the run when every slice of it is (the run row locked: the last one sees all)."""
+    now = _now().isoformat(timespec="seconds")
+    db.execute(db.begin)
+    try:
+        if db.flavour == "postgresql":
+            db.execute(f"SELECT 1 FROM {kind.runs} WHERE run_id = ? FOR UPDATE", (run_id,))  # noqa: S608
+        db.execute("UPDATE run_slices SET finished_at = ? WHERE service = ? AND run_id = ? AND slice_no = ?",
+                   (now, kind.name, run_id, slice_no))
+        done = db.execute("SELECT COUNT(*) FROM run_slices WHERE service = ? AND run_id = ? AND finished_at IS NOT "
+                          "NULL", (kind.name, run_id)).fetchone()[0]
+        if done >= slices:
+            db.execute(f"UPDATE {kind.runs} SET finished_at = ? WHERE run_id = ? AND finished_at IS NULL",  # noqa: S608
+                       (now, run_id))
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _pick_run_locked(db, padron: dict, endpoint: str, run_id: str | None, resume: bool, runs: str) -> tuple:
     if run_id:
         row = db.execute(f"SELECT padron_sha256 FROM {runs} WHERE run_id = ?", (run_id,)).fetchone()  # noqa: S608
         if row and row[0] != padron["sha256"]:
@@ -348,14 +581,16 @@ def _pick_run(db: sqlite3.Connection, padron: dict, endpoint: str, run_id: str |
 
 
 def plan(db_path: str, padron: dict, run_id: str | None = None, resume: bool = True,
-         service: str = "renapo") -> dict:
-    """What a run would do, without writing: the run it would use and how many records it would consult."""
+         service: str = "renapo", slice_no: int = 1, slices: int = 1) -> dict:
+    """What a run (or one slice of it) would do, without writing: the run it would use and how many records it
+    would consult."""
+    _check_slice(slice_no, slices)
     runs, results = ("sat_runs", "sat_results") if service == "sat" else ("runs", "results")
     done, run = set(), None
-    if os.path.exists(db_path):
-        db = open_results(db_path, create=False)
+    if results_exist(db_path):
+        db = open_results(db_path, create=False, readonly=True)
         try:
-            if db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (runs,)).fetchone():
+            if db.has_table(runs):
                 q = (f"SELECT run_id FROM {runs} WHERE run_id = ?", (run_id,)) if run_id else (  # noqa: S608
                     f"SELECT run_id FROM {runs} WHERE finished_at IS NULL AND padron_sha256 = ? "  # noqa: S608
                     "ORDER BY started_at DESC LIMIT 1", (padron["sha256"],))
@@ -367,50 +602,74 @@ def plan(db_path: str, padron: dict, run_id: str | None = None, resume: bool = T
                         (run,))}
         finally:
             db.close()
-    todo = [r for r in padron["records"] if r["row_no"] not in done]
+    todo = [r for r in _slice(padron, slice_no, slices) if r["row_no"] not in done]
     prechecked = sum(1 for r in todo if r["precheck"])
     return {"run_id": run or run_id, "resumed": run is not None, "already_done": len(done),
             "to_consult": len(todo) - prechecked, "prechecked": prechecked}
 
 
-def _check_options(concurrency, retries, backoff):
+def _check_options(concurrency, retries, backoff, slice_no=1, slices=1, rate_limit=None, resume=True, run_id=None):
     if concurrency < 1 or retries < 0 or backoff < 0:
         raise PadronError("concurrency must be >= 1, retries and backoff >= 0")
+    _check_slice(slice_no, slices)
+    if rate_limit is not None and rate_limit <= 0:
+        raise PadronError(f"rate_limit must be a number of requests per second > 0, got {rate_limit}")
+    if slices > 1 and not resume and not run_id:
+        raise PadronError("with slices, every slice must join the same run: keep resume on, or name the run with "
+                          "run_id (for example the AWX workflow job id)")
+
+
+def _slice(padron: dict, slice_no: int, slices: int) -> list:
+    """The records of one slice: by the hash of the CURP/RFC, so a duplicate falls where its first listing does."""
+    if slices == 1:
+        return padron["records"]
+    key = "curp" if "curp" in padron["records"][0] and "rfc" not in padron["records"][0] else "rfc"
+    return [r for r in padron["records"] if slice_of(r[key], slices) == slice_no]
 
 
 def _run(kind: _Service, padron: dict, db_path: str, endpoint: str, conn: dict, concurrency: int, retries: int,
-         backoff: float, run_id: str | None, resume: bool) -> dict:
-    """The machinery both batches share: pick or resume the run, store the prechecked records, consult the rest
-    with bounded concurrency committing as answers arrive, close the run, summarise it."""
+         backoff: float, run_id: str | None, resume: bool, slice_no: int = 1, slices: int = 1,
+         rate_limit: float | None = None) -> dict:
+    """The machinery both batches share: pick or resume the run, store the slice's prechecked records, consult the
+    rest with bounded concurrency (and the shared rate limit) committing as answers arrive, close the slice (and
+    the run with its last slice), summarise the run."""
     db = open_results(db_path)
+    limiter = None
     try:
-        run_id, resumed = _pick_run(db, padron, endpoint, run_id, resume, kind.runs)
+        run_id, resumed = _pick_run(db, padron, endpoint, run_id, resume, kind.runs, kind.name, slice_no, slices)
         done = {r[0] for r in db.execute(
             f"SELECT row_no FROM {kind.results} WHERE run_id = ? AND category != 'error'", (run_id,))}  # noqa: S608
-        todo = [r for r in padron["records"] if r["row_no"] not in done]
+        mine = _slice(padron, slice_no, slices)
+        todo = [r for r in mine if r["row_no"] not in done]
         now = _now()
         kind.store(db, run_id, [kind.precheck_result(r, now) for r in todo if r["precheck"]])
+        if rate_limit:
+            limiter = RateLimiter(db_path, f"{kind.name} {endpoint}", rate_limit)
         consulted = _consult_all(db, run_id, [r for r in todo if not r["precheck"]], kind,
-                                 {"endpoint": endpoint, **conn}, concurrency, retries, backoff)
-        db.execute(f"UPDATE {kind.runs} SET finished_at = ? WHERE run_id = ? AND finished_at IS NULL",  # noqa: S608
-                   (_now().isoformat(timespec="seconds"), run_id))
+                                 {"endpoint": endpoint, **conn, "limiter": limiter}, concurrency, retries, backoff)
+        _finish_slice(db, kind, run_id, slice_no, slices)
         summary = kind.summary(db, run_id)
     finally:
+        if limiter:
+            limiter.close()
         db.close()
     dups = padron["duplicates"]
     return {**summary, "resumed": resumed, "already_stored": len(done), "consulted": consulted,
+            "slice": slice_no, "slices": slices, "slice_records": len(mine),
             "duplicated_curps": len(dups), "duplicates": dict(list(dups.items())[:20])}
 
 
 def run_batch(padron_path: str, db_path: str, endpoint: str, *, usuario: str, password: str,
               ca_path: str | None = None, timeout: float = 10, concurrency: int = 8, retries: int = 3,
-              backoff: float = 0.5, run_id: str | None = None, resume: bool = True) -> dict:
-    """Consult every padrón record without a committed result in the run; returns the run's summary."""
-    _check_options(concurrency, retries, backoff)
+              backoff: float = 0.5, run_id: str | None = None, resume: bool = True, slice_no: int = 1,
+              slices: int = 1, rate_limit: float | None = None) -> dict:
+    """Consult every padrón record of the slice without a committed result in the run, at most rate_limit
+    requests per second over every slice; returns the run's summary (all slices)."""
+    _check_options(concurrency, retries, backoff, slice_no, slices, rate_limit, resume, run_id)
     padron = read_padron(padron_path)
     result = _run(RENAPO, padron, db_path, endpoint,
                   {"usuario": usuario, "password": password, "ca_path": ca_path, "timeout": timeout},
-                  concurrency, retries, backoff, run_id, resume)
+                  concurrency, retries, backoff, run_id, resume, slice_no, slices, rate_limit)
     bad = padron["invalid_entidad"]
     return {**result, "invalid_entidad": len(bad), "invalid_entidad_rows": bad[:20]}
 
@@ -469,13 +728,14 @@ def _drive(db, run_id, queue, kind, conn, concurrency, retries, backoff, stop, i
     return sent
 
 
-def run_summary(db: sqlite3.Connection, run_id: str) -> dict:
+def run_summary(db, run_id: str) -> dict:
     """Counts of one run by category, plus bajas, deceased and mismatched records."""
+    mismatched = _n(db, "(x.mismatch_nombre + x.mismatch_fecha_nacimiento + x.mismatch_sexo) > 0")
     row = db.execute(
         "SELECT r.run_id, r.started_at, r.finished_at, r.padron, r.padron_total, r.endpoint, COUNT(x.row_no), "
-        + ", ".join(f"COALESCE(SUM(x.category = '{c}'), 0)" for c in CATEGORIES) + ", "
+        + ", ".join(f"COALESCE(SUM({_n(db, f'x.category = {c!r}')}), 0)" for c in CATEGORIES) + ", "
         "COALESCE(SUM(x.baja), 0), COALESCE(SUM(x.defuncion), 0), "
-        "COALESCE(SUM(x.mismatch_nombre OR x.mismatch_fecha_nacimiento OR x.mismatch_sexo), 0) "
+        f"COALESCE(SUM({mismatched}), 0) "
         "FROM runs r LEFT JOIN results x ON x.run_id = r.run_id WHERE r.run_id = ? GROUP BY r.run_id",
         (run_id,)).fetchone()
     if row is None:
@@ -536,6 +796,8 @@ def consult_rfc(rec: dict, conn: dict, retries: int = 3, backoff: float = 0.5, s
     attempt = 0
     while True:
         attempt += 1
+        if conn.get("limiter"):
+            conn["limiter"].acquire()
         try:
             answer = consult("sat", conn["endpoint"], rfc=rec["rfc"], ca_path=conn.get("ca_path"),
                              client_cert=conn.get("client_cert"), client_key=conn.get("client_key"),
@@ -552,12 +814,12 @@ def consult_rfc(rec: dict, conn: dict, retries: int = 3, backoff: float = 0.5, s
             return _sat_result(rec, _now(), "error", attempt, error=f"{e.kind}: {e}")
 
 
-def sat_summary(db: sqlite3.Connection, run_id: str) -> dict:
+def sat_summary(db, run_id: str) -> dict:
     """Counts of one SAT run by category and opinion."""
     from ansible.module_utils.consulta import OPINIONS
 
-    sums = ", ".join([*(f"COALESCE(SUM(x.category = '{c}'), 0)" for c in SAT_CATEGORIES),
-                      *(f"COALESCE(SUM(x.opinion = '{o}'), 0)" for o in OPINIONS)])
+    sums = ", ".join([*(f"COALESCE(SUM({_n(db, f'x.category = {c!r}')}), 0)" for c in SAT_CATEGORIES),
+                      *(f"COALESCE(SUM({_n(db, f'x.opinion = {o!r}')}), 0)" for o in OPINIONS)])
     row = db.execute(
         "SELECT r.run_id, r.started_at, r.finished_at, r.padron, r.padron_total, r.endpoint, COUNT(x.row_no), "  # noqa: S608
         f"{sums} FROM sat_runs r LEFT JOIN sat_results x ON x.run_id = r.run_id WHERE r.run_id = ? "
@@ -573,13 +835,13 @@ def sat_summary(db: sqlite3.Connection, run_id: str) -> dict:
 def run_sat_batch(rfc_path: str, db_path: str, endpoint: str, *, ca_path: str | None = None,
                   client_cert: str | None = None, client_key: str | None = None, timeout: float = 10,
                   concurrency: int = 8, retries: int = 3, backoff: float = 0.5, run_id: str | None = None,
-                  resume: bool = True) -> dict:
-    """Consult the opinión de cumplimiento of every RFC without a committed result in the SAT run."""
-    _check_options(concurrency, retries, backoff)
+                  resume: bool = True, slice_no: int = 1, slices: int = 1, rate_limit: float | None = None) -> dict:
+    """Consult the opinión de cumplimiento of every RFC of the slice without a committed result in the SAT run."""
+    _check_options(concurrency, retries, backoff, slice_no, slices, rate_limit, resume, run_id)
     rfcs = read_rfcs(rfc_path)
     return _run(SAT, rfcs, db_path, endpoint,
                 {"ca_path": ca_path, "client_cert": client_cert, "client_key": client_key, "timeout": timeout},
-                concurrency, retries, backoff, run_id, resume)
+                concurrency, retries, backoff, run_id, resume, slice_no, slices, rate_limit)
 
 
 RENAPO = _Service("renapo", "runs", "results", RESULT_COLUMNS, consult_record,

@@ -1,15 +1,18 @@
-"""padron_batch on real files, a real SQLite database and a real local SOAP server (RENAPO's contract, with failures
-injected per CURP): padrón checks, comparison, retries with backoff, fatal stops, checkpoint and resume."""
+"""padron_batch on real files, a real results store (SQLite and PostgreSQL: the batch tests run on both) and a real
+local SOAP server (RENAPO's contract, with failures injected per CURP): padrón checks, comparison, retries with
+backoff, fatal stops, checkpoint and resume."""
 import sqlite3
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from ansible.module_utils.padron_batch import COLUMNS, PadronError, compare, plan, read_padron, run_batch
+from ansible.module_utils.padron_batch import COLUMNS, PadronError, compare, open_results, plan, read_padron, run_batch
 from sim import renapo
 from stdnum.mx import curp as stdcurp
 from stdnum.mx import rfc as stdrfc
+
+pytest_plugins = ["tests.pg"]  # pg_server (session), store_dsn (sqlite path | postgresql schema)
 
 HEADER = ",".join(COLUMNS) + "\n"
 
@@ -92,16 +95,24 @@ def write(tmp_path, text, name="padron.csv", encoding="utf-8"):
     return str(path)
 
 
-def batch(tmp_path, server, padron, **kw):
+def batch(dsn, server, padron, **kw):
     kw = {"usuario": renapo.LAB_USUARIO, "password": renapo.LAB_PASSWORD, "backoff": 0.01, "concurrency": 3, **kw}
-    return run_batch(padron, str(tmp_path / "r.db"), server.url, **kw)
+    return run_batch(padron, str(dsn), server.url, **kw)
 
 
-def results(tmp_path, run_id):
-    db = sqlite3.connect(tmp_path / "r.db")
-    db.row_factory = sqlite3.Row
-    return {r["curp"]: dict(r) for r in db.execute("SELECT * FROM results WHERE run_id = ? ORDER BY row_no DESC",
-                                                    (run_id,))}
+def sql(dsn, query, params=()):
+    """Rows as dicts, on either backend (the batch's own connection code)."""
+    db = open_results(str(dsn), create=False)
+    try:
+        cur = db.execute(query, params)
+        names = [d[0] for d in cur.description] if cur.description else []
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()] if names else []
+    finally:
+        db.close()
+
+
+def results(dsn, run_id):
+    return {r["curp"]: r for r in sql(dsn, "SELECT * FROM results WHERE run_id = ? ORDER BY row_no DESC", (run_id,))}
 
 
 # ---------------------------------------------------------------- the padrón file
@@ -151,14 +162,14 @@ def test_compare_folds_case_and_accents(fields, differ):
 
 # ---------------------------------------------------------------- the batch
 
-def test_batch_stores_each_category_and_never_sends_malformed_or_duplicates(tmp_path, server):
+def test_batch_stores_each_category_and_never_sends_malformed_or_duplicates(store_dsn, tmp_path, server):
     padron = write(tmp_path, HEADER + "\n".join([*ROWS.values(), f"{BAD_DIGIT},X,Y,Z,1980-01-01,H,DF", ROWS[GOOD]])
                    + "\n")
-    s = batch(tmp_path, server, padron)
+    s = batch(store_dsn, server, padron)
     assert sorted(server.calls) == sorted(ROWS)  # 4 consultations: no malformed, no duplicate
     assert (s["stored"], s["found"], s["not_found"], s["malformed"], s["duplicate"], s["error"]) == (6, 3, 1, 1, 1, 0)
     assert (s["bajas"], s["deceased"], s["mismatched"], s["consulted"], s["resumed"]) == (1, 1, 1, 4, False)
-    r = results(tmp_path, s["run_id"])
+    r = results(store_dsn, s["run_id"])
     assert r[GOOD]["status_curp"] == "AN" and r[GOOD]["inconsistente"] == 0 and r[GOOD]["entidad"] == "DF"
     assert r[OTHER]["mismatch_sexo"] == 1 and r[OTHER]["inconsistente"] == 1
     assert r[BD]["defuncion"] == r[BD]["baja"] == 1 and r[BD]["entidad"] == "OC" and r[BD]["edad"] >= 76
@@ -166,22 +177,22 @@ def test_batch_stores_each_category_and_never_sends_malformed_or_duplicates(tmp_
     assert r[BAD_DIGIT]["attempts"] == 0 and r[BAD_DIGIT]["status_oper"] is None
 
 
-def test_retries_with_backoff_on_5xx_then_succeeds(tmp_path, server):
+def test_retries_with_backoff_on_5xx_then_succeeds(store_dsn, tmp_path, server):
     server.fail[GOOD] = [503, 500]
     t0 = time.perf_counter()
-    s = batch(tmp_path, server, write(tmp_path, HEADER + ROWS[GOOD] + "\n"), backoff=0.1)
+    s = batch(store_dsn, server, write(tmp_path, HEADER + ROWS[GOOD] + "\n"), backoff=0.1)
     assert server.calls == [GOOD] * 3 and s["found"] == 1
     assert time.perf_counter() - t0 >= 0.3  # waited 0.1 then 0.2
-    assert results(tmp_path, s["run_id"])[GOOD]["attempts"] == 3
+    assert results(store_dsn, s["run_id"])[GOOD]["attempts"] == 3
 
 
-def test_gives_up_after_retries_and_a_resume_retries_only_the_errors(tmp_path, server):
+def test_gives_up_after_retries_and_a_resume_retries_only_the_errors(store_dsn, tmp_path, server):
     server.fail[GOOD] = [503, 502, 503]
     padron = write(tmp_path, HEADER + ROWS[GOOD] + "\n" + ROWS[OTHER] + "\n")
-    s = batch(tmp_path, server, padron, retries=2)
+    s = batch(store_dsn, server, padron, retries=2)
     assert (s["error"], s["found"]) == (1, 1) and server.calls.count(GOOD) == 3
-    assert results(tmp_path, s["run_id"])[GOOD]["error"].startswith("http_status: RENAPO answered HTTP 503")
-    again = batch(tmp_path, server, padron, run_id=s["run_id"])
+    assert results(store_dsn, s["run_id"])[GOOD]["error"].startswith("http_status: RENAPO answered HTTP 503")
+    again = batch(store_dsn, server, padron, run_id=s["run_id"])
     assert (again["resumed"], again["consulted"], again["already_stored"], again["error"]) == (True, 1, 1, 0)
     assert server.calls.count(OTHER) == 1
 
@@ -194,50 +205,47 @@ def test_unreachable_endpoint_is_an_error_result_after_retries(tmp_path):
     run = run_batch(write(tmp_path, HEADER + ROWS[GOOD] + "\n"), str(tmp_path / "r.db"), f"http://127.0.0.1:{port}",
                     usuario="u", password="p", retries=1, backoff=0.01)
     assert run["error"] == 1
-    assert "refused" in results(tmp_path, run["run_id"])[GOOD]["error"]
+    assert "refused" in results(tmp_path / 'r.db', run["run_id"])[GOOD]["error"]
 
 
-def test_wrong_credentials_stop_the_batch(tmp_path, server):
+def test_wrong_credentials_stop_the_batch(store_dsn, tmp_path, server):
     padron = write(tmp_path, HEADER + "\n".join(ROWS.values()) + "\n")
     with pytest.raises(PadronError, match="batch stopped: .*wrong usuario/password"):
-        batch(tmp_path, server, padron, password="not-it", concurrency=1)
+        batch(store_dsn, server, padron, password="not-it", concurrency=1)
     assert len(server.calls) == 1
 
 
-def test_a_finished_run_is_not_resumed_and_a_changed_padron_is_refused(tmp_path, server):
+def test_a_finished_run_is_not_resumed_and_a_changed_padron_is_refused(store_dsn, tmp_path, server):
     padron = write(tmp_path, HEADER + ROWS[GOOD] + "\n")
-    first = batch(tmp_path, server, padron)
-    assert plan(str(tmp_path / "r.db"), read_padron(padron))["resumed"] is False
-    second = batch(tmp_path, server, padron)
+    first = batch(store_dsn, server, padron)
+    assert plan(store_dsn, read_padron(padron))["resumed"] is False
+    second = batch(store_dsn, server, padron)
     assert second["run_id"] != first["run_id"] and second["consulted"] == 1
     write(tmp_path, HEADER + ROWS[OTHER] + "\n")
     with pytest.raises(PadronError, match="was made over another padrón file"):
-        batch(tmp_path, server, padron, run_id=first["run_id"])
+        batch(store_dsn, server, padron, run_id=first["run_id"])
 
 
-def test_an_unfinished_run_is_resumed_without_consulting_committed_records(tmp_path, server):
+def test_an_unfinished_run_is_resumed_without_consulting_committed_records(store_dsn, tmp_path, server):
     padron = write(tmp_path, HEADER + "\n".join(ROWS.values()) + "\n")
-    first = batch(tmp_path, server, padron)
-    db = sqlite3.connect(tmp_path / "r.db")
-    with db:  # as if killed: run unfinished, two results never committed
-        db.execute("UPDATE runs SET finished_at = NULL")
-        db.execute("DELETE FROM results WHERE curp IN (?, ?)", (OTHER, MISSING))
-    db.close()
-    assert plan(str(tmp_path / "r.db"), read_padron(padron))["to_consult"] == 2
+    first = batch(store_dsn, server, padron)
+    sql(store_dsn, "UPDATE runs SET finished_at = NULL")  # as if killed: run unfinished, two results never committed
+    sql(store_dsn, "DELETE FROM results WHERE curp IN (?, ?)", (OTHER, MISSING))
+    assert plan(store_dsn, read_padron(padron))["to_consult"] == 2
     server.calls.clear()
-    again = batch(tmp_path, server, padron)
+    again = batch(store_dsn, server, padron)
     assert again["run_id"] == first["run_id"] and again["resumed"]
     assert sorted(server.calls) == sorted([OTHER, MISSING]) and again["stored"] == 4
 
 
-def test_bad_options_are_refused(tmp_path, server):
+def test_bad_options_are_refused(store_dsn, tmp_path, server):
     with pytest.raises(PadronError, match="concurrency must be >= 1"):
-        batch(tmp_path, server, write(tmp_path, HEADER + ROWS[GOOD] + "\n"), concurrency=0)
+        batch(store_dsn, server, write(tmp_path, HEADER + ROWS[GOOD] + "\n"), concurrency=0)
 
 
 # ---------------------------------------------------------------- RENAPO's real answers
 
-def test_invalid_curp_0109_is_a_definitive_answer_never_retried(tmp_path, server):
+def test_invalid_curp_0109_is_a_definitive_answer_never_retried(store_dsn, tmp_path, server):
     """A CURP whose check digit RENAPO refuses (our precheck passed it: RENAPO's own rules are stricter) is 01/09."""
     strict = make_curp("GOHJ800101HDFNRN1")
 
@@ -247,36 +255,36 @@ def test_invalid_curp_0109_is_a_definitive_answer_never_retried(tmp_path, server
     padron = write(tmp_path, HEADER + f"{strict},JUAN,GONZALEZ,HERNANDEZ,1980-01-01,H,DF\n" + ROWS[GOOD] + "\n")
     original, renapo.consultar = renapo.consultar, consultar
     try:
-        s = batch(tmp_path, server, padron, retries=3)
-        again = batch(tmp_path, server, padron, run_id=s["run_id"])
+        s = batch(store_dsn, server, padron, retries=3)
+        again = batch(store_dsn, server, padron, run_id=s["run_id"])
     finally:
         renapo.consultar = original
     assert server.calls.count(strict) == 1 and (s["malformed"], s["error"], s["found"]) == (1, 0, 1)
-    r = results(tmp_path, s["run_id"])[strict]
+    r = results(store_dsn, s["run_id"])[strict]
     assert (r["category"], r["tipo_error"], r["codigo_error"], r["attempts"], r["inconsistente"]) == (
         "malformed", "01", "09", 1, 1)
     assert again["consulted"] == 0  # resuming the run does not ask again either
 
 
-def test_entidad_is_validated_against_the_state_codes(tmp_path, server):
+def test_entidad_is_validated_against_the_state_codes(store_dsn, tmp_path, server):
     formula = '=HYPERLINK("http://x.invalid/","NL")'
     text = (HEADER + f'{GOOD},JUAN,GONZALEZ,HERNANDEZ,1980-01-01,H,"{formula.replace(chr(34), chr(34) * 2)}"\n'
             + f"{OTHER},MARIA,LOPEZ,MARTINEZ,1975-12-31,M,Jalisco\n" + f"{BD},RAMON,PEREZ,RAMIREZ,1950-06-15,H,oc\n")
     p = read_padron(write(tmp_path, text))
     assert p["invalid_entidad"] == [2, 3]
     assert [r["fields"]["entidad"] for r in p["records"]] == ["", "", "OC"]
-    s = batch(tmp_path, server, write(tmp_path, text))
+    s = batch(store_dsn, server, write(tmp_path, text))
     assert (s["invalid_entidad"], s["invalid_entidad_rows"]) == (2, [2, 3])
-    r = results(tmp_path, s["run_id"])
+    r = results(store_dsn, s["run_id"])
     assert (r[GOOD]["entidad"], r[OTHER]["entidad"], r[BD]["entidad"]) == ("DF", "JC", "OC")  # from the CURP
 
 
-def test_accented_names_arrive_byte_exact_through_the_latin1_quirk(tmp_path, server):
+def test_accented_names_arrive_byte_exact_through_the_latin1_quirk(store_dsn, tmp_path, server):
     accented = make_curp("MUNJ800101HDFXXS0")
     server.db[accented] = {**record(accented, "JOSÉ ÁNGEL", "MUÑOZ", "NÚÑEZ", "01/01/1980", "H"),
                            "docProbatorio": "4", "FolioCarta": "CN1234567"}
-    s = batch(tmp_path, server, write(tmp_path, HEADER + f"{accented},José Ángel,Muñoz,Núñez,1980-01-01,H,DF\n"))
-    r = results(tmp_path, s["run_id"])[accented]
+    s = batch(store_dsn, server, write(tmp_path, HEADER + f"{accented},José Ángel,Muñoz,Núñez,1980-01-01,H,DF\n"))
+    r = results(store_dsn, s["run_id"])[accented]
     assert (r["renapo_nombres"], r["renapo_apellido1"], r["renapo_apellido2"]) == ("JOSÉ ÁNGEL", "MUÑOZ", "NÚÑEZ")
     assert r["renapo_apellido1"].encode() == "MUÑOZ".encode() and r["doc_probatorio"] == "4"
     assert (r["category"], r["inconsistente"]) == ("found", 0)
@@ -288,8 +296,8 @@ def test_an_older_results_database_gets_the_new_columns(tmp_path, server):
     db = sqlite3.connect(tmp_path / "r.db")  # the first release's tables: no RENAPO names, no SAT tables
     db.executescript(padron_batch.SCHEMA.split("CREATE TABLE IF NOT EXISTS sat_runs")[0])
     db.close()
-    s = batch(tmp_path, server, write(tmp_path, HEADER + ROWS[GOOD] + "\n"))
-    assert results(tmp_path, s["run_id"])[GOOD]["renapo_nombres"] == "JUAN"
+    s = batch(tmp_path / 'r.db', server, write(tmp_path, HEADER + ROWS[GOOD] + "\n"))
+    assert results(tmp_path / 'r.db', s["run_id"])[GOOD]["renapo_nombres"] == "JUAN"
 
 
 # ---------------------------------------------------------------- SAT through the same machinery
