@@ -298,6 +298,7 @@ defects:
 """
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.debug_guard import refuse_debug
 
 try:
     from ansible.module_utils.cert_validation import stage, validate
@@ -334,6 +335,7 @@ def main():
         mutually_exclusive=[("certificate", "pkcs12"), ("private_key", "pkcs12")],
         supports_check_mode=True,
     )
+    refuse_debug(module, any(module.params[o] for o in ("private_key", "private_key_passphrase", "pkcs12")))
     if IMPORT_ERROR:
         module.fail_json(msg=f"cert_validate needs the cryptography library on the controller: {IMPORT_ERROR}")
     p = module.params

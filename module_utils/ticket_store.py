@@ -35,8 +35,27 @@ of what hosts trust), the evidence for each fingerprint (`anchor_evidence`, appe
 fingerprint so an operator can record a fingerprint before the certificate arrives), an append-only
 `registry_audit`, and a fleet lock (`fleet_locks`: one rollout per provider at a time). The evidence policy itself
 is pure code in `anchor_registry`.
+
+Tamper evidence (schema v4, docs/ticket-store-hardening.md): every audit_log and registry_audit entry gets a link in
+`audit_chain`, written in the entry's transaction: sha256 over the previous link's hash and the entry's canonical
+content, plus an HMAC of it with the audit key when the store has one (`audit_key=`, or the file named by
+$TICKET_STORE_AUDIT_KEY_FILE). `verify_audit()` names the first broken link ({table, id, problem}) or returns None;
+`audit_head()` gives the head to record elsewhere. Both backends refuse a state write that the last chained audit
+entry does not announce (the store writes the entry first); SQLite also refuses REPLACE on the append-only tables
+and on tickets. A SQLite file anyone can open can be rewritten wholesale (triggers dropped): the chain, with a key,
+makes that evident. On PostgreSQL, run the application as a role that does not own the tables (the SQL is in the
+doc): it cannot disable the triggers nor UPDATE/DELETE audit rows.
+
+Secrets: `reject_secrets()` runs on every text the store keeps and is unanchored (PEM private keys anywhere, DER keys
+and PKCS#12 in base64 or hex also when cut or wrapped, long random tokens, password/passphrase pairs); its message
+never repeats the value.
 """
+import base64
+import binascii
+import hashlib
+import hmac
 import json
+import math
 import os
 import re
 import sqlite3
@@ -155,14 +174,93 @@ class FleetLocked(AnchorRegistryError):
         self.provider, self.holder, self.since, self.expires = provider, holder, since, expires
 
 
-_PEM_SECRET = re.compile(r"-----BEGIN [A-Z0-9 ]*(PRIVATE KEY|PKCS12)-----")
-# Base64 of a DER SEQUENCE longer than 255 bytes (a PKCS#12 or a DER key pasted as text).
-_DER_BASE64 = re.compile(r"^\s*MII[A-Za-z0-9+/=\s]{60,}$")
+# The secret detector is unanchored: key material is found anywhere in a text, also cut, re-wrapped or hex-encoded.
+# Certificates (public) are allowed in PEM form: the anchor registry keeps them.
+_PEM_SECRET = re.compile(r"-----\s*BEGIN [A-Z0-9 ]*(PRIVATE KEY|PKCS12|PKCS #12|ENCRYPTED)", re.IGNORECASE)
+_PEM_CERTIFICATE = re.compile(r"-----BEGIN (?:TRUSTED )?CERTIFICATE-----[A-Za-z0-9+/=\s]*-----END (?:TRUSTED )?"
+                              r"CERTIFICATE-----")
+# Runs of base64 (pasted keys are wrapped at 64 or 76 characters: chunks joined by whitespace count as one run).
+_BASE64_RUN = re.compile(r"(?:[A-Za-z0-9+/_-]{16,}={0,2}[ \t]*\r?\n?[ \t]*)+")
+_HEX_RUN = re.compile(r"(?:[0-9A-Fa-f]{32,}\s*)+")
+_HEX_BYTES = re.compile(r"(?:[0-9A-Fa-f]{2}[ :]){59,}[0-9A-Fa-f]{2}")  # "30 82 04 a4 ..." or "30:82:04:a4:..."
+# DER markers of private keys and PKCS#12: PKCS#8 version 0 then an AlgorithmIdentifier, traditional RSA/EC keys,
+# and the OIDs of rsaEncryption, id-ecPublicKey, Ed25519/X25519/Ed448, PKCS#12 bags/PBE, PBES2, PKCS#7 data and
+# the NIST curves (a SEC1 EC key names its curve).
+_DER_MARKERS = (bytes.fromhex("020100300d06092a864886f70d010101"), bytes.fromhex("02010030"),
+                bytes.fromhex("020100028201"), bytes.fromhex("02010104"), bytes.fromhex("2a864886f70d010101"),
+                bytes.fromhex("2a8648ce3d0201"), bytes.fromhex("06032b6570"), bytes.fromhex("06032b656e"),
+                bytes.fromhex("06032b6571"), bytes.fromhex("2a864886f70d010c"), bytes.fromhex("2a864886f70d01050d"),
+                bytes.fromhex("2a864886f70d010701"), bytes.fromhex("06082a8648ce3d030107"),
+                bytes.fromhex("06052b81040022"), bytes.fromhex("06052b81040023"))
+_LONG_TOKEN = 120  # a base64/hex run this long with a random-looking alphabet is a secret, whatever it decodes to
+_PAIR_SECRET = re.compile(r"(?:pass(?:word|wd|phrase| phrase)|pwd|contrase(?:ñ|n)a|frase de paso|secret)"
+                          r"[\"']?\s*[:=]\s*[\"']?[^\s\"',;]+", re.IGNORECASE)
 _SECRET_NAME = re.compile(r"passw(or)?d|passphrase|secret|private_?key|pkcs12|pfx", re.IGNORECASE)
 
 
+def _entropy(text):
+    counts = {c: text.count(c) for c in set(text)}
+    return -sum(n / len(text) * math.log2(n / len(text)) for n in counts.values())
+
+
+def _der_key_inside(data):
+    return any(marker in data for marker in _DER_MARKERS)
+
+
+def _base64_secret(run):
+    """True when a base64 run is key material: it decodes (at any of the 4 alignments, so a cut prefix does not
+    hide it) to DER with a private-key or PKCS#12 marker, or it is long and random-looking."""
+    token = re.sub(r"\s+", "", run).rstrip("=").replace("-", "+").replace("_", "/")
+    if len(token) < 40:
+        return False
+    if len(token) >= _LONG_TOKEN and _entropy(token) > 4.5:
+        return True
+    if token.startswith(("MII", "MIG")) and len(token) >= 60:
+        return True  # the base64 of a DER SEQUENCE of 128 bytes or more (a key, a PKCS#12) whatever it holds
+    for cut in range(4):
+        body = token[cut:]
+        body = body[: len(body) - len(body) % 4]
+        try:
+            if _der_key_inside(base64.b64decode(body, validate=True)):
+                return True
+        except (binascii.Error, ValueError):
+            continue
+    return False
+
+
+def _hex_secret(run):
+    digits = re.sub(r"[\s:]+", "", run)
+    if len(digits) < 80:
+        return False
+    if len(digits) >= _LONG_TOKEN and re.fullmatch(r"[0-9A-Fa-f]+", run.strip()) and _entropy(digits) > 3.5:
+        return True  # one unbroken run (two SHA-256 sums separated by a space are not one)
+    for cut in range(2):
+        body = digits[cut:]
+        try:
+            if _der_key_inside(bytes.fromhex(body[: len(body) - len(body) % 2])):
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+def secret_kind(text):
+    """What kind of secret `text` holds (a short English phrase, never the value), or None."""
+    if _PEM_SECRET.search(text):
+        return "a PEM private key or PKCS#12"
+    text = _PEM_CERTIFICATE.sub(" ", text)
+    if _PAIR_SECRET.search(text):
+        return "a password or passphrase"
+    if any(_base64_secret(m.group(0)) for m in _BASE64_RUN.finditer(text)):
+        return "base64 key material (DER/PKCS#12) or a long random token"
+    if any(_hex_secret(m.group(0)) for m in (*_HEX_RUN.finditer(text), *_HEX_BYTES.finditer(text))):
+        return "hex-encoded key material (DER) or a long random token"
+    return None
+
+
 def reject_secrets(fields, where="ticket"):
-    """Raise SecretMaterialError if any name or value in `fields` looks like a key, a PKCS#12 or a passphrase."""
+    """Raise SecretMaterialError if any name or value in `fields` looks like a key, a PKCS#12 or a passphrase,
+    anywhere in the text (unanchored). The message names the field and the kind, never the value."""
     if isinstance(fields, dict):
         for name, value in fields.items():
             if _SECRET_NAME.search(str(name)):
@@ -173,9 +271,11 @@ def reject_secrets(fields, where="ticket"):
             reject_secrets(value, where)
     elif isinstance(fields, (bytes, bytearray, memoryview)):
         raise SecretMaterialError(f"{where}: binary data (a PKCS#12 or DER key?) is never stored in a ticket")
-    elif isinstance(fields, str) and (_PEM_SECRET.search(fields) or _DER_BASE64.match(fields)):
-        raise SecretMaterialError(f"{where}: looks like key material (PEM private key or PKCS#12/DER blob); "
-                                  "the ticket store never holds it")
+    elif isinstance(fields, str):
+        kind = secret_kind(fields)
+        if kind:
+            raise SecretMaterialError(f"{where}: looks like {kind}; the ticket store never holds it (the value is "
+                                      "not repeated here)")
 
 
 def folio(service, year, number):
@@ -193,8 +293,10 @@ class TicketStore:
     for_update = ""
     migrations = ()
 
-    def __init__(self, policy=None):
+    def __init__(self, policy=None, audit_key=None):
         self.policy = policy or SlaPolicy()
+        # The HMAC key of the audit chain (bytes), or None: then entries are hash-chained only.
+        self.audit_key = audit_key if audit_key is not None else audit_key_from_env()
         self._joined = None  # the query of an open `transaction()`, which every write then joins
 
     # --- backend hooks --------------------------------------------------------------------------------------
@@ -213,7 +315,7 @@ class TicketStore:
         """Group several writes in one transaction (rolled back when dry_run: check mode previews a whole task)."""
         if self._joined is not None:
             raise TicketStoreError("store transactions do not nest")
-        with self._tx(dry_run) as query:
+        with self._chained_tx(dry_run) as query:
             self._joined = query
             try:
                 yield self
@@ -226,8 +328,17 @@ class TicketStore:
         if self._joined is not None:
             yield self._joined
         else:
-            with self._tx(dry_run) as query:
+            with self._chained_tx(dry_run) as query:
                 yield query
+
+    @contextmanager
+    def _chained_tx(self, dry_run=False):
+        """A write transaction that owns the audit chain's tail until it ends: two writers never chain onto the same
+        entry (PostgreSQL: an advisory lock taken first, before any row lock, so lock order stays deadlock-free;
+        SQLite: BEGIN IMMEDIATE already queues writers)."""
+        with self._tx(dry_run) as query:
+            self._serialize(query, "audit_chain")
+            yield query
 
     def _check_migration(self, query):
         """Backend hook run after the migrations, before they commit."""
@@ -244,7 +355,10 @@ class TicketStore:
             query("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             version = query("SELECT MAX(version) AS v FROM schema_version")[0]["v"] or 0
             for number, script in enumerate(self.migrations[version:], start=version + 1):
-                self._run_script(query, script)
+                if callable(script):
+                    script(self, query)
+                else:
+                    self._run_script(query, script)
                 query("INSERT INTO schema_version (version) VALUES (?)", (number,))
             self._check_migration(query)
 
@@ -390,13 +504,15 @@ class TicketStore:
         changes.update(self._breaches(row, changes, now))
         changes["state"], changes["updated_at"] = to_state, iso(now)
         # Column names come from this module, never from the caller; values are bound parameters.
+        default = ("notice sent: " + notice) if notice else ("updated" if to_state == current else None)
+        # The audit entry goes first: on SQLite a trigger refuses a state change its chained entry does not announce.
+        self._append_audit(query, row["id"], now, actor, current, to_state,
+                           reason or note or changes.get("close_reason") or default,
+                           changes.get("deployed_serial", row["deployed_serial"]),
+                           _union(list(hosts or ()), verified_hosts))
         assignments = ", ".join(f"{column} = ?" for column in changes)
         row = query(f"UPDATE tickets SET {assignments} WHERE id = ? RETURNING *",  # noqa: S608
                     (*changes.values(), row["id"]))[0]
-        default = ("notice sent: " + notice) if notice else ("updated" if to_state == current else None)
-        self._append_audit(query, row["id"], now, actor, current, to_state,
-                           reason or note or changes.get("close_reason") or default,
-                           row["deployed_serial"], _union(list(hosts or ()), verified_hosts))
         return Result(self._ticket(row), True, before)
 
     # --- rules ----------------------------------------------------------------------------------------------
@@ -572,11 +688,11 @@ class TicketStore:
             raise TicketNotFound(f"no ticket with {column} {value}")
         return rows[0]
 
-    @staticmethod
-    def _append_audit(query, ticket_id, now, actor, from_state, to_state, reason, serial, hosts):
-        query("INSERT INTO audit_log (ticket_id, at, actor, from_state, to_state, reason, serial, hosts)"
-              " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-              (ticket_id, iso(now), actor, from_state, to_state, reason, serial, json.dumps(hosts)))
+    def _append_audit(self, query, ticket_id, now, actor, from_state, to_state, reason, serial, hosts):
+        row = query("INSERT INTO audit_log (ticket_id, at, actor, from_state, to_state, reason, serial, hosts)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
+                    (ticket_id, iso(now), actor, from_state, to_state, reason, serial, json.dumps(hosts)))[0]
+        self._chain(query, "audit_log", row)
 
     @staticmethod
     def _note(now, actor, note):
@@ -986,11 +1102,122 @@ class TicketStore:
         anchor["evidence"] = [{k: v for k, v in e.items() if k not in ("provider", "fingerprint")} for e in evidence]
         return anchor
 
-    @staticmethod
-    def _registry_audit(query, now, actor, provider, fingerprint, action, from_state, to_state, detail):
-        query("INSERT INTO registry_audit (at, actor, provider, fingerprint, action, from_state, to_state, detail)"
-              " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-              (iso(now), actor, provider, fingerprint, action, from_state, to_state, detail))
+    def _registry_audit(self, query, now, actor, provider, fingerprint, action, from_state, to_state, detail):
+        row = query("INSERT INTO registry_audit (at, actor, provider, fingerprint, action, from_state, to_state,"
+                    " detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
+                    (iso(now), actor, provider, fingerprint, action, from_state, to_state, detail))[0]
+        self._chain(query, "registry_audit", row)
+
+
+    # --- tamper-evident audit chain ------------------------------------------------------------------------------
+    def _chain(self, query, table, row):
+        """Chain an audit entry just inserted (same transaction): sha256 over the previous link's hash and the entry's
+        canonical content, plus an HMAC of that hash when the store has an audit key."""
+        if len(self.migrations) < _CHAIN_VERSION:
+            return  # a store held at an older schema version (tests, a rolling upgrade) has no chain yet
+        last = query("SELECT entry_hash FROM audit_chain ORDER BY id DESC LIMIT 1")
+        entry_hash = chain_hash(last[0]["entry_hash"] if last else None, table, row)
+        query("INSERT INTO audit_chain (tbl, entry_id, entry_hash, entry_mac) VALUES (?, ?, ?, ?)",
+              (table, row["id"], entry_hash, chain_mac(self.audit_key, entry_hash)))
+
+    def verify_audit(self, check_states=True):
+        """The first broken link of the audit chain, or None when it holds: {table, id, problem}. Checks, in order:
+        every link (its hash recomputed from the entry and the link before; its HMAC when the store has a key);
+        every audit entry has a link; then (check_states) every ticket's state is the `to_state` of its last audit
+        entry and every trust anchor's state the one its registry audit last recorded."""
+        previous = None
+        for link in self._query("SELECT * FROM audit_chain ORDER BY id"):
+            table, entry_id = link["tbl"], link["entry_id"]
+            if table not in _CHAINED:
+                return {"table": "audit_chain", "id": link["id"], "problem": f"link names unknown table {table!r}"}
+            rows = self._query(f"SELECT * FROM {table} WHERE id = ?", (entry_id,))  # noqa: S608 - table from _CHAINED
+            if not rows:
+                return {"table": table, "id": entry_id, "problem": "entry is missing (deleted or replaced)"}
+            expected = chain_hash(previous, table, rows[0])
+            if not hmac.compare_digest(expected, link["entry_hash"] or ""):
+                return {"table": table, "id": entry_id,
+                        "problem": "hash does not match: the entry was edited or replaced, or the link before it "
+                                   f"was removed or altered (chain link {link['id']})"}
+            if self.audit_key is not None and not hmac.compare_digest(chain_mac(self.audit_key, expected),
+                                                                      link["entry_mac"] or ""):
+                return {"table": table, "id": entry_id,
+                        "problem": "HMAC does not match the audit key: the chain was recomputed without the key "
+                                   f"(chain link {link['id']})"}
+            previous = link["entry_hash"]
+        for table in _CHAINED:
+            rows = self._query(f"SELECT e.id FROM {table} e LEFT JOIN audit_chain c ON c.tbl = ? AND "  # noqa: S608
+                               "c.entry_id = e.id WHERE c.id IS NULL ORDER BY e.id LIMIT 1", (table,))
+            if rows:
+                return {"table": table, "id": rows[0]["id"], "problem": "entry has no chain link (inserted outside "
+                                                                      "the store's API)"}
+        if not check_states:
+            return None
+        for row in self._query("SELECT t.id, t.state, (SELECT a.to_state FROM audit_log a WHERE a.ticket_id = t.id"
+                               " ORDER BY a.id DESC LIMIT 1) AS audited FROM tickets t ORDER BY t.id"):
+            if row["state"] != row["audited"]:
+                return {"table": "tickets", "id": row["id"],
+                        "problem": f"state is '{row['state']}' but its last audit entry says "
+                                   f"'{row['audited']}': changed outside the store's API"}
+        for row in self._query("SELECT a.id, a.state, (SELECT r.to_state FROM registry_audit r WHERE r.provider ="
+                               " a.provider AND r.fingerprint = a.fingerprint AND r.to_state IS NOT NULL"
+                               " ORDER BY r.id DESC LIMIT 1) AS audited FROM trust_anchors a ORDER BY a.id"):
+            if row["state"] != row["audited"]:
+                return {"table": "trust_anchors", "id": row["id"],
+                        "problem": f"state is '{row['state']}' but its last registry audit entry says "
+                                   f"'{row['audited']}': changed outside the store's API"}
+        return None
+
+    def audit_head(self):
+        """{entries, head}: how many links the chain has and the last hash. Recording it outside the store (a job
+        log, a ticket of the Mesa) makes a truncated tail evident too."""
+        rows = self._query("SELECT COUNT(*) AS n FROM audit_chain")
+        last = self._query("SELECT entry_hash FROM audit_chain ORDER BY id DESC LIMIT 1")
+        return {"entries": rows[0]["n"], "head": last[0]["entry_hash"] if last else None}
+
+    def _chain_existing(self, query):
+        """Migration v4: chain every audit entry written before the chain existed, audit_log then registry_audit."""
+        for table in _CHAINED:
+            for row in query(f"SELECT * FROM {table} ORDER BY id"):  # noqa: S608 - table from _CHAINED
+                self._chain(query, table, row)
+
+
+_CHAIN_VERSION = 4  # the schema version that adds audit_chain
+# The audit tables the chain covers and, for each, the columns its hash covers (in this order).
+_CHAINED = {
+    "audit_log": ("id", "ticket_id", "at", "actor", "from_state", "to_state", "reason", "serial", "hosts"),
+    "registry_audit": ("id", "at", "actor", "provider", "fingerprint", "action", "from_state", "to_state", "detail"),
+}
+
+
+def chain_hash(previous, table, row):
+    """sha256 (hex) over the previous link's hash and the entry's canonical content (table, then its columns)."""
+    content = json.dumps([table, *(row[c] for c in _CHAINED[table])], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(f"{previous or ''}\n{content}".encode()).hexdigest()
+
+
+def chain_mac(key, entry_hash):
+    return hmac.new(key, entry_hash.encode(), hashlib.sha256).hexdigest() if key is not None else None
+
+
+AUDIT_KEY_ENV = "TICKET_STORE_AUDIT_KEY_FILE"
+
+
+def read_audit_key(path):
+    """The audit HMAC key in a file (an AWX credential's injected file, a vaulted file): its bytes, stripped."""
+    try:
+        with open(path, "rb") as f:
+            key = f.read().strip()
+    except OSError as e:
+        raise TicketStoreError(f"cannot read the audit key file {path}: {e.strerror}") from None
+    if len(key) < 16:
+        raise TicketStoreError(f"the audit key in {path} is too short: use at least 16 random bytes")
+    return key
+
+
+def audit_key_from_env():
+    """The audit key named by $TICKET_STORE_AUDIT_KEY_FILE (how AWX injects a credential file), or None."""
+    path = os.environ.get(AUDIT_KEY_ENV)
+    return read_audit_key(path) if path else None
 
 
 _ANCHOR_FIELDS = ("provider", "fingerprint", "subject", "not_before", "not_after", "pem", "state", "created_at",
@@ -1178,13 +1405,62 @@ _LIFECYCLE_V3 = """
 SQLITE_MIGRATIONS.append(_LIFECYCLE_V3.format(ticket_ref="INTEGER"))
 
 
+# Version 4: the tamper-evident audit chain (audit_chain: one link per audit_log / registry_audit entry, append-only),
+# computed over the existing entries in the migration's transaction. SQLite also refuses REPLACE on the append-only
+# tables (REPLACE deletes the old row without firing the DELETE trigger) and on tickets, and a state change that the
+# last chained audit entry does not announce (the store writes the entry first). A file anyone can open can still
+# be rewritten wholesale: the chain (with an HMAC key, which the file does not hold) makes that evident.
+_CHAIN_TABLE = """
+    CREATE TABLE audit_chain (
+        id {id},
+        tbl TEXT NOT NULL,
+        entry_id {ref} NOT NULL,
+        entry_hash TEXT NOT NULL,
+        entry_mac TEXT,
+        UNIQUE (tbl, entry_id)
+    );
+"""
+_SQLITE_NO_REPLACE = """
+    CREATE TRIGGER {table}_no_replace BEFORE INSERT ON {table}
+        WHEN EXISTS (SELECT 1 FROM {table} WHERE id = NEW.id)
+        BEGIN SELECT RAISE(ABORT, '{table}: rows are never replaced'); END;
+"""
+_SQLITE_CHAIN_GUARDS = """
+    CREATE TRIGGER audit_chain_no_update BEFORE UPDATE ON audit_chain
+        BEGIN SELECT RAISE(ABORT, 'audit_chain is append-only'); END;
+    CREATE TRIGGER audit_chain_no_delete BEFORE DELETE ON audit_chain
+        BEGIN SELECT RAISE(ABORT, 'audit_chain is append-only'); END;
+"""
+_SQLITE_STATE_GUARD = """
+    CREATE TRIGGER tickets_state_audited BEFORE UPDATE OF state ON tickets
+        WHEN NEW.state IS NOT OLD.state AND NOT EXISTS (
+            SELECT 1 FROM audit_log a WHERE a.ticket_id = OLD.id AND a.from_state IS OLD.state
+                AND a.to_state = NEW.state
+                AND a.id = (SELECT c.entry_id FROM audit_chain c WHERE c.tbl = 'audit_log' ORDER BY c.id DESC LIMIT 1)
+                AND a.id = (SELECT MAX(b.id) FROM audit_log b WHERE b.ticket_id = OLD.id))
+        BEGIN SELECT RAISE(ABORT, 'tickets.state changes only through the ticket store (no audit entry for it)'); END;
+"""
+_SQLITE_CHAIN_V4 = (_CHAIN_TABLE.format(id="INTEGER PRIMARY KEY AUTOINCREMENT", ref="INTEGER") + _SQLITE_CHAIN_GUARDS
+                    + "".join(_SQLITE_NO_REPLACE.format(table=t) for t in ("audit_log", "registry_audit",
+                                                                           "anchor_evidence", "audit_chain", "tickets"))
+                    + _SQLITE_STATE_GUARD)
+
+
+def _sqlite_v4(store, query):
+    store._run_script(query, _SQLITE_CHAIN_V4)
+    store._chain_existing(query)
+
+
+SQLITE_MIGRATIONS.append(_sqlite_v4)
+
+
 class SqliteTicketStore(TicketStore):
     """One SQLite file: WAL, synchronous=FULL (a committed ticket survives power loss), BEGIN IMMEDIATE."""
 
     migrations = SQLITE_MIGRATIONS
 
-    def __init__(self, path, policy=None, busy_timeout=30.0):
-        super().__init__(policy)
+    def __init__(self, path, policy=None, busy_timeout=30.0, audit_key=None):
+        super().__init__(policy, audit_key)
         self.path = path
         try:
             self._conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
@@ -1274,6 +1550,41 @@ POSTGRESQL_MIGRATIONS = [
 
 
 POSTGRESQL_MIGRATIONS.append(_LIFECYCLE_V3.format(ticket_ref="BIGINT"))
+# Version 4 (see the SQLite one): the audit chain, append-only, and the same guard on state writes (the store writes
+# the audit entry first; the table owner can still disable the trigger, verify_audit then names the ticket). Roles
+# are not created here (not portable); see
+# docs/ticket-store-hardening.md for the grants that leave the application role no UPDATE/DELETE on audit tables.
+_POSTGRES_CHAIN_GUARDS = """
+    CREATE TRIGGER audit_chain_no_update BEFORE UPDATE OR DELETE ON audit_chain
+        FOR EACH ROW EXECUTE FUNCTION registry_append_only();
+    CREATE TRIGGER audit_chain_no_truncate BEFORE TRUNCATE ON audit_chain
+        FOR EACH STATEMENT EXECUTE FUNCTION registry_append_only();
+    CREATE FUNCTION tickets_state_audited() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.state IS DISTINCT FROM OLD.state AND NOT EXISTS (
+                SELECT 1 FROM audit_log a WHERE a.ticket_id = OLD.id AND a.from_state IS NOT DISTINCT FROM OLD.state
+                    AND a.to_state = NEW.state
+                    AND a.id = (SELECT MAX(b.id) FROM audit_log b WHERE b.ticket_id = OLD.id)
+                    AND a.id = (SELECT c.entry_id FROM audit_chain c WHERE c.tbl = 'audit_log'
+                                ORDER BY c.id DESC LIMIT 1)) THEN
+                RAISE EXCEPTION 'tickets.state changes only through the ticket store (no audit entry for it)'
+                    USING ERRCODE = 'restrict_violation';
+            END IF;
+            RETURN NEW;
+        END $$;
+    CREATE TRIGGER tickets_state_audited BEFORE UPDATE OF state ON tickets
+        FOR EACH ROW EXECUTE FUNCTION tickets_state_audited();
+"""
+_POSTGRES_CHAIN_V4 = (_CHAIN_TABLE.format(id="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", ref="BIGINT")
+                      + _POSTGRES_CHAIN_GUARDS)
+
+
+def _postgres_v4(store, query):
+    store._run_script(query, _POSTGRES_CHAIN_V4)
+    store._chain_existing(query)
+
+
+POSTGRESQL_MIGRATIONS.append(_postgres_v4)
 
 
 class PostgresTicketStore(TicketStore):
@@ -1283,8 +1594,8 @@ class PostgresTicketStore(TicketStore):
     for_update = " FOR UPDATE"
     migrations = POSTGRESQL_MIGRATIONS
 
-    def __init__(self, dsn, policy=None, create=True, connect_timeout=10):
-        super().__init__(policy)
+    def __init__(self, dsn, policy=None, create=True, connect_timeout=10, audit_key=None):
+        super().__init__(policy, audit_key)
         self.dsn, self._secrets = redact(dsn), dsn_secrets(dsn)
         try:
             import psycopg
@@ -1356,7 +1667,7 @@ def _scrub(text, secrets):
     return text
 
 
-def open_store(dsn, policy=None, create=True):
+def open_store(dsn, policy=None, create=True, audit_key=None):
     """The store a DSN names: `sqlite:///path`, a plain path, or `postgresql://...` / `postgres://...`.
 
     With create=False nothing is created: a SQLite file that does not exist yet opens as an empty in-memory store,
@@ -1364,9 +1675,9 @@ def open_store(dsn, policy=None, create=True):
     mode and info queries leave no trace.
     """
     if dsn.startswith(POSTGRES_SCHEMES):
-        return PostgresTicketStore(dsn, policy, create=create)
+        return PostgresTicketStore(dsn, policy, create=create, audit_key=audit_key)
     # SQLAlchemy's convention: sqlite:///relative.db, sqlite:////absolute/path.db
     path = dsn[len("sqlite:///"):] if dsn.startswith("sqlite:///") else dsn
     if not create and path != ":memory:" and not os.path.exists(path):
         path = ":memory:"
-    return SqliteTicketStore(path, policy)
+    return SqliteTicketStore(path, policy, audit_key=audit_key)

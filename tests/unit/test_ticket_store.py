@@ -566,7 +566,7 @@ def test_upgrade_from_version_2_keeps_every_ticket_and_keys_the_expiry_events(db
         before = {t["id"]: t for t in old.find()}
         audit = old._query("SELECT * FROM audit_log ORDER BY id")
     with open_store(db) as new:
-        assert new.schema_version == LATEST == 3
+        assert new.schema_version == LATEST == 4
         assert new._query("SELECT * FROM audit_log ORDER BY id") == audit
         lifecycle = ("closed_at", "close_reason", "duplicate_of", "event_key", "notices", "allowed_next")
         for ticket in new.find():
@@ -586,7 +586,7 @@ def test_upgrade_from_version_2_keeps_every_ticket_and_keys_the_expiry_events(db
                            hosts=["consulta-02"], now=clock())
         assert found.ticket["id"] == crossings[-1] and found.ticket["hosts"] == ["consulta-01", "consulta-02"]
     with open_store(db) as again:  # reopening applies nothing twice
-        assert again.schema_version == 3 and len(again.find()) == 3
+        assert again.schema_version == LATEST and len(again.find()) == 3
 
 
 # --- secrets -------------------------------------------------------------------------------------------------
