@@ -10,8 +10,10 @@ description:
     byte into a timestamped backup with a checksum manifest, replaces each file atomically (temp file, fsync, rename),
     runs the config test and the reload, and prunes old backups. A failed config test or reload puts the previous
     files back byte for byte (and reloads again) before the module fails naming the step.
-  - C(restore) puts back a named, the latest or the previous backup after checking every copy against its manifest,
-    then runs the config test and the reload the same way. C(list) returns the complete backups.
+  - C(restore) puts back a named, the latest or the previous backup after verifying its manifest's HMAC (per-fleet
+    I(backup_key)), that it was taken for the expected I(service), that it names only I(managed_paths), and every
+    copy against the manifest; then runs the config test and the reload the same way.
+  - C(list) returns the complete backups.
   - Runs with the host's standard library only. Secret files (keys, keystores) never show their content, not even in
     the diff; only C(<secret file changed>).
 version_added: "0.1.0"
@@ -28,7 +30,9 @@ options:
     elements: dict
     suboptions:
       path:
-        description: Absolute path of the file on the host; its directory must exist.
+        description:
+          - Absolute path of the file on the host; its directory must exist.
+          - A symbolic link at the path is refused (never followed), naming it; so is one in I(backup_dir).
         type: path
         required: true
       content:
@@ -47,7 +51,10 @@ options:
         description: Group name or gid. Default keeps the current group.
         type: str
       secret:
-        description: The file is a key or keystore; its content and diff are never shown.
+        description:
+          - The file is a key or keystore; its content and diff are never shown.
+          - Its mode is never more open than 0600, or 0640 when I(group) is given, whatever I(mode) asks (or the file
+            has); a wider mode is narrowed with a warning.
         type: bool
         default: false
       merge:
@@ -69,6 +76,32 @@ options:
     description: Directory holding one sub-directory per backup (created mode 0700).
     type: path
     required: true
+  backup_key:
+    description:
+      - Per-fleet secret key; each backup manifest is signed with HMAC-SHA256 under it, and a restore refuses a
+        backup whose HMAC does not verify (a copy altered together with its checksum, a manifest rewritten).
+      - Required for I(action=restore) and I(action=install) (not in check mode, which writes no backup).
+      - Delivered like other secrets (ansible-vault or an AWX credential); never logged, never written to the host.
+    type: str
+  service:
+    description:
+      - For I(action=install), the service the files are for (for example C(renapo) or C(sat)), recorded in the
+        backup's signed manifest. Required for I(action=install) except in check mode.
+      - For I(action=restore), the service the backup must have been taken for; a backup of another service is
+        refused. Default accept the backup's own service, returned in RV(backup.service).
+    type: str
+  managed_paths:
+    description:
+      - For I(action=restore), every path the caller manages on this host. A manifest entry naming any other path
+        refuses the whole restore before anything is written or deleted. Required for I(action=restore).
+    type: list
+    elements: path
+  allow_unsigned_backup:
+    description:
+      - Accept a backup made before manifests were signed (no HMAC) for I(action=restore). Only for the transition
+        after the upgrade; such a backup is checked against its own checksums only.
+    type: bool
+    default: false
   backup_keep:
     description: How many complete backups to keep, the new one included.
     type: int
@@ -88,6 +121,9 @@ options:
     description: Reload run after a passing config test, for example C(nginx -s reload). A list or a string.
     type: raw
 notes:
+  - "A failure while taking the backup (a full disk) removes the partial backup and nothing is installed; a
+    failure while installing puts back the files already written. The message lists what was written, put back
+    and never touched."
   - Check mode reports what would change, with the diff, and touches nothing (no backup, no write, no command).
   - "Diff mode shows, per changed file, each certificate as serial, SHA-256 fingerprint, subject CN and notAfter,
     other files as their SHA-256, secret files only as changed. A certificate removed says why on its line
@@ -103,6 +139,8 @@ EXAMPLES = r"""
         mode: "0644"
         merge: true
     backup_dir: /var/backups/consulta
+    backup_key: "{{ consulta_cert_backup_key }}"
+    service: renapo
     backup_keep: 5
     validate_command: [nginx, -t]
     reload_command: [nginx, -s, reload]
@@ -125,6 +163,8 @@ EXAMPLES = r"""
         group: root
         secret: true
     backup_dir: /var/backups/consulta
+    backup_key: "{{ consulta_cert_backup_key }}"
+    service: sat
     validate_command: nginx -t
     reload_command: nginx -s reload
   no_log: true
@@ -134,6 +174,8 @@ EXAMPLES = r"""
     action: restore
     backup: latest
     backup_dir: /var/backups/consulta
+    backup_key: "{{ consulta_cert_backup_key }}"
+    managed_paths: [/etc/consulta/renapo-trust.pem, /etc/consulta/sat-client.pem, /etc/consulta/sat-client.key]
     validate_command: nginx -t
     reload_command: nginx -s reload
   register: restored
@@ -141,6 +183,10 @@ EXAMPLES = r"""
 - name: The restore was applied or already in place
   ansible.builtin.assert:
     that: restored.backup.label is string
+
+- name: Consult with the service the verified backup was taken for
+  ansible.builtin.debug:
+    msg: "restored a {{ restored.backup.service }} backup"
 """
 
 RETURN = r"""
@@ -170,10 +216,14 @@ files:
       removed: [{fingerprint: "9D:..:11", subject_cn: Rogue CA, not_after: "2030-01-01T00:00:00Z",
                  reason: not in the trust-anchor registry}]
 backup:
-  description: The backup made (install) or used (restore), or null when nothing changed on install.
+  description:
+    - The backup made (install) or used (restore), or null when nothing changed (or nothing was written) on install.
+    - C(service) is the service it was taken for (from the verified manifest on restore); C(signed) whether its
+      manifest carries a verified HMAC (false only for an unsigned backup accepted by I(allow_unsigned_backup)).
   returned: install and restore
   type: dict
-  sample: {label: 20260115T101500Z-a1b2c3, path: /var/backups/consulta/20260115T101500Z-a1b2c3}
+  sample: {label: 20260115T101500Z-a1b2c3, path: /var/backups/consulta/20260115T101500Z-a1b2c3, service: renapo,
+           signed: true}
 restored:
   description: Whether a failed config test or reload made the module put the previous files back.
   returned: install and restore
@@ -191,8 +241,8 @@ pruned:
   elements: str
   sample: [20250101T000000Z-0f0f0f]
 backups:
-  description: Complete backups, oldest first, each with label, time, path and files (path, secret, existed,
-    sha256_before, sha256_after, mode, owner, group).
+  description: Complete backups, oldest first, each with label, time, service, hmac, path and files (path, secret,
+    existed, sha256_before, sha256_after, mode, owner, group). Listed as found, not verified.
   returned: list
   type: list
   elements: dict
@@ -208,6 +258,7 @@ import binascii
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.cert_files import CertFilesError, install, list_backups, make_target, restore
+from ansible.module_utils.debug_guard import refuse_debug
 
 
 def main():
@@ -225,18 +276,32 @@ def main():
                 removal_note=dict(type="str"),
             )),
             backup_dir=dict(type="path", required=True),
+            backup_key=dict(type="str", no_log=True),
+            service=dict(type="str"),
+            managed_paths=dict(type="list", elements="path"),
+            allow_unsigned_backup=dict(type="bool", default=False),
             backup_keep=dict(type="int", default=5),
             backup_label=dict(type="str"),
             backup=dict(type="str"),
             validate_command=dict(type="raw"),
             reload_command=dict(type="raw"),
         ),
-        required_if=[("action", "install", ["files"]), ("action", "restore", ["backup"])],
+        required_if=[("action", "install", ["files"]),
+                     ("action", "restore", ["backup", "backup_key", "managed_paths"])],
         supports_check_mode=True,
     )
     p = module.params
+    refuse_debug(module, any(f["secret"] for f in p["files"] or ()))
     if p["backup_keep"] < 1:
         module.fail_json(msg="backup_keep must be at least 1", step="input")
+    # A check-mode install (plan, drift) writes no backup, so it needs neither the key nor the service.
+    writes = p["action"] == "restore" or (p["action"] == "install" and not module.check_mode)
+    if writes and not p["backup_key"]:
+        module.fail_json(msg="backup_key is empty: backups are signed with it and a restore verifies them",
+                         step="input")
+    if p["action"] == "install" and not module.check_mode and not p["service"]:
+        module.fail_json(msg="service is required to install: the backup records the service it was taken for",
+                         step="input")
 
     def run(cmd):
         return module.run_command(cmd)
@@ -247,7 +312,8 @@ def main():
         if p["action"] == "list":
             module.exit_json(changed=False, backups=list_backups(p["backup_dir"]))
         if p["action"] == "restore":
-            result = restore(p["backup_dir"], p["backup"], **commands)
+            result = restore(p["backup_dir"], p["backup"], key=p["backup_key"], managed_paths=p["managed_paths"],
+                             service=p["service"], allow_unsigned=p["allow_unsigned_backup"], **commands)
         else:
             targets = []
             for f in p["files"]:
@@ -257,7 +323,11 @@ def main():
                     module.fail_json(msg="content of %s is not valid base64" % f["path"], step="input")
                 targets.append(make_target(f["path"], content, f["mode"], f["owner"], f["group"], f["secret"],
                                            f["merge"], removal_note=f["removal_note"]))
-            result = install(targets, p["backup_dir"], keep=p["backup_keep"], label=p["backup_label"], **commands)
+            for t in targets:
+                if t.warning:
+                    module.warn(t.warning)
+            result = install(targets, p["backup_dir"], keep=p["backup_keep"], label=p["backup_label"],
+                             key=p["backup_key"], service=p["service"], **commands)
     except CertFilesError as exc:
         module.fail_json(**dict(exc.result, msg=exc.msg, step=exc.step, restored=exc.restored))
     except OSError as exc:

@@ -2,6 +2,11 @@
 
 Runs on the managed hosts under Debian's /usr/bin/python3, so it uses the standard library only.
 Commands (config test, reload) are run through a `run(cmd) -> (rc, stdout, stderr)` callable the caller supplies.
+
+What an insider or a crash can reach is checked here, not trusted: each backup manifest carries an HMAC-SHA256 under a
+per-fleet key and the service it was taken for; a restore verifies it, writes only the managed paths the caller lists
+and only for the service the caller expects; symbolic links at a destination or inside the backup dir are refused;
+secret files are never more open than 0600 (0640 with a configured group); a failed backup leaves no partial copy.
 """
 from __future__ import annotations
 
@@ -9,9 +14,11 @@ import base64
 import binascii
 import contextlib
 import datetime as dt
+import errno
 import fcntl
 import grp
 import hashlib
+import hmac
 import json
 import os
 import pwd
@@ -23,6 +30,9 @@ import tempfile
 from dataclasses import dataclass, field, replace
 
 MANIFEST = "manifest.json"
+HMAC_FIELD = "hmac"
+SECRET_MODE = 0o600
+SECRET_MODE_GROUP = 0o640
 LOCK = ".lock"
 HIDDEN_CHANGED = "<secret file changed>"
 HIDDEN = "<secret file>"
@@ -256,19 +266,74 @@ class Target:
     merge_content: bytes | None = None
     now: dt.datetime | None = None
     removal_note: str | None = None
+    warning: str | None = None  # said to the operator (a secret's mode tightened)
+
+
+def _symlink_refused(step, path, what="destination"):
+    try:
+        points_to = os.readlink(path)
+    except OSError:
+        points_to = "?"
+    return CertFilesError(step, "%s %s is a symbolic link (to %s): refused, nothing was written there nor to its "
+                          "target" % (what, path, points_to))
 
 
 def read_state(path):
+    """The file as it is, never through a symbolic link: root writing through one would overwrite its target."""
     try:
-        with open(path, "rb") as fh:
-            st = os.fstat(fh.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                raise CertFilesError("input", "%s is not a regular file" % path)
-            return FileState(path, fh.read(), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
+        st = os.lstat(path)
     except FileNotFoundError:
         return FileState(path, None)
-    except IsADirectoryError:
-        raise CertFilesError("input", "%s is not a regular file" % path) from None
+    if stat.S_ISLNK(st.st_mode):
+        raise _symlink_refused("input", path)
+    if not stat.S_ISREG(st.st_mode):
+        raise CertFilesError("input", "%s is not a regular file" % path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return FileState(path, None)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # replaced by a link since the lstat
+            raise _symlink_refused("input", path) from None
+        raise
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise CertFilesError("input", "%s is not a regular file" % path)
+        return FileState(path, fh.read(), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
+
+
+def _read_under(root, rel):
+    """Bytes of root/rel, opened component by component with O_NOFOLLOW: a link anywhere inside a backup is refused."""
+    parts = [x for x in rel.split("/") if x]
+    if not parts or any(x in (".", "..") for x in parts):
+        raise CertFilesError("restore", "backup entry %r is not a plain relative path" % rel)
+    fds = []
+    try:
+        fds.append(os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW))
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            flags = os.O_RDONLY | os.O_NOFOLLOW | (os.O_NONBLOCK if last else os.O_DIRECTORY)
+            try:
+                fds.append(os.open(part, flags, dir_fd=fds[-1]))
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    bad = os.path.join(root, *parts[:i + 1])
+                    if os.path.islink(bad):
+                        raise _symlink_refused("restore", bad, "backup entry") from None
+                raise
+        st = os.fstat(fds[-1])
+        if not stat.S_ISREG(st.st_mode):
+            raise CertFilesError("restore", "backup entry %s is not a regular file" % os.path.join(root, rel))
+        chunks = []
+        while True:
+            chunk = os.read(fds[-1], 1 << 16)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def resolve_uid(owner):
@@ -307,8 +372,10 @@ def _fsync_dir(path):
 
 def write_atomic(path, content, mode, uid=-1, gid=-1):
     """Temp file in the same directory, write, fsync, chmod/chown, rename over, fsync the directory."""
-    path = os.path.realpath(path)  # a symlinked bundle keeps its link; the file it points to is replaced
+    path = os.path.abspath(path)
     directory = os.path.dirname(path)
+    if os.path.islink(path):  # checked again here: the plan's check may be minutes old
+        raise OSError(errno.ELOOP, "is a symbolic link; refused, nothing written there nor to its target", path)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".%s." % os.path.basename(path), suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:  # mkstemp's 0600 means a key is never briefly world-readable
@@ -408,13 +475,22 @@ def make_target(path, content, mode=None, owner=None, group=None, secret=False, 
     if merge:
         add = bytes(content)
         content = _merged(path, state.content, add, now)
-    mode, uid, gid = parse_mode(mode), resolve_uid(owner), resolve_gid(group)
+    asked, uid, gid = parse_mode(mode), resolve_uid(owner), resolve_gid(group)
     exists = state.content is not None
-    return Target(path, content,
-                  mode if mode is not None else (state.mode if exists else (0o600 if secret else 0o644)),
+    mode = asked if asked is not None else (state.mode if exists else (0o600 if secret else 0o644))
+    warning = None
+    if secret:
+        # A key is never readable by others (nor by a group unless one is configured), whatever mode is asked.
+        ceiling = SECRET_MODE_GROUP if group is not None else SECRET_MODE
+        if mode & ~ceiling:
+            warning = ("%s is a secret file: mode %04o %s, written %04o (a secret is never more open than %04o%s)"
+                       % (path, mode, "asked" if asked is not None else "found", mode & ceiling, ceiling,
+                          " with a configured group" if group is not None else ""))
+            mode &= ceiling
+    return Target(path, content, mode,
                   uid if uid is not None else (state.uid if exists else os.geteuid()),
                   gid if gid is not None else (state.gid if exists else os.getegid()),
-                  secret, merge_content=add, now=now, removal_note=removal_note)
+                  secret, merge_content=add, now=now, removal_note=removal_note, warning=warning)
 
 
 def plan(targets):
@@ -461,8 +537,17 @@ def _group_name(gid):
 @contextlib.contextmanager
 def locked(backup_dir):
     """Serialise concurrent runs on one host (two playbooks, or a rollout and a rollback)."""
+    backup_dir = os.path.abspath(backup_dir)
+    if os.path.islink(backup_dir):
+        raise _symlink_refused("backup", backup_dir, "backup dir")
     os.makedirs(backup_dir, mode=0o700, exist_ok=True)
-    fd = os.open(os.path.join(backup_dir, LOCK), os.O_RDWR | os.O_CREAT, 0o600)
+    lock = os.path.join(backup_dir, LOCK)
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _symlink_refused("backup", lock, "backup lock file") from None
+        raise
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -470,8 +555,36 @@ def locked(backup_dir):
         os.close(fd)
 
 
-def write_backup(backup_dir, label, plans, now):
-    """Copy every current file byte for byte (mode/owner kept) and write manifest.json last, atomically."""
+def manifest_mac(manifest, key):
+    """HMAC-SHA256 of a manifest (every field but the HMAC itself and the local path), canonical JSON."""
+    body = {k: v for k, v in manifest.items() if k not in (HMAC_FIELD, "path")}
+    data = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    return hmac.new(key.encode("utf-8") if isinstance(key, str) else bytes(key), data, hashlib.sha256).hexdigest()
+
+
+def verify_manifest(manifest, key, allow_unsigned=False):
+    """True when the manifest's HMAC verifies under key; False for an unsigned one explicitly allowed; else refuse."""
+    label = manifest.get("label")
+    mac = manifest.get(HMAC_FIELD)
+    if mac is None:
+        if allow_unsigned:
+            return False
+        raise CertFilesError("restore", "backup %s has no HMAC (made before backups were signed): refused, nothing "
+                             "was written; allow_unsigned_backup=true accepts it during the transition" % label)
+    if not key:
+        raise CertFilesError("restore", "no backup key given: backup %s cannot be verified, nothing was written"
+                             % label)
+    if not isinstance(mac, str) or not hmac.compare_digest(mac, manifest_mac(manifest, key)):
+        raise CertFilesError("restore", "backup %s: the manifest HMAC does not verify (altered, or signed with "
+                             "another fleet key): refused, nothing was written" % label)
+    return True
+
+
+def write_backup(backup_dir, label, plans, now, key=None, service=None):
+    """Copy every current file byte for byte (mode/owner kept) and write manifest.json last, atomically.
+
+    The manifest records the service and is signed with key (HMAC-SHA256). On any failure the partial backup dir
+    is removed and CertFilesError says what was copied and what was not."""
     if not _LABEL_RE.match(label) or label in ("latest", "previous"):
         raise CertFilesError("backup", "backup label %r is not a plain name" % label)
     root = os.path.join(backup_dir, label)
@@ -479,22 +592,43 @@ def write_backup(backup_dir, label, plans, now):
         os.mkdir(root, 0o700)
     except FileExistsError:
         raise CertFilesError("backup", "backup %s already exists" % root) from None
-    entries = []
-    for p in plans:
-        b = p.before
-        entry = {"path": b.path, "secret": p.target.secret, "existed": b.content is not None,
-                 "sha256_before": b.sha256,
-                 "sha256_after": None if p.target.content is None else hashlib.sha256(p.target.content).hexdigest()}
-        if b.content is not None:
-            copy = os.path.join(root, _copy_name(b.path))
-            os.makedirs(os.path.dirname(copy), mode=0o700, exist_ok=True)
-            write_atomic(copy, b.content, b.mode, b.uid, b.gid)
-            entry.update(copy=_copy_name(b.path), mode="%04o" % b.mode, uid=b.uid, gid=b.gid,
-                         owner=_owner_name(b.uid), group=_group_name(b.gid))
-        entries.append(entry)
-    manifest = {"label": label, "time": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "files": entries}
-    write_atomic(os.path.join(root, MANIFEST), json.dumps(manifest, indent=1).encode() + b"\n", 0o600)
-    return {"label": label, "path": root}
+    except OSError as exc:
+        raise CertFilesError("backup", "backup failed: cannot create %s: %s; no backup was written" % (
+            root, exc.strerror or exc)) from None
+    entries, copied, current = [], [], MANIFEST
+    try:
+        for p in plans:
+            b = p.before
+            entry = {"path": b.path, "secret": p.target.secret, "existed": b.content is not None,
+                     "sha256_before": b.sha256,
+                     "sha256_after": None if p.target.content is None else hashlib.sha256(p.target.content).hexdigest()}
+            if b.content is not None:
+                current = b.path
+                copy = os.path.join(root, _copy_name(b.path))
+                os.makedirs(os.path.dirname(copy), mode=0o700, exist_ok=True)
+                write_atomic(copy, b.content, b.mode, b.uid, b.gid)
+                copied.append(b.path)
+                entry.update(copy=_copy_name(b.path), mode="%04o" % b.mode, uid=b.uid, gid=b.gid,
+                             owner=_owner_name(b.uid), group=_group_name(b.gid))
+            entries.append(entry)
+        current = MANIFEST
+        manifest = {"label": label, "time": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "service": service,
+                    "files": entries}
+        if key:
+            manifest[HMAC_FIELD] = manifest_mac(manifest, key)
+        write_atomic(os.path.join(root, MANIFEST), json.dumps(manifest, indent=1).encode() + b"\n", 0o600)
+    except OSError as exc:
+        what = "the manifest" if current == MANIFEST else "the copy of %s" % current
+        try:
+            shutil.rmtree(root)
+            cleaned = "the partial backup %s was removed" % root
+        except OSError as rm_exc:
+            cleaned = "the partial backup %s could NOT be removed (%s): delete it by hand" % (
+                root, rm_exc.strerror or rm_exc)
+        raise CertFilesError("backup", "backup failed writing %s: %s; %s; no file was installed or changed (%s are "
+                             "as they were)" % (what, exc.strerror or exc, cleaned,
+                                                ", ".join(p.target.path for p in plans))) from None
+    return {"label": label, "path": root, "service": service, "signed": bool(key)}
 
 
 def list_backups(backup_dir):
@@ -505,12 +639,17 @@ def list_backups(backup_dir):
     except FileNotFoundError:
         return out
     for name in names:
-        if name.startswith("."):
+        if name.startswith(".") or not _LABEL_RE.match(name):
+            continue
+        root = os.path.join(backup_dir, name)
+        try:
+            if not stat.S_ISDIR(os.lstat(root).st_mode):  # a symbolic link is never a backup
+                continue
+        except OSError:  # pruned meanwhile
             continue
         try:
-            with open(os.path.join(backup_dir, name, MANIFEST), "rb") as fh:
-                manifest = json.load(fh)
-        except (OSError, ValueError):
+            manifest = json.loads(_read_under(root, MANIFEST))
+        except (OSError, ValueError, CertFilesError):
             continue
         if isinstance(manifest, dict) and manifest.get("label") == name:
             manifest["path"] = os.path.join(backup_dir, name)
@@ -519,6 +658,10 @@ def list_backups(backup_dir):
 
 
 def find_backup(backup_dir, name):
+    if os.path.islink(backup_dir):
+        raise _symlink_refused("restore", backup_dir, "backup dir")
+    if _LABEL_RE.match(name) and os.path.islink(os.path.join(backup_dir, name)):
+        raise _symlink_refused("restore", os.path.join(backup_dir, name), "backup")
     backups = list_backups(backup_dir)
     if name in ("latest", "previous"):
         need = 1 if name == "latest" else 2
@@ -531,23 +674,47 @@ def find_backup(backup_dir, name):
     raise CertFilesError("restore", "backup %r not found in %s" % (name, backup_dir))
 
 
-def backup_targets(manifest):
-    """Targets that put back what a backup recorded, after checking each copy against the manifest."""
-    targets = []
-    for entry in manifest["files"]:
+def backup_targets(manifest, managed_paths):
+    """Targets that put back what a backup recorded, after checking every entry: a path the caller manages, the
+    copy where it must be, its checksum. Any bad entry refuses the whole backup before anything is written."""
+    label = manifest.get("label")
+    managed = {os.path.normpath(p) for p in managed_paths if p}
+    files = manifest.get("files")
+    if not isinstance(files, list) or not all(isinstance(e, dict) for e in files):
+        raise CertFilesError("restore", "backup %s: the manifest has no list of files" % label)
+    seen, targets = set(), []
+    for entry in files:
+        path = entry.get("path")
+        if not isinstance(path, str) or not os.path.isabs(path) or os.path.normpath(path) != path:
+            raise CertFilesError("restore", "backup %s names %r, not a plain absolute path: refused, nothing was "
+                                 "written or deleted" % (label, path))
+        if path not in managed:
+            raise CertFilesError("restore", "backup %s names %s, which is not a path this role manages (%s): "
+                                 "refused, nothing was written or deleted" % (label, path, ", ".join(sorted(managed))))
+        if path in seen:
+            raise CertFilesError("restore", "backup %s names %s twice: refused" % (label, path))
+        seen.add(path)
+    for entry in files:
         path, secret = entry["path"], bool(entry.get("secret"))
-        if not entry["existed"]:
+        if entry.get("existed") is False:
             targets.append(Target(path, None, secret=secret))
             continue
+        if entry.get("existed") is not True or entry.get("copy") != _copy_name(path):
+            raise CertFilesError("restore", "backup %s: the entry of %s is malformed" % (label, path))
         try:
-            with open(os.path.join(manifest["path"], entry["copy"]), "rb") as fh:
-                content = fh.read()
-        except (OSError, KeyError):
-            raise CertFilesError("restore", "backup %s: copy of %s is missing" % (manifest["label"], path)) from None
-        if hashlib.sha256(content).hexdigest() != entry["sha256_before"]:
+            content = _read_under(manifest["path"], entry["copy"])
+        except OSError:
+            raise CertFilesError("restore", "backup %s: copy of %s is missing" % (label, path)) from None
+        if hashlib.sha256(content).hexdigest() != entry.get("sha256_before"):
             raise CertFilesError("restore", "backup %s: copy of %s does not match its manifest checksum"
-                                 % (manifest["label"], path))
-        targets.append(Target(path, content, int(entry["mode"], 8), entry["uid"], entry["gid"], secret))
+                                 % (label, path))
+        try:
+            mode, uid, gid = int(entry["mode"], 8), int(entry["uid"]), int(entry["gid"])
+        except (KeyError, TypeError, ValueError):
+            raise CertFilesError("restore", "backup %s: mode/owner of %s are malformed" % (label, path)) from None
+        if secret:
+            mode &= SECRET_MODE_GROUP
+        targets.append(Target(path, content, mode & 0o7777, uid, gid, secret))
     return targets
 
 
@@ -577,27 +744,52 @@ def _result(plans, diff):
     return res
 
 
+def _apply_tracked(targets, done):
+    """apply_targets, appending each target to done once its file is written (or removed)."""
+    for t in targets:
+        apply_targets([t])
+        done.append(t)
+
+
 def _commit(plans, run, validate_command, reload_command, res):
-    """Write the targets, test the config, reload; on any failure put the before-state back (and reload)."""
+    """Write the targets, test the config, reload; on any failure put back what was written (and reload).
+
+    Every message says which files were written, which were put back, and which were never touched."""
     changed = [p for p in plans if p.changed]
-    undo = [Target(p.before.path, p.before.content, p.before.mode, p.before.uid, p.before.gid) for p in changed]
+    before = {p.target.path: p.before for p in changed}
+    written = []
 
     def fail(step, msg, reload_again=False):
+        paths = [t.path for t in written]
+        untouched = [p.target.path for p in changed if p.target.path not in paths]
+        if not written:
+            res["changed"] = False
+            raise CertFilesError(step, "%s; nothing was written: %s are as they were" % (
+                msg, ", ".join(untouched)), False, res)
+        put_back = []
         try:
-            apply_targets(undo)
+            _apply_tracked([Target(b.path, b.content, b.mode, b.uid, b.gid) for b in (before[x] for x in paths)],
+                           put_back)
         except OSError as exc:
-            raise CertFilesError(step, "%s; restoring the backup FAILED too: %s" % (msg, exc), False, res) from None
+            done = [t.path for t in put_back]
+            raise CertFilesError(step, "%s; written: %s; putting the previous files back FAILED (%s): put back: %s;"
+                                 " NOT put back: %s" % (msg, ", ".join(paths), exc.strerror or exc,
+                                                        ", ".join(done) or "none",
+                                                        ", ".join(x for x in paths if x not in done)), False, res) \
+                from None
         res["restored"] = True
         if reload_again and reload_command:
             rc, out, err = run(reload_command)
             if rc != 0:
                 msg += "; reload after restore failed too: %s" % _tail(rc, out, err)
-        raise CertFilesError(step, msg + " (previous files restored)", True, res)
+        raise CertFilesError(step, msg + " (previous files restored: %s%s)" % (
+            ", ".join(paths), "; never written: " + ", ".join(untouched) if untouched else ""), True, res)
 
     try:
-        apply_targets([p.target for p in changed])
+        _apply_tracked([p.target for p in changed], written)
     except OSError as exc:
-        fail("install", "install failed: %s" % exc)
+        failed = next(p.target.path for p in changed if p.target.path not in [t.path for t in written])
+        fail("install", "install failed writing %s: %s" % (failed, exc.strerror or exc))
     if validate_command:
         rc, out, err = run(validate_command)
         if rc != 0:
@@ -609,8 +801,10 @@ def _commit(plans, run, validate_command, reload_command, res):
 
 
 def install(targets, backup_dir, run, validate_command=None, reload_command=None, keep=5, label=None,
-            check_mode=False, diff=False, now=None):
-    """Back up, install atomically, config test, reload, prune. Raises CertFilesError(step, ...) on failure."""
+            check_mode=False, diff=False, now=None, key=None, service=None):
+    """Back up (manifest signed with key, recording service), install atomically, config test, reload, prune.
+
+    Raises CertFilesError(step, ...) on failure."""
     now = now or dt.datetime.now(dt.UTC)
     res = _result(plan(targets), diff)
     if not res["changed"] or check_mode:
@@ -621,25 +815,48 @@ def install(targets, backup_dir, run, validate_command=None, reload_command=None
         if not res["changed"]:
             return res
         try:
-            res["backup"] = write_backup(backup_dir, label or new_label(now), plans, now)
-        except OSError as exc:
-            raise CertFilesError("backup", "backup failed: %s" % exc, False, dict(res, changed=False)) from None
-        _commit(plans, run, validate_command, reload_command, res)
+            res["backup"] = write_backup(backup_dir, label or new_label(now), plans, now, key=key, service=service)
+        except CertFilesError as exc:
+            exc.result = dict(res, changed=False)
+            raise
+        try:
+            _commit(plans, run, validate_command, reload_command, res)
+        except CertFilesError as exc:
+            if not exc.restored and not res["changed"] and res["backup"]:
+                # Nothing was written: this backup holds today's files, and as "latest" it would hide the real
+                # previous state from a rollback.
+                try:
+                    shutil.rmtree(res["backup"]["path"])
+                    exc.msg += "; this run's backup %s was removed" % res["backup"]["label"]
+                    res["backup"] = None
+                except OSError as rm_exc:
+                    exc.msg += "; this run's backup %s could not be removed: %s" % (
+                        res["backup"]["label"], rm_exc.strerror or rm_exc)
+                exc.args = (exc.msg,)
+            raise
         res["pruned"] = prune_backups(backup_dir, keep, protect=res["backup"]["label"])
     return res
 
 
-def restore(backup_dir, name, run, validate_command=None, reload_command=None, check_mode=False, diff=False):
-    """Put back a named (or latest/previous) backup after verifying its checksums; idempotent."""
+def restore(backup_dir, name, run, validate_command=None, reload_command=None, check_mode=False, diff=False,
+            *, key, managed_paths, service=None, allow_unsigned=False):
+    """Put back a named (or latest/previous) backup: its HMAC verified under key (unsigned only if allow_unsigned),
+    taken for service (when given), naming only managed_paths, every copy checked; idempotent."""
     manifest = find_backup(backup_dir, name)
-    targets = backup_targets(manifest)
+    signed = verify_manifest(manifest, key, allow_unsigned)
+    taken_for = manifest.get("service")
+    if service and taken_for != service:
+        raise CertFilesError("restore", "backup %s was taken for service %s, not %s: refused, nothing was written"
+                             % (manifest["label"], taken_for or "(not recorded)", service))
+    targets = backup_targets(manifest, managed_paths)
+    info = {"label": manifest["label"], "path": manifest["path"], "service": taken_for, "signed": signed}
     res = _result(plan(targets), diff)
+    res["backup"] = info
     if res["changed"] and not check_mode:
         with locked(backup_dir):
             plans = plan(targets)
             res = _result(plans, diff)
-            res["backup"] = {"label": manifest["label"], "path": manifest["path"]}
+            res["backup"] = info
             if res["changed"]:
                 _commit(plans, run, validate_command, reload_command, res)
-    res["backup"] = {"label": manifest["label"], "path": manifest["path"]}
     return res

@@ -512,3 +512,34 @@ def test_rollback_returns_hosts_to_the_backup_byte_for_byte(fresh_lab):
     assert p.returncode != 0
     assert "19990101T000000Z-nothere" in p.stdout
     assert anchor in fingerprints(host_file(lab, names[0], BUNDLE))
+
+
+def test_rollback_refuses_a_forged_backup_and_a_wrong_service_and_touches_nothing(fresh_lab, tmp_path):
+    """Issue 14: a backup copy swapped for a rogue bundle with its checksum updated in the manifest is refused by
+    its HMAC; a backup taken for RENAPO is not restored as SAT's; the host keeps its files throughout."""
+    lab = fresh_lab
+    cert, fp, anchor = publish(lab)
+    names = hosts(lab)
+    rollout(*renapo_args(lab, cert, fp))
+    target = names[1]
+    root = next(host_file(lab, target, Path("backups")).glob("*/manifest.json")).parent
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["service"] == "renapo" and len(manifest["hmac"]) == 64
+    rollback = [str(ROOT / ".venv/bin/ansible-playbook"), "playbooks/rollback.yml", "--limit", target]
+
+    p = run([*rollback, "-e", f"rollback_backup={root.name}", "-e", "rollback_service=sat"], check=False)
+    assert p.returncode != 0 and f"backup {root.name} was taken for service renapo, not sat" in p.stdout, p.stdout
+    assert anchor in fingerprints(host_file(lab, target, BUNDLE))
+
+    rogue = self_signed(tmp_path / "rogue.pem", "Rogue CA", days=365)
+    rogue_pem = rogue.public_bytes(serialization.Encoding.PEM)
+    entry = next(e for e in manifest["files"] if e["path"].endswith("renapo-bundle.pem"))
+    (root / entry["copy"]).write_bytes(rogue_pem)
+    entry["sha256_before"] = hashlib.sha256(rogue_pem).hexdigest()
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    before = host_file(lab, target, BUNDLE).read_bytes()
+    p = run([*rollback, "-e", f"rollback_backup={root.name}"], check=False)
+    assert p.returncode != 0 and f"backup {root.name}: the manifest HMAC does not verify" in p.stdout, p.stdout
+    assert host_file(lab, target, BUNDLE).read_bytes() == before
+    assert rogue.fingerprint(hashes.SHA256()).hex() not in fingerprints(host_file(lab, target, BUNDLE))
+    assert serves(lab, target)["status_oper"] == "EXITOSO"

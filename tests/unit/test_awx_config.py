@@ -97,7 +97,8 @@ def test_credential_types_inject_files_and_env_only_and_every_variable_is_consum
     assert set(ctype["injectors"]) <= {"env", "file"}, "secrets never go to extra_vars"
     files = {key.split(".", 1)[1] for key in ctype["injectors"].get("file", {})}
     consumers = "".join(p.read_text(encoding="utf-8") for p in [
-        *(ROOT / "playbooks" / "group_vars").rglob("*.yml"), ROOT / "library" / "mail_intake.py",
+        *(ROOT / "playbooks" / "group_vars").rglob("*.yml"), *(ROOT / "inventories").rglob("*.yml"),
+        ROOT / "library" / "mail_intake.py",
         ROOT / "docs" / "awx.md"])
     secrets = {fid for fid, f in fields.items() if f.get("secret")}
     for injector in ctype["injectors"].values():

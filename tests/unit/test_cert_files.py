@@ -1,5 +1,6 @@
 """cert_files: stdlib DER facts, bundle merge, backup, atomic install, config test, reload, restore (real files)."""
 import base64
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -88,10 +89,26 @@ def targets(host, trust=None, key=None, **kw):
     return out
 
 
+BACKUP_KEY = "unit-test-fleet-key"
+
+
+def managed(host):
+    """The paths the role would manage on this host."""
+    return [str(host["etc"] / n) for n in ("trust.pem", "client.key", "chain.pem", "sat.pem")]
+
+
 def do_install(host, tg, **kw):
     kw.setdefault("validate_command", recorder(host, "validate"))
     kw.setdefault("reload_command", recorder(host, "reload"))
+    kw.setdefault("key", BACKUP_KEY)
+    kw.setdefault("service", "renapo")
     return cf.install(tg, str(host["backups"]), run, now=kw.pop("now", NOW), **kw)
+
+
+def do_restore(host, name, **kw):
+    kw.setdefault("key", BACKUP_KEY)
+    kw.setdefault("managed_paths", managed(host))
+    return cf.restore(str(host["backups"]), name, run, **kw)
 
 
 # ---------------------------------------------------------------- DER facts
@@ -326,16 +343,16 @@ def test_restore_by_label_latest_previous_and_idempotent(host):
     do_install(host, targets(host, a3), now=NOW + dt.timedelta(seconds=1))  # holds anchor 2
     trust = host["etc"] / "trust.pem"
 
-    res = cf.restore(str(host["backups"]), "latest", run, reload_command=recorder(host, "reload"))
+    res = do_restore(host, "latest", reload_command=recorder(host, "reload"))
     assert res["changed"] and trust.read_bytes() == a2 and calls(host)[-1] == "reload"
-    res = cf.restore(str(host["backups"]), "latest", run)
+    res = do_restore(host, "latest")
     assert res["changed"] is False  # already equal to the backup
-    res = cf.restore(str(host["backups"]), "previous", run)
+    res = do_restore(host, "previous")
     assert res["changed"] and res["backup"]["label"] == first and trust.read_bytes() == original
     trust.write_bytes(a3)
-    assert cf.restore(str(host["backups"]), first, run)["changed"] and trust.read_bytes() == original
+    assert do_restore(host, first)["changed"] and trust.read_bytes() == original
     with pytest.raises(cf.CertFilesError, match="not found"):
-        cf.restore(str(host["backups"]), "nope", run)
+        do_restore(host, "nope")
 
 
 def test_restore_refuses_a_tampered_copy_naming_the_file(host):
@@ -344,7 +361,7 @@ def test_restore_refuses_a_tampered_copy_naming_the_file(host):
     copy = Path(res["backup"]["path"]) / "files" / str(host["etc"] / "trust.pem").lstrip("/")
     copy.write_bytes(copy.read_bytes() + b"\n")
     with pytest.raises(cf.CertFilesError, match="copy of %s does not match" % (host["etc"] / "trust.pem")) as err:
-        cf.restore(str(host["backups"]), "latest", run)
+        do_restore(host, "latest")
     assert err.value.step == "restore" and (host["etc"] / "trust.pem").read_bytes() == a2
 
 
@@ -352,7 +369,7 @@ def test_restore_validate_failure_puts_back_what_was_there(host):
     a2, _ = make_cert("anchor 2", serial=2)
     do_install(host, targets(host, a2))
     with pytest.raises(cf.CertFilesError, match="config test failed") as err:
-        cf.restore(str(host["backups"]), "latest", run, validate_command="/bin/false")
+        do_restore(host, "latest", validate_command="/bin/false")
     assert err.value.restored and (host["etc"] / "trust.pem").read_bytes() == a2
 
 
@@ -400,3 +417,231 @@ def test_stdlib_only_under_system_python():
     out = subprocess.run(["/usr/bin/python3", "-I", "-S", "-c", code, base64.b64encode(pem).decode()],
                          capture_output=True, text=True, check=True, env={"PATH": "/usr/bin:/bin"}).stdout
     assert out.startswith("serial 42 · sha256 " + fingerprint(cert))
+
+
+# ---------------------------------------------------------------- what an insider or a crash can reach (issue 14)
+
+def manifest_of(res):
+    root = Path(res["backup"]["path"])
+    return root, json.loads((root / "manifest.json").read_text())
+
+
+def rewrite_manifest(root, manifest, key=None):
+    """Write a forged manifest, signed again with key when the forger has it (the HMAC dropped otherwise)."""
+    manifest.pop("hmac", None)
+    if key:
+        manifest["hmac"] = cf.manifest_mac(manifest, key)
+    (root / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_backups_are_signed_and_record_their_service(host):
+    a2, _ = make_cert("anchor 2", serial=2)
+    res = do_install(host, targets(host, a2), service="sat")
+    root, manifest = manifest_of(res)
+    assert manifest["service"] == "sat" and res["backup"]["service"] == "sat" and res["backup"]["signed"]
+    assert manifest["hmac"] == cf.manifest_mac(manifest, BACKUP_KEY) and BACKUP_KEY not in json.dumps(manifest)
+    out = do_restore(host, "latest", service="sat")
+    assert out["changed"] and out["backup"]["service"] == "sat" and out["backup"]["signed"] is True
+
+
+def test_tampered_copy_with_its_checksum_updated_is_refused_naming_the_backup(host):
+    a2, _ = make_cert("anchor 2", serial=2)
+    res = do_install(host, targets(host, a2))
+    root, manifest = manifest_of(res)
+    rogue, _ = make_cert("Rogue CA", serial=0x666)
+    copy = root / manifest["files"][0]["copy"]
+    copy.write_bytes(rogue)
+    manifest["files"][0]["sha256_before"] = hashlib.sha256(rogue).hexdigest()
+    hmac_kept = manifest["hmac"]
+    (root / "manifest.json").write_text(json.dumps(manifest))  # checksum updated, old HMAC left in place
+    before = tree(host["etc"])
+    with pytest.raises(cf.CertFilesError, match="backup %s: the manifest HMAC does not verify" % root.name) as err:
+        do_restore(host, "latest")
+    assert err.value.step == "restore" and tree(host["etc"]) == before and hmac_kept
+    rewrite_manifest(root, manifest, key="a key guessed by the insider")
+    with pytest.raises(cf.CertFilesError, match="HMAC does not verify"):
+        do_restore(host, "latest")
+    assert tree(host["etc"]) == before and b"Rogue" not in (host["etc"] / "trust.pem").read_bytes()
+
+
+def test_unsigned_backup_refused_unless_explicitly_allowed(host):
+    a2, _ = make_cert("anchor 2", serial=2)
+    res = do_install(host, targets(host, a2))
+    root, manifest = manifest_of(res)
+    rewrite_manifest(root, manifest)  # as a backup made before this change: no HMAC
+    with pytest.raises(cf.CertFilesError, match="has no HMAC .*allow_unsigned_backup"):
+        do_restore(host, "latest")
+    assert (host["etc"] / "trust.pem").read_bytes() == a2
+    out = do_restore(host, "latest", allow_unsigned=True)
+    assert out["changed"] and out["backup"]["signed"] is False
+    assert (host["etc"] / "trust.pem").read_bytes() == host["anchor"]
+
+
+def test_manifest_naming_a_foreign_path_is_refused_nothing_written_or_deleted(host, tmp_path):
+    passwd = tmp_path / "passwd"  # stands for /etc/passwd
+    passwd.write_bytes(b"root:x:0:0:root:/root:/bin/bash\n")
+    shadow = tmp_path / "shadow"
+    shadow.write_bytes(b"root:*:19000:0:99999:7:::\n")
+    a2, _ = make_cert("anchor 2", serial=2)
+    res = do_install(host, targets(host, a2))
+    root, manifest = manifest_of(res)
+    rogue = b"evil::0:0::/:/bin/sh\n"
+    (root / "files" / str(passwd).lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+    (root / "files" / str(passwd).lstrip("/")).write_bytes(rogue)
+    manifest["files"] += [
+        {"path": str(passwd), "secret": False, "existed": True, "sha256_before": hashlib.sha256(rogue).hexdigest(),
+         "copy": "files/" + str(passwd).lstrip("/"), "mode": "0644", "uid": 0, "gid": 0},
+        {"path": str(shadow), "secret": False, "existed": False, "sha256_before": None}]
+    rewrite_manifest(root, manifest, key=BACKUP_KEY)  # even signed with the fleet key
+    before = tree(tmp_path / "etc"), passwd.read_bytes(), shadow.read_bytes()
+    with pytest.raises(cf.CertFilesError, match="names %s, which is not a path this role manages" % passwd) as err:
+        do_restore(host, "latest")
+    assert "nothing was written or deleted" in err.value.msg
+    assert (tree(tmp_path / "etc"), passwd.read_bytes(), shadow.read_bytes()) == before
+    # a path smuggled with ".." (normalising into a managed one) is refused too
+    manifest["files"] = [dict(manifest["files"][0], path=str(host["etc"] / "x" / ".." / "trust.pem"))]
+    rewrite_manifest(root, manifest, key=BACKUP_KEY)
+    with pytest.raises(cf.CertFilesError, match="not a plain absolute path"):
+        do_restore(host, "latest")
+    assert tree(tmp_path / "etc") == before[0]
+
+
+def test_restore_refuses_a_backup_of_another_service(host):
+    a2, _ = make_cert("anchor 2", serial=2)
+    label = do_install(host, targets(host, a2), service="sat")["backup"]["label"]
+    with pytest.raises(cf.CertFilesError, match="backup %s was taken for service sat, not renapo" % label):
+        do_restore(host, "latest", service="renapo")
+    assert (host["etc"] / "trust.pem").read_bytes() == a2
+
+
+def test_symlink_at_a_destination_is_refused_and_its_target_untouched(host, tmp_path):
+    victim = tmp_path / "passwd"
+    victim.write_bytes(b"root:x:0:0:root:/root:/bin/bash\n")
+    victim.chmod(0o644)
+    (host["etc"] / "trust.pem").unlink()
+    (host["etc"] / "trust.pem").symlink_to(victim)
+    a2, _ = make_cert("anchor 2", serial=2)
+    with pytest.raises(cf.CertFilesError, match="destination %s is a symbolic link \\(to %s\\): refused"
+                       % (host["etc"] / "trust.pem", victim)) as err:
+        do_install(host, targets(host, a2))
+    assert err.value.step == "input"
+    assert victim.read_bytes() == b"root:x:0:0:root:/root:/bin/bash\n" and (host["etc"] / "trust.pem").is_symlink()
+    assert calls(host) == [] and not host["backups"].exists()
+    # the same link appearing between the plan and the write is refused by the write itself
+    (host["etc"] / "trust.pem").unlink()
+    tg = targets(host, a2)
+    (host["etc"] / "trust.pem").symlink_to(victim)
+    with pytest.raises(cf.CertFilesError, match="symbolic link"):
+        do_install(host, tg)
+    with pytest.raises(OSError, match="symbolic link; refused"):
+        cf.write_atomic(str(host["etc"] / "trust.pem"), a2, 0o644)  # the last check, at the write itself
+    assert victim.read_bytes() == b"root:x:0:0:root:/root:/bin/bash\n" and victim.stat().st_mode & 0o777 == 0o644
+
+
+def test_symlinks_in_the_backup_dir_are_refused(host, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    host["backups"].symlink_to(elsewhere)
+    a2, _ = make_cert("anchor 2", serial=2)
+    with pytest.raises(cf.CertFilesError, match="backup dir %s is a symbolic link" % host["backups"]):
+        do_install(host, targets(host, a2))
+    assert list(elsewhere.iterdir()) == [] and (host["etc"] / "trust.pem").read_bytes() == host["anchor"]
+    host["backups"].unlink()
+    res = do_install(host, targets(host, a2))
+    root, manifest = manifest_of(res)
+    # a copy replaced by a link to a file of the same bytes elsewhere: refused, never followed
+    copy = root / manifest["files"][0]["copy"]
+    outside = tmp_path / "outside.pem"
+    outside.write_bytes(copy.read_bytes())
+    copy.unlink()
+    copy.symlink_to(outside)
+    with pytest.raises(cf.CertFilesError, match="backup entry %s is a symbolic link" % copy):
+        do_restore(host, "latest")
+    assert (host["etc"] / "trust.pem").read_bytes() == a2
+    # a whole backup that is a link to a directory elsewhere is refused by name, and never listed
+    (host["backups"] / "20990101T000000Z-abcdef").symlink_to(root)
+    with pytest.raises(cf.CertFilesError, match="backup .*20990101T000000Z-abcdef is a symbolic link"):
+        do_restore(host, "20990101T000000Z-abcdef")
+    assert [m["label"] for m in cf.list_backups(str(host["backups"]))] == [root.name]
+    # the lock file as a link
+    lock = host["backups"] / ".lock"
+    lock.unlink()
+    lock.symlink_to(outside)
+    a3, _ = make_cert("anchor 3", serial=3)
+    with pytest.raises(cf.CertFilesError, match="backup lock file .* is a symbolic link"):
+        do_install(host, targets(host, a3))
+
+
+@pytest.mark.parametrize("group, written", [(None, 0o600), ("root", 0o640)])
+def test_a_secret_asked_0644_is_written_0600_or_0640_with_a_group(host, group, written):
+    path = host["etc"] / "new.key"
+    target = cf.make_target(str(path), key_pem(), mode="0644", group=group, secret=True)
+    assert target.mode == written and "0644 asked, written %04o" % written in target.warning
+    do_install(host, [target])
+    assert path.stat().st_mode & 0o7777 == written
+    # an existing key found world-readable is tightened too, and a stricter mode is kept as asked
+    assert cf.make_target(str(path), key_pem(), mode="0400", secret=True).mode == 0o400
+    assert cf.make_target(str(path), key_pem(), mode="4755", secret=True).mode == 0o700 & 0o600
+
+
+@contextlib.contextmanager
+def tmpfs(path, size="64k"):
+    """A small real file system that fills up: a full disk, not a simulated error."""
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%s,mode=0755" % size, "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+
+
+@needs_root
+def test_full_disk_during_backup_leaves_no_partial_backup_and_says_so(host):
+    big = os.urandom(48 * 1024)  # two of them do not fit in 64k
+    (host["etc"] / "a.bin").write_bytes(big)
+    (host["etc"] / "b.bin").write_bytes(os.urandom(48 * 1024))
+    before = tree(host["etc"])
+    with tmpfs(host["backups"]):
+        tg = [cf.make_target(str(host["etc"] / n), b"new " + n.encode()) for n in ("a.bin", "b.bin")]
+        with pytest.raises(cf.CertFilesError) as err:
+            do_install(host, tg)
+        exc = err.value
+        assert exc.step == "backup" and not exc.restored and exc.result["changed"] is False
+        assert "backup failed writing the copy of %s: No space left on device" % (host["etc"] / "b.bin") in exc.msg
+        assert "the partial backup" in exc.msg and "was removed" in exc.msg
+        assert "no file was installed or changed" in exc.msg and "FAILED" not in exc.msg
+        assert [p.name for p in host["backups"].iterdir()] == [".lock"]  # no partial backup dir
+        assert tree(host["etc"]) == before and calls(host) == []
+
+
+@needs_root
+def test_full_disk_at_the_destination_keeps_the_files_and_says_what_was_written(host, tmp_path):
+    dest = tmp_path / "dest"
+    with tmpfs(dest):
+        (dest / "small.pem").write_bytes(host["anchor"])
+        (dest / "big.bin").write_bytes(os.urandom(30 * 1024))
+        before = {p.name: p.read_bytes() for p in dest.iterdir()}
+        a2, _ = make_cert("anchor 2", serial=2)
+        # nothing fits: the first write already fails
+        with pytest.raises(cf.CertFilesError) as err:
+            do_install(host, [cf.make_target(str(dest / "big.bin"), os.urandom(40 * 1024))])
+        exc = err.value
+        assert exc.step == "install" and not exc.restored and "FAILED" not in exc.msg
+        assert exc.msg.startswith("install failed writing %s: No space left on device; nothing was written: %s are "
+                                  "as they were" % (dest / "big.bin", dest / "big.bin"))
+        assert "this run's backup" in exc.msg and "was removed" in exc.msg and exc.result["backup"] is None
+        assert {p.name: p.read_bytes() for p in dest.iterdir()} == before
+        assert cf.list_backups(str(host["backups"])) == []
+        assert calls(host) == []
+        # the first file fits, the second does not: the first is put back and the message names both
+        tg = [cf.make_target(str(dest / "small.pem"), a2), cf.make_target(str(dest / "big.bin"), os.urandom(40 * 1024))]
+        with pytest.raises(cf.CertFilesError) as err:
+            do_install(host, tg)
+        exc = err.value
+        assert exc.restored and "install failed writing %s" % (dest / "big.bin") in exc.msg
+        assert "(previous files restored: %s; never written: %s)" % (dest / "small.pem", dest / "big.bin") in exc.msg
+        assert {p.name: p.read_bytes() for p in dest.iterdir()} == before
+        assert not [p for p in dest.iterdir() if p.name.endswith(".tmp")]
