@@ -5,6 +5,7 @@ a real mail host (Postfix, OpenDKIM, dnsmasq, Dovecot on 127.0.N.200: lab/mailho
     labctl.py up [--hosts N] [--fresh]   start what is not running (idempotent); --fresh wipes the lab state first
     labctl.py down                       stop everything; no process, namespace, mount or socket is left
     labctl.py status                     what runs, as a table (exit 1 if anything is down)
+    labctl.py env                        the `export ANSIBLE_INVENTORY=...` line for this slot (plain ansible-playbook)
     labctl.py publish [--mode ca|selfsigned] [--resend]   RENAPO publishes its renewed certificate (step 1 of its
                                          renewal) and mails it, DKIM-signed, to the Mesa de Servicios
     labctl.py switch                     RENAPO starts presenting it (step 2)
@@ -462,6 +463,13 @@ def publish(mode: str = "ca", resend: bool = False) -> dict:
     return {**r, "message_id": mailhost.mail_publication(STATE, r, resend=resend)}
 
 
+def export_line() -> str:
+    """The one line that points plain `ansible-playbook` at this slot's inventory (hosts.yml + group_vars/)."""
+    # The directory, not hosts.yml: slot N's group_vars/host_vars sit next to its hosts.yml and load only this way.
+    where = INVENTORY.parent
+    return f"export ANSIBLE_INVENTORY={where.relative_to(ROOT) if where.is_relative_to(ROOT) else where}"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -470,6 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("--fresh", action="store_true", help="wipe the lab state (PKI, hosts' files) first")
     sub.add_parser("down")
     sub.add_parser("status")
+    sub.add_parser("env")
     p_pub = sub.add_parser("publish")
     p_pub.add_argument("--mode", choices=("ca", "selfsigned"), default="ca")
     p_pub.add_argument("--resend", action="store_true", help="mail the pending publication again")
@@ -484,6 +493,9 @@ def main(argv: list[str] | None = None) -> int:
             r = up(args.hosts, args.fresh)
             print(f"lab up: {r['hosts']} hosts ({len(r['started_hosts'])} started) in {r['seconds']}s; "
                   f"inventory {INVENTORY}")
+            print(export_line())
+        elif args.cmd == "env":
+            print(export_line())
         elif args.cmd == "down":
             r = down()
             print(f"lab down: {len(r['stopped_hosts'])} hosts stopped in {r['seconds']}s")
