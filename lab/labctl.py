@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT / "lab"))
 
 import mailhost  # noqa: E402  (lab/mailhost.py: the lab's real mail host)
 import pki  # noqa: E402  (lab/pki.py: the lab's certificate authorities)
+from procs import alive, wait_gone  # noqa: E402  (lab/procs.py, shared with mailhost)
 from sim import padron  # noqa: E402
 
 RENAPO = ("127.0.0.1", 9443 + 10 * SLOT)
@@ -67,34 +68,12 @@ def _pidfile(name: str) -> Path:
     return STATE / "pids" / f"{name}.pid"
 
 
-def _alive(pid: int) -> bool:
-    """True while pid runs; a zombie counts as gone (and is reaped when it is our child)."""
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _wait_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while _alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
-
-
 def _read_pid(name: str) -> int | None:
     try:
         pid = int(_pidfile(name).read_text())
     except (OSError, ValueError):
         return None
-    if not _alive(pid):
+    if not alive(pid):
         return None
     # A recycled PID is not ours: the command line must name the lab.
     try:
@@ -299,7 +278,7 @@ def stop_host(name: str) -> None:
             os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        _wait_gone(pid, 2.0)
+        wait_gone(pid, 2.0)
     _pidfile(name).unlink(missing_ok=True)
     _close_ssh_masters(name)
 
@@ -350,9 +329,9 @@ def stop_services() -> None:
     pid = _read_pid("services")
     if pid:
         os.killpg(pid, signal.SIGTERM)
-        if not _wait_gone(pid, 3.0):
+        if not wait_gone(pid, 3.0):
             os.killpg(pid, signal.SIGKILL)
-            _wait_gone(pid, 1.0)
+            wait_gone(pid, 1.0)
     _pidfile("services").unlink(missing_ok=True)
 
 

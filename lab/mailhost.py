@@ -45,6 +45,7 @@ if str(LAB) not in sys.path:
     sys.path.insert(0, str(LAB))
 
 import pki  # noqa: E402  (the lab's CA helpers: one implementation of certificate issuing)
+from procs import alive, wait_gone  # noqa: E402  (lab/procs.py, shared with labctl)
 
 ROOT = LAB.parent
 # The same slot and state dir as lab/labctl.py (which imports this module): slot N lives on 127.0.N.x.
@@ -103,28 +104,6 @@ def _write_config(path: Path, text: str) -> None:
     _write(path, text)
     past = time.time() - 60
     os.utime(path, (past, past))
-
-
-def _alive(pid: int) -> bool:
-    """True while pid runs; a zombie counts as gone (and is reaped when it is our child)."""
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _wait_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while _alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def _port_open(port: int, host: str = IP, timeout: float = 0.2) -> bool:
@@ -465,7 +444,7 @@ def _master_pid(state: Path, role: str) -> int | None:
         cwd = os.readlink(f"/proc/{pid}/cwd")
     except (OSError, ValueError, IndexError):
         return None
-    return pid if _alive(pid) and cwd == str(queue) else None
+    return pid if alive(pid) and cwd == str(queue) else None
 
 
 def _commands(state: Path) -> dict[str, list[str]]:
@@ -497,7 +476,7 @@ def _read_pid(state: Path, name: str) -> int | None:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return None
-    return pid if _alive(pid) and str(_dir(state)).encode() in cmd else None
+    return pid if alive(pid) and str(_dir(state)).encode() in cmd else None
 
 
 def running(state: Path | None = None) -> dict[str, bool]:
@@ -569,9 +548,9 @@ def stop(state: Path | None = None) -> list[str]:
             pids[name] = pid
             os.kill(pid, sig)
     for pid in pids.values():
-        if not _wait_gone(pid, 6):
+        if not wait_gone(pid, 6):
             os.kill(pid, signal.SIGKILL)
-            _wait_gone(pid, 2)
+            wait_gone(pid, 2)
     for proc in stoppers:
         try:
             proc.wait(10)
@@ -590,7 +569,7 @@ def _reap(state: Path, name: str) -> None:
     except (OSError, ValueError):
         pid = None
     if pid:
-        _alive(pid)
+        alive(pid)
     _pidfile(state, name).unlink(missing_ok=True)
 
 

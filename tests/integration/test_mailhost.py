@@ -215,7 +215,7 @@ def test_down_leaves_no_mail_process_or_socket(lab):
     try:
         subprocess.run(LABCTL + ["down"], capture_output=True, text=True, check=True, timeout=60)
         alive = {pid: cmd for pid, cmd in procs.items()
-                 if mailhost._alive(pid) and Path(f"/proc/{pid}/cmdline").read_bytes() == cmd}
+                 if mailhost.alive(pid) and Path(f"/proc/{pid}/cmdline").read_bytes() == cmd}
         assert alive == {}
         assert _mail_listeners() == []
         status = subprocess.run(LABCTL + ["status"], capture_output=True, text=True)
