@@ -152,7 +152,13 @@ class Intake:
                     else release_from_maildir(quarantine_dir, mailbox, message_id))
             if not raws:
                 raise ValueError(f"no message with Message-ID {message_id} in quarantine")
+            if len({hashlib.sha256(raw).hexdigest() for raw in raws}) > 1:
+                # Anyone can reuse a Message-ID: the operator vouched for one message, not for whatever shares its id.
+                raise ValueError(f"{len(raws)} different quarantined messages carry Message-ID {message_id}: none was "
+                                 "released on the operator's word (they go back to quarantine on the next run); "
+                                 "review them in the quarantine folder")
             self._released.update({hashlib.sha256(raw).hexdigest(): operator for raw in raws})
+
         def quarantined(name, reason, parsed):
             # The Mesa's notice goes before the message moves: a notice that cannot be sent leaves it in the inbox.
             qfile = (f"{mailbox.quarantine_folder}/{name}" if hasattr(mailbox, "messages")

@@ -481,3 +481,18 @@ def test_a_corrected_delivery_completes_a_rolled_back_ticket(lab, outbox):
     [again] = lab.intake()
     assert again["outcome"] == "certificate_received"
     assert lab.store.get(opened["ticket"])["state"] == "certificate_received"
+
+
+def test_release_refuses_when_a_second_message_shares_the_message_id(lab, outbox):
+    """A forger who reuses the Message-ID of a quarantined genuine mail must not ride on the operator's release."""
+    out, _fingerprint, _serial = outbox
+    lab.deliver(request_mail(STAFF))
+    [opened] = lab.intake()
+    genuine = lab.deliver(delivery_mail(opened["folio"], out), dkim="none")
+    rogue = delivery_mail(opened["folio"], out, letter="Oficio apócrifo")
+    lab.deliver(rogue, message_id=genuine, dkim="none")
+    assert [o["outcome"] for o in lab.intake()] == ["quarantined", "quarantined"]
+    with pytest.raises(ValueError, match="different quarantined messages carry Message-ID"):
+        lab.intake(release=[genuine], operator="jdoe")
+    assert lab.store.get(opened["ticket"])["state"] == "requester_validated"
+    assert {o["outcome"] for o in lab.intake()} == {"quarantined"}  # back where they were, unvouched
