@@ -212,18 +212,23 @@ def read_padron(path: str) -> dict:
             invalid_entidad.append(row_no)  # the value itself may be a formula: it goes nowhere
             entidad = ""
         rec["entidad"] = entidad
-        if curp_problem(curp):
-            precheck = "malformed"
-        elif curp in seen:
-            precheck = "duplicate"
-            duplicates.setdefault(curp, [seen[curp]]).append(row_no)
-        else:
-            precheck, seen[curp] = None, row_no
+        precheck = _precheck(curp, row_no, curp_problem(curp), seen, duplicates)
         records.append({"row_no": row_no, "curp": curp, "fields": rec, "precheck": precheck})
     if not records:
         raise PadronError(f"the padrón file {path} has a header but no records")
     return {"path": str(path), "sha256": hashlib.sha256(data).hexdigest(), "records": records,
             "duplicates": duplicates, "invalid_entidad": invalid_entidad}
+
+
+def _precheck(key: str, row_no: int, problem, seen: dict, duplicates: dict) -> str | None:
+    """Why a padrón row is never sent: "malformed", "duplicate" (of the row in `seen`), or None (first and valid)."""
+    if problem:
+        return "malformed"
+    if key in seen:
+        duplicates.setdefault(key, [seen[key]]).append(row_no)
+        return "duplicate"
+    seen[key] = row_no
+    return None
 
 
 def _fold(text: str) -> str:
@@ -770,13 +775,7 @@ def read_rfcs(path: str) -> dict:
             continue
         rfc = (row[i_rfc] if i_rfc < len(row) else "").strip().upper()
         curp = (row[i_curp].strip().upper() if i_curp is not None and i_curp < len(row) else "") or None
-        if rfc_problem(rfc):
-            precheck = "malformed"
-        elif rfc in seen:
-            precheck = "duplicate"
-            duplicates.setdefault(rfc, [seen[rfc]]).append(row_no)
-        else:
-            precheck, seen[rfc] = None, row_no
+        precheck = _precheck(rfc, row_no, rfc_problem(rfc), seen, duplicates)
         records.append({"row_no": row_no, "rfc": rfc, "curp": curp, "precheck": precheck})
     if not records:
         raise PadronError(f"the RFC file {path} has no records")
