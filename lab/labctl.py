@@ -192,6 +192,9 @@ server {{
         proxy_ssl_certificate_key /etc/consulta/identity/sat/key.pem;
         proxy_ssl_session_reuse off;
     }}
+
+    # What the operators add for another provider (a location per provider, its own trust bundle or identity).
+    include /etc/consulta/gateway.d/*.conf;
 }}
 """
 
@@ -219,8 +222,8 @@ def _host_tree(i: int, pki_paths: dict) -> Path:
     """Lays out a host's own file tree the first time; an existing tree keeps what was deployed to it."""
     name, ip = host_name(i), host_ip(i)
     tree = STATE / "hosts" / name
-    for sub in ("etc-nginx/conf.d", "etc-consulta/trust", "etc-consulta/identity/sat", "backups",
-                "log-nginx", "lib-nginx", "ssh"):
+    for sub in ("etc-nginx/conf.d", "etc-consulta/trust", "etc-consulta/identity/sat", "etc-consulta/gateway.d",
+                "backups", "log-nginx", "lib-nginx", "ssh"):
         (tree / sub).mkdir(parents=True, exist_ok=True)
     _host_key(tree / "ssh" / "ssh_host_ed25519_key")
     _write(tree / "sshd_config", SSHD_CONFIG.format(name=name, ip=ip, tree=tree, state=STATE))

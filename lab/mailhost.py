@@ -66,7 +66,8 @@ MESA_ADDRESS = "mesa.servicios@agricultura.gob.mx"
 RENAPO_SENDER = "Dirección de Servicios de Consulta RENAPO <servicios.consulta@renapo.gob.mx>"
 
 # Who sends through the outbound signing MTA, and the domain OpenDKIM signs for each.
-SIGNING_DOMAINS = {"renapo": "renapo.gob.mx", "sat": "sat.gob.mx", "secretaria": "agricultura.gob.mx"}
+# "ine": a third provider's domain, for the test that defines a provider in inventory only (test_third_provider.py).
+SIGNING_DOMAINS = {"renapo": "renapo.gob.mx", "sat": "sat.gob.mx", "secretaria": "agricultura.gob.mx", "ine": "ine.mx"}
 # The look-alike domain has DNS (MX, A, SPF) but no DKIM key: its mail arrives unsigned.
 FORGER_DOMAIN = "renapo-gob.mx"
 DOMAINS = {**SIGNING_DOMAINS, "forger": FORGER_DOMAIN}
