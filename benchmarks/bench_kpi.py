@@ -23,6 +23,11 @@ ansible.module_utils.__path__.append(str(ROOT / "module_utils"))
 from ansible.module_utils import kpi, padron_batch  # noqa: E402
 from ansible.module_utils.consulta import STATUS_INACTIVE  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "tests"))
+from providers import lab_providers  # noqa: E402  (the lab inventory's registry)
+
+PROVIDER = next(name for name, p in lab_providers().items() if p["consultation"]["strategy"] == "curp_soap")
+
 STATUSES = ["AN"] * 78 + ["AH"] * 4 + ["RCC"] * 3 + ["RCN"] * 2 + ["BD"] * 5 + ["BAP", "BSU", "BDM", "BDP", "BJD",
                                                                                 "BDA", "BCC", "BCN"]
 ENTIDADES = "AS BC BS CC CL CM CS CH DF DG GT GR HG JC MC MN MS NT NL OC PL QT QR SP SL SR TC TS TL VZ YN ZS".split()
@@ -37,8 +42,9 @@ def fill(path: str, rows: int, runs: int) -> None:
     db.execute("BEGIN")
     for r in range(runs):
         run_id, day = f"2026{r + 1:02d}01T090000", f"2026-{r + 1:02d}-01"
-        db.execute("INSERT INTO runs VALUES (?, ?, ?, 'padron.csv', 'synthetic', ?, 'https://renapo.lab')",
-                   (run_id, f"{day}T09:00:00-06:00", f"{day}T18:00:00-06:00", per_run))
+        db.execute("INSERT INTO runs (run_id, started_at, finished_at, padron, padron_sha256, padron_total, endpoint,"
+                   " provider) VALUES (?, ?, ?, 'padron.csv', 'synthetic', ?, 'https://renapo.lab', ?)",
+                   (run_id, f"{day}T09:00:00-06:00", f"{day}T18:00:00-06:00", per_run, PROVIDER))
         # 3% not found, 1% malformed (never sent: 0 attempts), 2% name mismatch; the CURP is synthetic but unique.
         db.execute(f"""
             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)
@@ -61,7 +67,7 @@ def fill(path: str, rows: int, runs: int) -> None:
 def measure(path: str) -> None:
     """The child: compute, then print seconds, peak RSS and a few KPIs as JSON."""
     t0 = time.perf_counter()
-    result = kpi.compute(path)
+    result = kpi.compute(path, providers=lab_providers(), provider=PROVIDER)
     seconds = time.perf_counter() - t0
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"seconds": round(seconds, 2), "peak_rss_mb": round(peak_mb, 1),

@@ -1,4 +1,6 @@
 #!/usr/bin/python
+# Copyright: (c) 2026, DGTIC Operaciones
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
 DOCUMENTATION = r"""
 ---
@@ -21,9 +23,11 @@ description:
     state is used and the rows are returned in RV(invalid_entidad_rows).
   - RENAPO's answer declares UTF-8 and carries accents and Ñ as ISO-8859-1 bytes; the client decodes them right and
     stores RENAPO's names as received. RENAPO's 01/09 (invalid CURP) is a definitive answer, never retried.
-  - With O(service=sat) the file is a CSV of RFCs (column C(rfc), optional C(curp)) and each RFC's opinión de
-    cumplimiento is consulted at SAT (mutual TLS with O(client_cert)/O(client_key) when the endpoint is SAT
-    itself), through the same batch machinery, into the same database.
+  - Which provider is consulted comes from the provider registry (O(providers)), by its consultation strategy
+    C(curp_soap) (the padrón's CURPs) or C(rfc_opinion) (a CSV of RFCs, column C(rfc), optional C(curp); each RFC's
+    opinión de cumplimiento, with mutual TLS through O(client_cert)/O(client_key) when the endpoint is the provider
+    itself), through the same batch machinery, into the same database. Each run records its provider.
+  - A provider's C(consultation.base_path) in the registry is appended to O(endpoint) (its location on a gateway).
   - "AWX job slicing: with O(slice)/O(slices) (for example from C(awx_job_slice_number)/C(awx_job_slice_count))
     a job consults only the records whose CURP (or RFC) hashes to its slice: a stable partition, no record in two
     slices and none left out. Every slice writes into the same run of a shared O(results_db) (PostgreSQL across
@@ -31,16 +35,24 @@ description:
   - O(rate_limit) caps the requests per second sent to the endpoint (every attempt counted), shared by every
     process and slice using the same O(results_db) and endpoint.
   - In check mode the padrón is read and checked and the module reports what it would consult; nothing is sent.
+extends_documentation_fragment: [providers, attributes]
 version_added: "0.1.0"
-author: DGTIC certificate renewal team
+author: DGTIC Operaciones (@dgtic-operaciones)
 options:
-  service:
-    description: C(renapo) consults the padrón's CURPs; C(sat) the opinión de cumplimiento of an RFC file.
+  provider:
+    description:
+      - The registry provider to consult; its consultation strategy decides the file (CURPs or RFCs).
+      - Without it, the registry's first provider whose strategy is O(strategy).
     type: str
-    choices: [renapo, sat]
-    default: renapo
+    aliases: [service]
+  strategy:
+    description:
+      - C(curp_soap) consults the padrón's CURPs; C(rfc_opinion) the opinión de cumplimiento of an RFC file.
+      - With O(provider) it must be the provider's own strategy; without either, C(curp_soap).
+    type: str
+    choices: [curp_soap, rfc_opinion]
   padron:
-    description: Path of the padrón CSV file (C(service=renapo)) or of the RFC CSV file (C(service=sat)).
+    description: Path of the padrón CSV file (strategy C(curp_soap)) or of the RFC CSV file (C(rfc_opinion)).
     type: path
     required: true
   results_db:
@@ -57,10 +69,10 @@ options:
     type: str
     required: true
   usuario:
-    description: RENAPO user of the consultation (required with C(service=renapo)).
+    description: User of the consultation (required with strategy C(curp_soap)).
     type: str
   password:
-    description: RENAPO password of the consultation; never returned or logged (required with C(service=renapo)).
+    description: Password of the consultation; never returned or logged (required with strategy C(curp_soap)).
     type: str
   ca_path:
     description: PEM bundle that verifies an HTTPS endpoint (RENAPO's anchor, or SAT's CA).
@@ -116,21 +128,24 @@ options:
 EXAMPLES = r"""
 - name: Consult the padrón through the first host's gateway
   padron_consulta:
+    strategy: curp_soap
+    providers: "{{ procedure_providers }}"
     padron: /srv/padron/padron.csv
     results_db: /var/lib/consulta/padron_resultados.db
     endpoint: http://127.0.0.2:8080
-    usuario: "{{ renapo_usuario }}"
-    password: "{{ renapo_password }}"
+    usuario: "{{ padron_consulta_usuario }}"
+    password: "{{ padron_consulta_password }}"
     concurrency: 8
   register: corrida
 
 - name: One AWX job slice of the padrón, into the store the slices share, at most 50 requests per second in all
   padron_consulta:
+    providers: "{{ procedure_providers }}"
     padron: /srv/padron/padron.csv
     results_db: postgresql://padron@db.example:5432/consulta
     endpoint: http://127.0.0.2:8080
-    usuario: "{{ renapo_usuario }}"
-    password: "{{ renapo_password }}"
+    usuario: "{{ padron_consulta_usuario }}"
+    password: "{{ padron_consulta_password }}"
     slice: "{{ awx_job_slice_number | default(1) }}"
     slices: "{{ awx_job_slice_count | default(1) }}"
     rate_limit: 50
@@ -143,19 +158,30 @@ EXAMPLES = r"""
 
 - name: The opinión de cumplimiento of the padrón's RFCs through the same gateway
   padron_consulta:
-    service: sat
+    strategy: rfc_opinion
+    providers: "{{ procedure_providers }}"
     padron: /srv/padron/rfc.csv
     results_db: /var/lib/consulta/padron_resultados.db
     endpoint: http://127.0.0.2:8080
-  register: corrida_sat
+  register: corrida_rfc
 
 - name: Every RFC has an opinion
   ansible.builtin.assert:
     that:
-      - corrida_sat.answered + corrida_sat.malformed + corrida_sat.duplicate == corrida_sat.padron_total
+      - corrida_rfc.answered + corrida_rfc.malformed + corrida_rfc.duplicate == corrida_rfc.padron_total
 """
 
 RETURN = r"""
+provider:
+  description: The registry provider consulted (recorded with the run).
+  returned: success
+  type: str
+  sample: renapo
+strategy:
+  description: Its consultation strategy, which decided the batch (C(curp_soap) or C(rfc_opinion)).
+  returned: success
+  type: str
+  sample: curp_soap
 run_id:
   description: The run the results belong to.
   returned: always
@@ -166,6 +192,26 @@ resumed:
   returned: always
   type: bool
   sample: false
+started_at:
+  description: When the run started (ISO 8601, UTC).
+  returned: success
+  type: str
+  sample: "2026-11-28T09:21:05+00:00"
+finished_at:
+  description: When the run's last slice finished (ISO 8601, UTC); null while other slices are still running.
+  returned: success
+  type: str
+  sample: "2026-11-28T09:40:12+00:00"
+padron:
+  description: The padrón file the run consults (its path when the run started).
+  returned: success
+  type: str
+  sample: /srv/padron/padron_2026.csv
+endpoint:
+  description: The endpoint the run consults.
+  returned: success
+  type: str
+  sample: http://127.0.0.2:8080
 consulted:
   description: Consultations sent to RENAPO by this invocation.
   returned: always
@@ -232,23 +278,23 @@ mismatched:
   type: int
   sample: 45
 answered:
-  description: With C(service=sat), RFCs SAT answered with an opinion.
-  returned: success with service sat
+  description: With strategy C(rfc_opinion), RFCs the provider answered with an opinion.
+  returned: success with strategy rfc_opinion
   type: int
   sample: 900
 opinions:
-  description: With C(service=sat), RFCs per opinion.
-  returned: success with service sat
+  description: With strategy C(rfc_opinion), RFCs per opinion.
+  returned: success with strategy rfc_opinion
   type: dict
   sample: {"POSITIVA": 700, "NEGATIVA": 120, "INSCRITO SIN OBLIGACIONES": 60, "NO INSCRITO": 20}
 invalid_entidad:
   description: Padrón rows whose entidad is not a CURP state code (the CURP's state was used).
-  returned: success with service renapo
+  returned: success with strategy curp_soap
   type: int
   sample: 2
 invalid_entidad_rows:
   description: Up to 20 padrón line numbers with an invalid entidad (the values are not echoed).
-  returned: success with service renapo
+  returned: success with strategy curp_soap
   type: list
   elements: int
   sample: [17, 402]
@@ -286,15 +332,28 @@ results_db:
 
 import os
 
-from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.padron_batch import PadronError, plan, read_padron, read_rfcs, run_batch, run_sat_batch
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.padron_batch import (
+    CURP_SOAP,
+    PadronError,
+    consulted_provider,
+    plan,
+    read_padron,
+    read_rfcs,
+    run_batch,
+    run_rfc_batch,
+)
+from ansible.module_utils.sla import HOLIDAYS_IMPORT_ERROR
 from ansible.module_utils.ticket_store import POSTGRES_SCHEMES, dsn_secrets, redact
+from ansible.module_utils.x509_load import CRYPTOGRAPHY_IMPORT_ERROR
 
 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            service=dict(type="str", choices=["renapo", "sat"], default="renapo"),
+            provider=dict(type="str", aliases=["service"]),
+            strategy=dict(type="str", choices=["curp_soap", "rfc_opinion"]),
+            providers=dict(type="dict", required=True),
             padron=dict(type="path", required=True),
             results_db=dict(type="str", required=True),
             endpoint=dict(type="str", required=True),
@@ -313,12 +372,23 @@ def main():
             slices=dict(type="int", default=1),
             rate_limit=dict(type="float"),
         ),
-        required_if=[("service", "renapo", ("usuario", "password"))],
         required_together=[("client_cert", "client_key")],
         supports_check_mode=True,
     )
+    for lib, error in (("cryptography", CRYPTOGRAPHY_IMPORT_ERROR), ("holidays", HOLIDAYS_IMPORT_ERROR)):
+        if error:
+            module.fail_json(msg=missing_required_lib(lib), exception=error)
     p = module.params
-    sat = p["service"] == "sat"
+    try:
+        provider = consulted_provider(p["providers"], p["provider"], p["strategy"])
+    except PadronError as e:
+        module.fail_json(msg=str(e))
+    strategy = provider.consultation["strategy"]
+    curps = strategy == CURP_SOAP
+    if curps and not (p["usuario"] and p["password"]):
+        module.fail_json(msg=f"consulting the padrón's CURPs at {provider.display_name} (strategy {strategy}) needs "
+                             "usuario and password")
+    endpoint = p["endpoint"]
     dsn = p["results_db"]
     module.no_log_values.update(dsn_secrets(dsn))
     shown = redact(dsn)
@@ -327,9 +397,10 @@ def main():
     sliced = {"slice_no": p["slice"], "slices": p["slices"]}
     try:
         if module.check_mode:
-            padron = read_rfcs(p["padron"]) if sat else read_padron(p["padron"])
-            would = plan(dsn, padron, p["run_id"], p["resume"], p["service"], **sliced)
+            padron = read_padron(p["padron"]) if curps else read_rfcs(p["padron"])
+            would = plan(dsn, padron, p["run_id"], p["resume"], strategy, provider=provider.name, **sliced)
             module.exit_json(changed=would["to_consult"] + would["prechecked"] > 0, run_id=would["run_id"],
+                             provider=provider.name, strategy=strategy,
                              resumed=would["resumed"], consulted=0, would_consult=would["to_consult"],
                              already_stored=would["already_done"], padron_total=len(padron["records"]),
                              duplicated_curps=len(padron["duplicates"]),
@@ -339,13 +410,14 @@ def main():
             os.makedirs(os.path.dirname(os.path.abspath(dsn)), exist_ok=True)
         common = {"ca_path": p["ca_path"], "timeout": p["timeout"], "concurrency": p["concurrency"],
                   "retries": p["retries"], "backoff": p["backoff"], "run_id": p["run_id"], "resume": p["resume"],
-                  "rate_limit": p["rate_limit"], **sliced}
-        if sat:
-            result = run_sat_batch(p["padron"], dsn, p["endpoint"], client_cert=p["client_cert"],
-                                   client_key=p["client_key"], **common)
+                  "rate_limit": p["rate_limit"], "provider": provider.name, "name": provider.display_name,
+                  # A provider published under a path of the gateway (consultation.base_path in the registry).
+                  "base_path": provider.consultation.get("base_path") or "", **sliced}
+        if curps:
+            result = run_batch(p["padron"], dsn, endpoint, usuario=p["usuario"], password=p["password"], **common)
         else:
-            result = run_batch(p["padron"], dsn, p["endpoint"], usuario=p["usuario"],
-                               password=p["password"], **common)
+            result = run_rfc_batch(p["padron"], dsn, endpoint, client_cert=p["client_cert"],
+                                   client_key=p["client_key"], **common)
     except PadronError as e:
         module.fail_json(msg=str(e), results_db=shown)
     module.exit_json(changed=result["stored"] > result["already_stored"], results_db=shown, **result)

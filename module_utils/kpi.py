@@ -1,18 +1,23 @@
 """The procedure's KPIs (DESIGN.md §7) from the padrón consultation results and the ticket store.
 
-Pure code (stdlib + the project's sla/ticket_store/consulta/padron_batch): no Ansible import. Every aggregation over
-results runs in the results store, SQLite or PostgreSQL (GROUP BY over the run's rows; the same SQL, a 0/1 CASE where
-PostgreSQL cannot sum a comparison); Python only touches the grouped rows, so millions of stored results cost
-seconds and little memory. Percentages are rounded to two decimals; each KPI carries its numerator and denominator,
-and its definition (DEFINITIONS, shown on the report) names both.
+Pure code (stdlib + the project's sla/ticket_store/consulta/padron_batch/providers): no Ansible import. Every
+aggregation over results runs in the results store, SQLite or PostgreSQL (GROUP BY over the run's rows; the same SQL,
+a 0/1 CASE where PostgreSQL cannot sum a comparison); Python only touches the grouped rows, so millions of stored
+results cost seconds and little memory. Percentages are rounded to two decimals; each KPI carries its numerator and
+denominator, and its definition (DEFINITIONS, shown on the report) names both.
 
 Denominators, per run (a run is one pass over one padrón file):
   padrón      every record of the padrón file (población actualizada)
   con resultado  records with a definitive result, the never-sent ones included (inconsistencias); equal to the
               padrón once the run is complete; records whose consultation failed after every retry are left out
               and counted as "sin respuesta"
-  encontrados records RENAPO answered EXITOSO (bajas, mortalidad, estatus, mortality by age band and entidad)
-  SAT         consultations of the padrón's RFCs with an answer (each opinion's share)
+  encontrados records the provider answered EXITOSO (bajas, mortalidad, estatus, mortality by age band and entidad)
+  opinión     consultations of the padrón's RFCs with an answer (each opinion's share)
+
+Providers come from the registry (module_utils/providers.py): the padrón's KPIs are those of the runs of one provider
+whose consultation strategy is curp_soap, the opinions those of one with rfc_opinion (by default the registry's first
+of each; a run stored before runs recorded their provider counts for either), and the definitions name them by their
+registry names. SLA compliance is per registry provider, each with its own sla_days.
 """
 from __future__ import annotations
 
@@ -23,10 +28,16 @@ import sqlite3
 import statistics
 
 from ansible.module_utils.consulta import ENTIDADES, OPINIONS, STATUS_ACTIVE, STATUS_INACTIVE
-from ansible.module_utils.padron_batch import PadronError, open_results, results_exist
+from ansible.module_utils.padron_batch import (
+    CURP_SOAP,
+    RFC_OPINION,
+    PadronError,
+    consulted_provider,
+    open_results,
+    results_exist,
+)
+from ansible.module_utils.providers import CLOCKS, registry
 from ansible.module_utils.sla import (
-    CLOCKS,
-    SERVICES,
     SlaPolicy,
     business_days_between,
     parse_business_hours,
@@ -41,41 +52,44 @@ AGE_BANDS = (("menos de 30", 0, 29), ("30 a 44", 30, 44), ("45 a 59", 45, 59), (
 WORKDAY = (9, 18)  # office hours (local time) counted as business hours
 MIN_SAMPLE = 30  # below this many found records a rate by entidad or age band is marked as a small sample
 PADRON_KPIS = ("poblacion_actualizada", "inconsistencias", "bajas", "mortalidad")
-SAT_KPIS = {"opinion_positiva": "POSITIVA", "opinion_negativa": "NEGATIVA",
-            "sin_obligaciones": "INSCRITO SIN OBLIGACIONES", "no_inscrito": "NO INSCRITO"}
+OPINION_KPIS = {"opinion_positiva": "POSITIVA", "opinion_negativa": "NEGATIVA",
+                "sin_obligaciones": "INSCRITO SIN OBLIGACIONES", "no_inscrito": "NO INSCRITO"}
 # Causes of inconsistency, in the order the report lists them (a record may have more than one).
 CAUSES = ("nombre", "fecha_nacimiento", "sexo", "no_encontrada", "invalida_renapo", "mal_formada", "duplicada")
+# {curp}: the padrón provider's display name; {rfc}/{de_rfc}/{rfc_prose}: the opinion provider's ("SAT", "del SAT",
+# "el SAT"); the other fields are filled by compute().
 DEFINITIONS = {
-    "cobertura": "Cobertura de la consulta: registros del padrón (renglones del archivo); enviados a RENAPO (CURP "
+    "cobertura": "Cobertura de la consulta: registros del padrón (renglones del archivo); enviados a {curp} (CURP "
                  "consultadas); no enviados (CURP mal formadas —estructura o dígito verificador— o repetidas en el "
-                 "padrón, que nunca se consultan); con respuesta definitiva de RENAPO; sin respuesta (consultas que "
+                 "padrón, que nunca se consultan); con respuesta definitiva de {curp}; sin respuesta (consultas que "
                  "fallaron tras los reintentos y se repiten al reanudar la corrida).",
-    "poblacion_actualizada": "Población actualizada: registros cuya CURP RENAPO encontró (EXITOSO) con estatus activo "
+    "poblacion_actualizada": "Población actualizada: registros cuya CURP {curp} encontró (EXITOSO) con estatus activo "
                              "(AN, AH, RCC, RCN o CRA) y con nombre, fecha de nacimiento y sexo iguales a los del "
                              "padrón (numerador), entre todos los registros del padrón (denominador).",
     "inconsistencias": "Inconsistencias: registros con al menos una causa —nombre, fecha de nacimiento o sexo "
-                       "distintos de los de RENAPO; CURP no encontrada (01/06); CURP no válida según RENAPO "
+                       "distintos de los de {curp}; CURP no encontrada (01/06); CURP no válida según {curp} "
                        "(01/09); CURP mal formada o repetida en el padrón, que no se envía— (numerador), entre los "
                        "registros del padrón con resultado, incluidos los no enviados (denominador). Un registro con "
                        "varias causas cuenta una vez.",
-    "bajas": "Bajas: registros encontrados en RENAPO con estatus CURP de baja (BAP, BSU, BD, BDM, BDP, BJD y los "
-             "anteriores BDA, BCC, BCN) (numerador), entre los registros encontrados en RENAPO (denominador). "
+    "bajas": "Bajas: registros encontrados en {curp} con estatus CURP de baja (BAP, BSU, BD, BDM, BDP, BJD y los "
+             "anteriores BDA, BCC, BCN) (numerador), entre los registros encontrados en {curp} (denominador). "
              "Incluye las bajas por defunción (BD), que se muestran también como índice de mortalidad.",
-    "mortalidad": "Índice de mortalidad (estatus de supervivencia): registros encontrados en RENAPO con estatus BD, "
-                  "baja por defunción (numerador), entre los registros encontrados en RENAPO (denominador); forma "
+    "mortalidad": "Índice de mortalidad (estatus de supervivencia): registros encontrados en {curp} con estatus BD, "
+                  "baja por defunción (numerador), entre los registros encontrados en {curp} (denominador); forma "
                   "parte de las bajas. Por rango de edad y por entidad de nacimiento se da el intervalo de confianza "
                   "de 95 % (Wilson) y se marca con * el grupo con menos de {min} registros encontrados, cuyo índice "
                   "es poco confiable.",
-    "opinion_sat": "Opinión de cumplimiento del SAT: RFC del padrón con opinión positiva, negativa o de inscrito sin "
-                   "obligaciones, y RFC que el SAT no tiene inscritos (numerador de cada uno), entre las consultas "
-                   "al SAT de los RFC del padrón con respuesta (denominador). Los RFC mal formados no se envían.",
+    "opinion": "Opinión de cumplimiento {de_rfc}: RFC del padrón con opinión positiva, negativa o de inscrito sin "
+               "obligaciones, y RFC que {rfc_prose} no tiene inscritos (numerador de cada uno), entre las consultas "
+               "de los RFC del padrón a {rfc} con respuesta (denominador). Los RFC mal formados no se envían.",
     "tiempo_despliegue": "Tiempo de despliegue: desde que se recibe el certificado renovado hasta que todos los "
                          "servidores quedan verificados con una consulta real; en horas hábiles (lunes a viernes, "
                          "{h0}:00 a {h1}:00, hora del centro de México, sin días inhábiles) y en días hábiles.",
     "cumplimiento_sla": "Cumplimiento de SLA por servicio: relojes cumplidos a tiempo (numerador) entre relojes "
-                        "cumplidos o vencidos (denominador); primer contacto en {fc} días hábiles desde la "
-                        "recepción de la solicitud y atención en {at} día hábil desde la recepción del certificado.",
+                        "cumplidos o vencidos (denominador); primer contacto en {fc} desde la recepción de la "
+                        "solicitud y atención en {at} desde la recepción del certificado.",
 }
+
 
 # Per run: con resultado, no enviados, enviados, encontrados, inconsistentes, bajas, BD, actualizados, sin respuesta.
 def _b(pg: bool, expr: str) -> str:
@@ -132,8 +146,11 @@ def _bounds(period_start, period_end) -> tuple[str, str]:
     return start.isoformat(), (end + dt.timedelta(days=1)).isoformat()
 
 
-def padron_kpis(db_path: str, period_start=None, period_end=None, min_sample: int = MIN_SAMPLE) -> dict:
-    """Per-run trend, the latest run's coverage, KPIs and breakdowns, and the SAT opinions of the period."""
+def padron_kpis(db_path: str, period_start=None, period_end=None, min_sample: int = MIN_SAMPLE,
+                provider: str | None = None, opinion_provider: str | None = None) -> dict:
+    """Per-run trend, the latest run's coverage, KPIs and breakdowns, and the opinions of the period's RFC runs.
+    `provider` / `opinion_provider` keep the runs of that registry provider (and those stored before runs recorded
+    their provider); None keeps every run."""
     if not results_exist(db_path):
         raise KpiError(f"the results database {db_path} does not exist; run playbooks/padron_consulta.yml first")
     lo, hi = _bounds(period_start, period_end)
@@ -150,9 +167,10 @@ def padron_kpis(db_path: str, period_start=None, period_end=None, min_sample: in
     try:
         if not _has_table(db, pg, "results"):
             raise KpiError(f"{shown} is not a padrón results database (no results table)")
+        where, params = _of_provider(db, pg, "runs", provider)
         runs = db.execute(
-            "SELECT run_id, started_at, finished_at, padron_total FROM runs WHERE started_at >= ? AND started_at < ? "
-            "ORDER BY started_at, run_id", (lo, hi)).fetchall()
+            "SELECT run_id, started_at, finished_at, padron_total FROM runs WHERE started_at >= ? AND started_at < ? "  # noqa: S608
+            f"{where} ORDER BY started_at, run_id", (lo, hi, *params)).fetchall()
         # The flags are 0/1 columns set at write time (padron_batch): one pass of integer SUMs per run.
         per_run = {r[0]: r for r in db.execute(_per_run(True) if pg else _PER_RUN)}
         trend = []
@@ -168,7 +186,7 @@ def padron_kpis(db_path: str, period_start=None, period_end=None, min_sample: in
                 "bajas": _kpi(bajas, found), "mortalidad": _kpi(bd, found)})
         latest = trend[-1] if trend else None
         breakdown = _breakdown(db, latest["run_id"], min_sample, pg) if latest else {}
-        sat = sat_kpis(db, lo, hi, pg)
+        opinion = opinion_kpis(db, lo, hi, pg, opinion_provider)
     except PadronError as e:
         raise KpiError(str(e)) from None
     finally:
@@ -176,7 +194,19 @@ def padron_kpis(db_path: str, period_start=None, period_end=None, min_sample: in
     return {"periodo": {"desde": period_start and str(period_start), "hasta": period_end and str(period_end)},
             "datos_al": max((r["ultima_consulta"] or "" for r in trend), default="") or None,
             "ultima_corrida": latest, "indicadores": {k: latest[k] for k in PADRON_KPIS} if latest else {},
-            "corridas": trend, "muestra_minima": min_sample, "sat": sat, **breakdown}
+            "corridas": trend, "muestra_minima": min_sample, "opinion": opinion, **breakdown}
+
+
+def _of_provider(db, pg: bool, runs: str, provider: str | None) -> tuple[str, tuple]:
+    """The SQL condition (and its parameters) keeping one provider's runs, when the store records providers."""
+    if not provider:
+        return "", ()
+    if pg:
+        known = db.execute("SELECT 1 FROM information_schema.columns WHERE table_name = ? AND column_name = "
+                           "'provider'", (runs,)).fetchone()
+    else:
+        known = any(r[1] == "provider" for r in db.execute(f"PRAGMA table_info({runs})"))
+    return ("AND (provider IS NULL OR provider = ?)", (provider,)) if known else ("", ())
 
 
 def _has_table(db, pg: bool, name: str) -> bool:
@@ -222,13 +252,14 @@ def _breakdown(db, run_id: str, min_sample: int, pg: bool = False) -> dict:
     }
 
 
-def sat_kpis(db, lo: str, hi: str, pg: bool = False) -> dict | None:
-    """Opinión de cumplimiento shares of the period's SAT runs (tables of padron_batch.run_sat_batch), the latest
-    run's as headline; None when the database holds no SAT run."""
+def opinion_kpis(db, lo: str, hi: str, pg: bool = False, provider: str | None = None) -> dict | None:
+    """Opinión de cumplimiento shares of the period's RFC runs (tables of padron_batch.run_rfc_batch), the latest
+    run's as headline; None when the database holds no such run."""
     if not _has_table(db, pg, "sat_results"):
         return None
-    runs = db.execute("SELECT run_id, started_at, finished_at, padron_total FROM sat_runs WHERE started_at >= ? "
-                      "AND started_at < ? ORDER BY started_at, run_id", (lo, hi)).fetchall()
+    where, params = _of_provider(db, pg, "sat_runs", provider)
+    runs = db.execute("SELECT run_id, started_at, finished_at, padron_total FROM sat_runs WHERE started_at >= ? "  # noqa: S608
+                      f"AND started_at < ? {where} ORDER BY started_at, run_id", (lo, hi, *params)).fetchall()
     if not runs:
         return None
     opinions = ", ".join(f"SUM({_b(pg, f'opinion = {o!r}')})" for o in OPINIONS)
@@ -244,9 +275,9 @@ def sat_kpis(db, lo: str, hi: str, pg: bool = False) -> dict | None:
         trend.append({"run_id": run_id, "started_at": started, "finished_at": finished, "ultima_consulta": row[5],
                       "cobertura": {"rfc": total, "enviados": sent, "no_enviados": not_sent,
                                     "con_respuesta": answered, "sin_respuesta": errors},
-                      **{k: _kpi(counts[o], answered) for k, o in SAT_KPIS.items()}})
+                      **{k: _kpi(counts[o], answered) for k, o in OPINION_KPIS.items()}})
     latest = trend[-1]
-    return {"ultima_corrida": latest, "indicadores": {k: latest[k] for k in SAT_KPIS}, "corridas": trend}
+    return {"ultima_corrida": latest, "indicadores": {k: latest[k] for k in OPINION_KPIS}, "corridas": trend}
 
 
 def business_hours_between(start, end, extra=(), workday=None, policy: SlaPolicy | None = None) -> float:
@@ -261,10 +292,15 @@ def business_hours_between(start, end, extra=(), workday=None, policy: SlaPolicy
     return round(calendar.business_hours_between(start, end), 4)
 
 
-def ticket_kpis(store_path: str | None, now=None, policy: SlaPolicy | None = None, workday=WORKDAY) -> dict:
+def ticket_kpis(store_path: str | None, now=None, policy: SlaPolicy | None = None, workday=WORKDAY,
+                providers=None) -> dict:
     """Deploy lead time per ticket (certificate received → deployed, every host verified) in business hours of the
-    procedure's zone, and SLA compliance per service and clock (met on time over met or breached)."""
+    procedure's zone, and SLA compliance per provider and clock (met on time over met or breached): every provider
+    of the registry (`providers`, or the policy's), plus any other a ticket names."""
     policy = policy or SlaPolicy()
+    if providers is not None:
+        policy = policy.with_providers(providers)
+    known = registry(providers) if providers is not None else policy.providers
     now = to_datetime(now) if now else dt.datetime.now().astimezone()
     tickets = []
     if store_path:
@@ -280,7 +316,9 @@ def ticket_kpis(store_path: str | None, now=None, policy: SlaPolicy | None = Non
                           "dias_habiles": business_days_between(t["certificate_received_at"], t["attended_at"],
                                                                 policy.non_working_days)})
     hours = [x["horas_habiles"] for x in leads]
-    sla = {s: {c: {"a_tiempo": 0, "vencidos": 0, "en_curso": 0} for c in CLOCKS} for s in SERVICES}
+    services = list(known.names() if known is not None else ())
+    services += sorted({t["service"] for t in tickets} - set(services))
+    sla = {s: {c: {"a_tiempo": 0, "vencidos": 0, "en_curso": 0} for c in CLOCKS} for s in services}
     for t in tickets:
         status = policy.ticket_status(t, now)
         for clock in CLOCKS:
@@ -301,18 +339,64 @@ def ticket_kpis(store_path: str | None, now=None, policy: SlaPolicy | None = Non
             "cumplimiento_sla": sla, "avisos": policy.warnings(now)}
 
 
+def providers_shown(providers, provider: str | None = None, opinion_provider: str | None = None) -> dict:
+    """The registry providers the report names: `padron` (curp_soap) and `opinion` (rfc_opinion), each
+    {name, display_name, long_name, prose_name} or None when the registry has none of that strategy, and
+    `servicios` {name: display_name} of every provider. KpiError for a provider the registry lacks."""
+    reg = registry(providers)
+
+    def pick(name, strategy):
+        try:
+            chosen = consulted_provider(reg, name, strategy)
+        except PadronError as e:
+            if name:
+                raise KpiError(str(e)) from None
+            return None
+        return {k: getattr(chosen, k) for k in ("name", "display_name", "long_name", "prose_name")}
+
+    return {"padron": pick(provider, CURP_SOAP), "opinion": pick(opinion_provider, RFC_OPINION),
+            "servicios": {p.name: p.display_name for p in reg}}
+
+
+def de(prose: str) -> str:
+    """'de' before a provider's prose name, contracted as Spanish writes it: 'el SAT' -> 'del SAT'."""
+    return "del " + prose[3:] if prose.lower().startswith("el ") else "de " + prose
+
+
+def _days_text(per_provider: dict, names: dict, clock: str) -> str:
+    """'5 días hábiles', or per provider when they differ: '5 días hábiles (RENAPO, SAT), 3 (INE)'."""
+    groups = {}
+    for service, days in per_provider.items():
+        groups.setdefault(days[clock], []).append(names.get(service, service))
+    def unit(n):
+        return f"{n} día hábil" if n == 1 else f"{n} días hábiles"
+
+    if len(groups) <= 1:
+        return unit(next(iter(groups), 0))
+    return ", ".join(f"{unit(n) if i == 0 else n} ({', '.join(who)})" for i, (n, who) in enumerate(groups.items()))
+
+
 def compute(results_db: str, tickets_db: str | None = None, period_start=None, period_end=None, now=None,
-            policy: SlaPolicy | None = None, workday=WORKDAY, min_sample: int = MIN_SAMPLE) -> dict:
-    """Every KPI of the report, with its Spanish definition."""
-    policy = policy or SlaPolicy()
-    result = padron_kpis(results_db, period_start, period_end, min_sample)
-    result.update(ticket_kpis(tickets_db, now, policy, workday))
-    days = policy.days["renapo"]
+            policy: SlaPolicy | None = None, workday=WORKDAY, min_sample: int = MIN_SAMPLE, providers=None,
+            provider: str | None = None, opinion_provider: str | None = None) -> dict:
+    """Every KPI of the report, with its Spanish definition. `providers` is the registry (procedure_providers);
+    `provider` / `opinion_provider` name the padrón's and the opinions' providers (default: the registry's first
+    provider of strategy curp_soap / rfc_opinion)."""
+    if providers is None:
+        raise KpiError("the KPI report needs the provider registry (procedure_providers)")
+    shown = providers_shown(providers, provider, opinion_provider)
+    policy = (policy or SlaPolicy()).with_providers(providers)
+    result = padron_kpis(results_db, period_start, period_end, min_sample,
+                         (shown["padron"] or {}).get("name"), (shown["opinion"] or {}).get("name"))
+    result.update(ticket_kpis(tickets_db, now, policy, workday, providers))
     h0, h1 = (workday[0], workday[1]) if workday else (policy.opens.hour, policy.closes.hour)
-    result["definiciones"] = {
-        **DEFINITIONS,
-        "mortalidad": DEFINITIONS["mortalidad"].format(min=min_sample),
-        "tiempo_despliegue": DEFINITIONS["tiempo_despliegue"].format(h0=h0, h1=h1),
-        "cumplimiento_sla": DEFINITIONS["cumplimiento_sla"].format(fc=days["first_contact"], at=days["attention"]),
-    }
+    curp = (shown["padron"] or {}).get("display_name", "el proveedor")
+    rfc = shown["opinion"] or {"display_name": "el proveedor", "prose_name": "el proveedor"}
+    days = {s: policy.days_for(s) for s in result["cumplimiento_sla"]}
+    names = {**{s: s for s in days}, **shown["servicios"]}
+    fields = {"curp": curp, "rfc": rfc["display_name"], "rfc_prose": rfc["prose_name"], "de_rfc": de(rfc["prose_name"]),
+              "min": min_sample, "h0": h0, "h1": h1, "fc": _days_text(days, names, "first_contact"),
+              "at": _days_text(days, names, "attention")}
+    result["definiciones"] = {key: text.format(**fields) for key, text in DEFINITIONS.items()}
+    result["proveedores"] = shown
     return result

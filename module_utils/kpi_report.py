@@ -4,6 +4,8 @@ Pure code (stdlib + Jinja2 + the project's formato): no Ansible import. `build(k
 text; the caller writes them (the kpi_report module does so atomically). Charts are SVG drawn here: no JavaScript,
 CSS or font is fetched. Everything a person reads is es-MX (1,000; 10.5 %) and local time in words; every heading
 is written here, never derived from a key. The CSV neutralises any cell a spreadsheet would run as a formula.
+Providers are named as the registry names them (kpis["proveedores"], from kpi.compute): the labels below hold
+{curp} (the padrón provider's display name), {rfc} and {de_rfc} (the opinion provider's: "SAT", "del SAT").
 """
 from __future__ import annotations
 
@@ -14,8 +16,11 @@ import math
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-import jinja2
-import markupsafe
+try:  # without Jinja2 the modules fail with missing_required_lib (notify.JINJA2_IMPORT_ERROR)
+    import jinja2
+    import markupsafe
+except ImportError:
+    pass
 from ansible.module_utils.formato import (
     cantidad,
     fecha_corta,
@@ -25,40 +30,62 @@ from ansible.module_utils.formato import (
     numero,
     porcentaje,
 )
+from ansible.module_utils.kpi import de
 
 DEFAULT_TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates" / "report"
-DEFAULT_TITLE = "Indicadores del servicio de consulta RENAPO/SAT"
+# The title when none is given: the registry's display names joined ("... de consulta RENAPO/SAT").
+TITLE_FORMAT = "Indicadores del servicio de consulta {names}"
 DEFAULT_ORGANIZATION = "Dirección General de Tecnologías de la Información y Comunicaciones"
 TITLES = {"poblacion_actualizada": "Población actualizada", "inconsistencias": "Inconsistencias", "bajas": "Bajas",
           "mortalidad": "Índice de mortalidad"}
 # What each KPI's numerator and denominator count, as the cards print them ("825 de 1,000 registros del padrón").
 BASES = {"poblacion_actualizada": "registros del padrón", "inconsistencias": "registros con resultado",
-         "bajas": "registros encontrados en RENAPO", "mortalidad": "registros encontrados en RENAPO"}
-SAT_TITLES = {"opinion_positiva": "Opinión positiva", "opinion_negativa": "Opinión negativa",
-              "sin_obligaciones": "Inscrito sin obligaciones", "no_inscrito": "No inscrito en el SAT"}
-CAUSE_NAMES = {"nombre": "Nombre distinto al de RENAPO", "fecha_nacimiento": "Fecha de nacimiento distinta",
-               "sexo": "Sexo distinto", "no_encontrada": "CURP no encontrada en RENAPO (01/06)",
-               "invalida_renapo": "CURP no válida según RENAPO (01/09)",
+         "bajas": "registros encontrados en {curp}", "mortalidad": "registros encontrados en {curp}"}
+OPINION_TITLES = {"opinion_positiva": "Opinión positiva", "opinion_negativa": "Opinión negativa",
+                  "sin_obligaciones": "Inscrito sin obligaciones", "no_inscrito": "No inscrito en {rfc}"}
+CAUSE_NAMES = {"nombre": "Nombre distinto al de {curp}", "fecha_nacimiento": "Fecha de nacimiento distinta",
+               "sexo": "Sexo distinto", "no_encontrada": "CURP no encontrada en {curp} (01/06)",
+               "invalida_renapo": "CURP no válida según {curp} (01/09)",
                "mal_formada": "CURP mal formada en el padrón (no enviada)",
                "duplicada": "CURP repetida en el padrón (no enviada)"}
-COVERAGE_NAMES = {"padron": "Registros del padrón", "enviados": "Enviados a RENAPO",
+COVERAGE_NAMES = {"padron": "Registros del padrón", "enviados": "Enviados a {curp}",
                   "no_enviados": "No enviados (CURP mal formada o repetida)",
-                  "con_respuesta": "Con respuesta de RENAPO", "sin_respuesta": "Sin respuesta tras los reintentos",
-                  "encontrados": "Encontrados en RENAPO (EXITOSO)"}
-SAT_COVERAGE_NAMES = {"rfc": "RFC del padrón", "enviados": "Consultados en el SAT",
-                      "no_enviados": "No enviados (RFC mal formado o repetido)", "con_respuesta": "Con respuesta",
-                      "sin_respuesta": "Sin respuesta tras los reintentos"}
+                  "con_respuesta": "Con respuesta de {curp}", "sin_respuesta": "Sin respuesta tras los reintentos",
+                  "encontrados": "Encontrados en {curp} (EXITOSO)"}
+OPINION_COVERAGE_NAMES = {"rfc": "RFC del padrón", "enviados": "Consultados en {rfc}",
+                          "no_enviados": "No enviados (RFC mal formado o repetido)", "con_respuesta": "Con respuesta",
+                          "sin_respuesta": "Sin respuesta tras los reintentos"}
 STATUS_NAMES = {"AN": "alta normal", "AH": "alta con homonimia", "RCC": "cambio que afecta la CURP",
                 "RCN": "cambio que no afecta la CURP", "CRA": "CURP reactivada", "BAP": "documento apócrifo",
                 "BSU": "sin uso", "BD": "defunción", "BDM": "administrativa", "BDP": "adopción", "BJD": "judicial",
                 "BDA": "duplicidad", "BCC": "cambio que afecta la CURP", "BCN": "cambio que no afecta la CURP"}
 CLOCK_NAMES = {"first_contact": "Primer contacto", "attention": "Atención"}
-SERVICE_NAMES = {"renapo": "RENAPO", "sat": "SAT"}
 COLORS = {"inconsistencias": "#9d2449", "bajas": "#b38e5d", "mortalidad": "#4a4a4a", "poblacion_actualizada": "#13322b",
-          "sat": "#285c4d", "pequena": "#c9c9c9"}
+          "opinion": "#285c4d", "pequena": "#c9c9c9"}
 CSV_FIELDS = ("seccion", "indicador", "dimension", "valor", "numerador", "denominador", "unidad")
 FORMULA_LEAD = ("=", "+", "-", "@", "\t", "\r", "\n")
 _FONT = 'font-family="DejaVu Sans, Arial, sans-serif"'
+
+
+def names(kpis: dict) -> dict:
+    """The provider names the labels use: {curp}, {rfc}, {de_rfc}, and `servicios` {provider: display name}."""
+    shown = kpis.get("proveedores") or {}
+    curp = (shown.get("padron") or {}).get("display_name") or "el proveedor"
+    rfc = shown.get("opinion") or {}
+    prose = rfc.get("prose_name") or "el proveedor"
+    return {"curp": curp, "rfc": rfc.get("display_name") or "el proveedor", "rfc_prose": prose,
+            "de_rfc": de(prose),
+            "servicios": dict(shown.get("servicios") or {})}
+
+
+def labels(table: dict, kpis: dict) -> dict:
+    """A label table with the providers' names filled in."""
+    n = names(kpis)
+    return {key: text.format(**n) for key, text in table.items()}
+
+
+def default_title(kpis: dict) -> str:
+    return TITLE_FORMAT.format(names="/".join(names(kpis)["servicios"].values()) or "")
 
 
 def _svg(width: int, height: int, title: str, body: list[str]) -> str:
@@ -171,17 +198,19 @@ def charts(kpis: dict) -> dict:
         color=COLORS["mortalidad"], width=620,
         note=[f"{numero(e['defunciones'])} de {numero(e['registros'])}" for e in entidad],
         colors=[COLORS["pequena"] if e["muestra_pequena"] else COLORS["mortalidad"] for e in entidad])
-    sla = [(f"{SERVICE_NAMES.get(s, s)} · {CLOCK_NAMES[c].lower()}", v)
+    services = names(kpis)["servicios"]
+    sla = [(f"{services.get(s, s)} · {CLOCK_NAMES[c].lower()}", v)
            for s, clocks in kpis.get("cumplimiento_sla", {}).items() for c, v in clocks.items()]
     out["cumplimiento_sla"] = bar_chart([(label, v["cumplimiento"]) for label, v in sla],
                                         "Cumplimiento de SLA por servicio", color="#13322b",
                                         note=[f"{numero(v['a_tiempo'])} a tiempo, {numero(v['vencidos'])} vencidos"
                                               for _, v in sla])
-    sat = (kpis.get("sat") or {}).get("indicadores", {})
-    out["opinion_sat"] = bar_chart([(SAT_TITLES[k], v["valor"]) for k, v in sat.items()],
-                                   "Opinión de cumplimiento del SAT", color=COLORS["sat"],
-                                   note=[f"{numero(v['numerador'])} de {numero(v['denominador'])}"
-                                         for v in sat.values()])
+    opinion = (kpis.get("opinion") or {}).get("indicadores", {})
+    titles = labels(OPINION_TITLES, kpis)
+    out["opinion"] = bar_chart([(titles[k], v["valor"]) for k, v in opinion.items()],
+                               f"Opinión de cumplimiento {names(kpis)['de_rfc']}", color=COLORS["opinion"],
+                               note=[f"{numero(v['numerador'])} de {numero(v['denominador'])}"
+                                     for v in opinion.values()])
     return out
 
 
@@ -211,9 +240,9 @@ def rows(kpis: dict) -> list[dict]:
             e["registros"])
     for cause, v in kpis.get("inconsistencias_por_causa", {}).items():
         add("inconsistencias_por_causa", "inconsistencias", cause, v["valor"], v["numerador"], v["denominador"])
-    sat = kpis.get("sat") or {}
-    for k, v in sat.get("indicadores", {}).items():
-        add("opinion_sat", k, (sat.get("ultima_corrida") or {}).get("run_id"), v["valor"], v["numerador"],
+    opinion = kpis.get("opinion") or {}
+    for k, v in opinion.get("indicadores", {}).items():
+        add("opinion", k, (opinion.get("ultima_corrida") or {}).get("run_id"), v["valor"], v["numerador"],
             v["denominador"])
     for d in kpis.get("tiempo_despliegue", {}).get("despliegues", []):
         add("tiempo_despliegue", d["servicio"], d["folio"], d["horas_habiles"], None, None, "horas hábiles")
@@ -254,16 +283,19 @@ def environment(template_dir=None) -> jinja2.Environment:
     return env
 
 
-def render_html(kpis: dict, title: str, organization: str, template_dir=None) -> str:
+def render_html(kpis: dict, title: str | None, organization: str, template_dir=None) -> str:
+    n = names(kpis)
     return environment(template_dir).get_template("kpi_report.html.j2").render(
-        k=kpis, titulo=title, organizacion=organization, titles=TITLES, bases=BASES, sat_titles=SAT_TITLES,
-        cause_names=CAUSE_NAMES, coverage_names=COVERAGE_NAMES, sat_coverage_names=SAT_COVERAGE_NAMES,
+        k=kpis, titulo=title or default_title(kpis), organizacion=organization, titles=TITLES,
+        bases=labels(BASES, kpis), opinion_titles=labels(OPINION_TITLES, kpis), nombres=n,
+        cause_names=labels(CAUSE_NAMES, kpis), coverage_names=labels(COVERAGE_NAMES, kpis),
+        opinion_coverage_names=labels(OPINION_COVERAGE_NAMES, kpis),
         # The SVG is built here with every text escaped: mark it safe so Jinja2 does not escape the markup.
         charts={name: markupsafe.Markup(svg) for name, svg in charts(kpis).items()},  # noqa: S704
-        clock_names=CLOCK_NAMES, service_names=SERVICE_NAMES)
+        clock_names=CLOCK_NAMES, service_names=n["servicios"])
 
 
-def build(kpis: dict, title: str = DEFAULT_TITLE, organization: str = DEFAULT_ORGANIZATION,
+def build(kpis: dict, title: str | None = None, organization: str = DEFAULT_ORGANIZATION,
           basename: str = "kpi_report", template_dir=None) -> dict:
     """{file name: text} of the three documents."""
     return {f"{basename}.html": render_html(kpis, title, organization, template_dir),

@@ -1,4 +1,10 @@
-"""Padrón consultation batch: check a producers' padrón file, consult each CURP at RENAPO, keep every result.
+"""Padrón consultation batch: check a producers' padrón file, consult each CURP (or RFC) at a provider, keep every
+result.
+
+Which provider is consulted is the caller's choice from the provider registry (module_utils/providers.py): a
+provider whose `consultation.strategy` is `curp_soap` takes the padrón's CURPs (run_batch), one with `rfc_opinion`
+the padrón's RFCs (run_rfc_batch). Each run records the provider it consulted. The texts below name RENAPO and SAT,
+the providers those strategies were written for.
 
 Pure code (stdlib + the project's consulta module): no Ansible import.
 
@@ -26,9 +32,10 @@ RENAPO's names (renapo_nombres, renapo_apellido1, renapo_apellido2, as received:
 docProbatorio are kept for the found records, so an inconsistency can be reviewed against the padrón.
 Categories: found, not_found, malformed, duplicate, error (gave up after retries; retried when the run is resumed).
 
-SAT (run_sat_batch): the opinión de cumplimiento of each RFC of a CSV file (columns `rfc`, optional `curp`), through
-the same machinery (bounded concurrency, retries, checkpoint, resume) into the tables sat_runs / sat_results of the
-same database. Categories: answered (opinion POSITIVA, NEGATIVA, INSCRITO SIN OBLIGACIONES or NO INSCRITO),
+RFC batch (run_rfc_batch, strategy rfc_opinion): the opinión de cumplimiento of each RFC of a CSV file (columns
+`rfc`, optional `curp`), through the same machinery (bounded concurrency, retries, checkpoint, resume) into the
+tables sat_runs / sat_results of the same database (names kept from the first release: existing stores stay valid).
+Categories: answered (opinion POSITIVA, NEGATIVA, INSCRITO SIN OBLIGACIONES or NO INSCRITO),
 malformed (never sent, or refused by SAT as malformed), duplicate, error.
 The 0/1 flags revisado (a definitive answer), exitoso, inconsistente (DESIGN §7), baja (inactive statusCurp) and
 defuncion (BD) are set when a result is stored, so the KPIs are plain SUMs over millions of rows.
@@ -41,7 +48,7 @@ and none left out, duplicates in the slice of their first listing. Every slice w
 unfinished run of the same padrón, picked under a table lock so concurrent slices agree); table `run_slices` records
 each slice, and the run is finished when its last slice finishes, so the KPIs of a sliced run are the unsliced run's.
 Rate limit (`rate_limit`, requests per second, every attempt counted): the slices share it through table
-`rate_limits`, one row per service and endpoint holding the next free send slot; a process reserves a block of slots
+`rate_limits`, one row per strategy and endpoint holding the next free send slot; a process reserves a block of slots
 with one atomic UPDATE and its threads send each at its slot, so all the slices together never exceed the limit.
 """
 from __future__ import annotations
@@ -55,13 +62,14 @@ import signal
 import sqlite3
 import threading
 import time
-import unicodedata
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 from ansible.module_utils.consulta import (
+    CURP_SOAP,
     ENTIDADES,
     INVALID_CURP,
+    RFC_OPINION,
     STATUS_INACTIVE,
     ConsultaError,
     consult,
@@ -152,7 +160,9 @@ CREATE TABLE IF NOT EXISTS rate_limits (
 PG_SCHEMA = SCHEMA.replace(") WITHOUT ROWID;", ");")
 # Columns added after the first release: a database written by an older batch gets them on open.
 ADDED_COLUMNS = (("results", "renapo_nombres", "TEXT"), ("results", "renapo_apellido1", "TEXT"),
-                 ("results", "renapo_apellido2", "TEXT"), ("results", "doc_probatorio", "TEXT"))
+                 ("results", "renapo_apellido2", "TEXT"), ("results", "doc_probatorio", "TEXT"),
+                 # The registry provider a run consulted (NULL: a run written before the registry).
+                 ("runs", "provider", "TEXT"), ("sat_runs", "provider", "TEXT"))
 RESULT_COLUMNS = ("run_id", "row_no", "curp", "consulted_at", "attempts", "category", "status_oper", "status_curp",
                   "tipo_error", "codigo_error", "mismatch_nombre", "mismatch_fecha_nacimiento", "mismatch_sexo",
                   "edad", "entidad", "error", "revisado", "exitoso", "inconsistente", "baja", "defuncion",
@@ -232,9 +242,10 @@ def _precheck(key: str, row_no: int, problem, seen: dict, duplicates: dict) -> s
 
 
 def _fold(text: str) -> str:
-    """Upper case, no accents, single spaces: RENAPO writes names without accents."""
-    text = unicodedata.normalize("NFKD", text or "")
-    return " ".join("".join(c for c in text if not unicodedata.combining(c)).upper().split())
+    """providers.fold (the one text folding): the service writes names without accents, case is not a difference."""
+    from ansible.module_utils.providers import fold
+
+    return fold(text or "")
 
 
 def _date(text: str) -> dt.date | None:
@@ -299,8 +310,9 @@ def consult_record(rec: dict, conn: dict, retries: int = 3, backoff: float = 0.5
         if conn.get("limiter"):
             conn["limiter"].acquire()
         try:
-            answer = consult("renapo", conn["endpoint"], curp=rec["curp"], usuario=conn["usuario"],
-                             password=conn["password"], ca_path=conn.get("ca_path"), timeout=conn.get("timeout", 10))
+            answer = consult(CURP_SOAP, conn["endpoint"], curp=rec["curp"], usuario=conn["usuario"],
+                             password=conn["password"], ca_path=conn.get("ca_path"), timeout=conn.get("timeout", 10),
+                             base_path=conn.get("base_path"), name=conn.get("name"))
             return _result(rec, _now(), "found", attempt, answer)
         except ConsultaError as e:
             codes = (e.result.get("tipo_error"), e.result.get("codigo_error"))
@@ -505,7 +517,8 @@ def _store(db, run_id: str, results: list[dict], insert: str = _INSERT, columns:
 
 
 class _Service:
-    """What differs between the RENAPO and the SAT batch: tables, the worker, the prechecked result, the summary."""
+    """What differs between the CURP and the RFC batch (named by strategy): tables, the worker, the prechecked
+    result, the summary."""
 
     def __init__(self, name, runs, results, columns, worker, precheck_result, summary):
         self.name, self.runs, self.results, self.columns = name, runs, results, columns
@@ -517,14 +530,14 @@ class _Service:
 
 
 def _pick_run(db, padron: dict, endpoint: str, run_id: str | None, resume: bool, runs: str = "runs",
-              service: str = "renapo", slice_no: int = 1, slices: int = 1) -> tuple:
+              service: str = CURP_SOAP, slice_no: int = 1, slices: int = 1, provider: str | None = None) -> tuple:
     """(run_id, resumed): the named run, else the unfinished run of the same padrón, else a new one; the slice is
     recorded in run_slices. Under a table lock, so slices starting together pick the same run."""
     db.execute(db.begin)
     try:
         if db.flavour == "postgresql":
             db.execute(f"LOCK TABLE {runs} IN EXCLUSIVE MODE")  # readers go on; a second picker waits
-        run_id, resumed = _pick_run_locked(db, padron, endpoint, run_id, resume, runs)
+        run_id, resumed = _pick_run_locked(db, padron, endpoint, run_id, resume, runs, provider)
         other = db.execute("SELECT slices FROM run_slices WHERE service = ? AND run_id = ? AND slices != ?",
                            (service, run_id, slices)).fetchone()
         if other:
@@ -560,17 +573,20 @@ def _finish_slice(db, kind, run_id: str, slice_no: int, slices: int) -> None:
     db.execute("COMMIT")
 
 
-def _pick_run_locked(db, padron: dict, endpoint: str, run_id: str | None, resume: bool, runs: str) -> tuple:
+def _pick_run_locked(db, padron: dict, endpoint: str, run_id: str | None, resume: bool, runs: str,
+                     provider: str | None = None) -> tuple:
     if run_id:
-        row = db.execute(f"SELECT padron_sha256 FROM {runs} WHERE run_id = ?", (run_id,)).fetchone()  # noqa: S608
+        row = db.execute(f"SELECT padron_sha256, provider FROM {runs} WHERE run_id = ?",  # noqa: S608
+                         (run_id,)).fetchone()
         if row and row[0] != padron["sha256"]:
             raise PadronError(f"run {run_id} was made over another padrón file (sha256 {row[0][:12]}...); "
                               "start a new run for this one")
+        if row and provider and row[1] and row[1] != provider:
+            raise PadronError(f"run {run_id} consulted the provider {row[1]}, not {provider}; start a new run")
         if row:
             return run_id, True
     elif resume:
-        row = db.execute(f"SELECT run_id FROM {runs} WHERE finished_at IS NULL AND padron_sha256 = ? "  # noqa: S608
-                         "ORDER BY started_at DESC LIMIT 1", (padron["sha256"],)).fetchone()
+        row = db.execute(*_unfinished(runs, padron, provider)).fetchone()
         if row:
             return row[0], True
     now = _now()
@@ -579,26 +595,37 @@ def _pick_run_locked(db, padron: dict, endpoint: str, run_id: str | None, resume
         taken = {r[0] for r in db.execute(f"SELECT run_id FROM {runs} WHERE run_id LIKE ?",  # noqa: S608
                                           (run_id + "%",))}
         run_id += "" if run_id not in taken else f"-{len(taken) + 1}"
-    db.execute(f"INSERT INTO {runs} (run_id, started_at, padron, padron_sha256, padron_total, endpoint) "  # noqa: S608
-               "VALUES (?, ?, ?, ?, ?, ?)", (run_id, now.isoformat(timespec="seconds"), padron["path"],
-                                             padron["sha256"], len(padron["records"]), endpoint))
+    db.execute(f"INSERT INTO {runs} (run_id, started_at, padron, padron_sha256, padron_total, endpoint, "  # noqa: S608
+               "provider) VALUES (?, ?, ?, ?, ?, ?, ?)", (run_id, now.isoformat(timespec="seconds"), padron["path"],
+                                                          padron["sha256"], len(padron["records"]), endpoint,
+                                                          provider))
     return run_id, False
 
 
+def _unfinished(runs: str, padron: dict, provider: str | None) -> tuple:
+    """(SQL, params) of the latest unfinished run over the same file, of the same provider (or of a run written
+    before runs recorded their provider)."""
+    same = " AND (provider IS NULL OR provider = ?)" if provider else ""
+    return (f"SELECT run_id FROM {runs} WHERE finished_at IS NULL AND padron_sha256 = ?{same} "  # noqa: S608
+            "ORDER BY started_at DESC LIMIT 1", (padron["sha256"], provider) if provider else (padron["sha256"],))
+
+
 def plan(db_path: str, padron: dict, run_id: str | None = None, resume: bool = True,
-         service: str = "renapo", slice_no: int = 1, slices: int = 1) -> dict:
+         strategy: str = CURP_SOAP, slice_no: int = 1, slices: int = 1, provider: str | None = None) -> dict:
     """What a run (or one slice of it) would do, without writing: the run it would use and how many records it
     would consult."""
     _check_slice(slice_no, slices)
-    runs, results = ("sat_runs", "sat_results") if service == "sat" else ("runs", "results")
+    kind = _batch(strategy)
+    runs, results = kind.runs, kind.results
     done, run = set(), None
     if results_exist(db_path):
         db = open_results(db_path, create=False, readonly=True)
         try:
             if db.has_table(runs):
-                q = (f"SELECT run_id FROM {runs} WHERE run_id = ?", (run_id,)) if run_id else (  # noqa: S608
-                    f"SELECT run_id FROM {runs} WHERE finished_at IS NULL AND padron_sha256 = ? "  # noqa: S608
-                    "ORDER BY started_at DESC LIMIT 1", (padron["sha256"],))
+                q = ((f"SELECT run_id FROM {runs} WHERE run_id = ?", (run_id,)) if run_id  # noqa: S608
+                     else _unfinished(runs, padron, provider) if _has_column(db, runs, "provider")
+                     else (f"SELECT run_id FROM {runs} WHERE finished_at IS NULL AND padron_sha256 = ? "  # noqa: S608
+                           "ORDER BY started_at DESC LIMIT 1", (padron["sha256"],)))
                 row = db.execute(*q).fetchone() if (run_id or resume) else None
                 run = row[0] if row else None
                 if run:
@@ -634,14 +661,15 @@ def _slice(padron: dict, slice_no: int, slices: int) -> list:
 
 def _run(kind: _Service, padron: dict, db_path: str, endpoint: str, conn: dict, concurrency: int, retries: int,
          backoff: float, run_id: str | None, resume: bool, slice_no: int = 1, slices: int = 1,
-         rate_limit: float | None = None) -> dict:
+         rate_limit: float | None = None, provider: str | None = None) -> dict:
     """The machinery both batches share: pick or resume the run, store the slice's prechecked records, consult the
     rest with bounded concurrency (and the shared rate limit) committing as answers arrive, close the slice (and
     the run with its last slice), summarise the run."""
     db = open_results(db_path)
     limiter = None
     try:
-        run_id, resumed = _pick_run(db, padron, endpoint, run_id, resume, kind.runs, kind.name, slice_no, slices)
+        run_id, resumed = _pick_run(db, padron, endpoint, run_id, resume, kind.runs, kind.name, slice_no, slices,
+                                    provider)
         done = {r[0] for r in db.execute(
             f"SELECT row_no FROM {kind.results} WHERE run_id = ? AND category != 'error'", (run_id,))}  # noqa: S608
         mine = _slice(padron, slice_no, slices)
@@ -659,7 +687,8 @@ def _run(kind: _Service, padron: dict, db_path: str, endpoint: str, conn: dict, 
             limiter.close()
         db.close()
     dups = padron["duplicates"]
-    return {**summary, "resumed": resumed, "already_stored": len(done), "consulted": consulted,
+    return {**summary, "provider": provider, "strategy": kind.name, "resumed": resumed,
+            "already_stored": len(done), "consulted": consulted,
             "slice": slice_no, "slices": slices, "slice_records": len(mine),
             "duplicated_curps": len(dups), "duplicates": dict(list(dups.items())[:20])}
 
@@ -667,14 +696,18 @@ def _run(kind: _Service, padron: dict, db_path: str, endpoint: str, conn: dict, 
 def run_batch(padron_path: str, db_path: str, endpoint: str, *, usuario: str, password: str,
               ca_path: str | None = None, timeout: float = 10, concurrency: int = 8, retries: int = 3,
               backoff: float = 0.5, run_id: str | None = None, resume: bool = True, slice_no: int = 1,
-              slices: int = 1, rate_limit: float | None = None) -> dict:
+              slices: int = 1, rate_limit: float | None = None, provider: str | None = None,
+              base_path: str = "", name: str | None = None) -> dict:
     """Consult every padrón record of the slice without a committed result in the run, at most rate_limit
-    requests per second over every slice; returns the run's summary (all slices)."""
+    requests per second over every slice, with the curp_soap strategy (`provider`: the registry name recorded
+    with the run; `base_path`: its path on the endpoint; `name`: its display name in messages); returns the run's
+    summary (all slices)."""
     _check_options(concurrency, retries, backoff, slice_no, slices, rate_limit, resume, run_id)
     padron = read_padron(padron_path)
-    result = _run(RENAPO, padron, db_path, endpoint,
-                  {"usuario": usuario, "password": password, "ca_path": ca_path, "timeout": timeout},
-                  concurrency, retries, backoff, run_id, resume, slice_no, slices, rate_limit)
+    result = _run(CURP_BATCH, padron, db_path, endpoint,
+                  {"usuario": usuario, "password": password, "ca_path": ca_path, "timeout": timeout,
+                   "base_path": base_path, "name": name},
+                  concurrency, retries, backoff, run_id, resume, slice_no, slices, rate_limit, provider)
     bad = padron["invalid_entidad"]
     return {**result, "invalid_entidad": len(bad), "invalid_entidad_rows": bad[:20]}
 
@@ -753,7 +786,8 @@ def run_summary(db, run_id: str) -> dict:
 # ---------------------------------------------------------------- SAT: opinión de cumplimiento by RFC
 
 def read_rfcs(path: str) -> dict:
-    """The RFCs to consult at SAT (CSV, UTF-8, header with `rfc` and optionally `curp`), as read_padron returns
+    """The RFCs whose opinión de cumplimiento is consulted (CSV, UTF-8, header with `rfc` and optionally `curp`),
+    as read_padron returns
     records: malformed RFCs and repeated RFCs are prechecked (never sent)."""
     try:
         with open(path, "rb") as f:
@@ -791,16 +825,16 @@ def _sat_result(rec: dict, now: dt.datetime, category: str, attempts: int = 0, o
 
 
 def consult_rfc(rec: dict, conn: dict, retries: int = 3, backoff: float = 0.5, stop=None) -> dict:
-    """One RFC's opinión de cumplimiento, with the RENAPO batch's retry rules."""
+    """One RFC's opinión de cumplimiento, with the CURP batch's retry rules."""
     attempt = 0
     while True:
         attempt += 1
         if conn.get("limiter"):
             conn["limiter"].acquire()
         try:
-            answer = consult("sat", conn["endpoint"], rfc=rec["rfc"], ca_path=conn.get("ca_path"),
+            answer = consult(RFC_OPINION, conn["endpoint"], rfc=rec["rfc"], ca_path=conn.get("ca_path"),
                              client_cert=conn.get("client_cert"), client_key=conn.get("client_key"),
-                             timeout=conn.get("timeout", 10))
+                             timeout=conn.get("timeout", 10), base_path=conn.get("base_path"), name=conn.get("name"))
             return _sat_result(rec, _now(), "answered", attempt, answer["opinion"])
         except ConsultaError as e:
             if e.kind == "http_status" and e.result.get("http_status") == 400:
@@ -814,7 +848,7 @@ def consult_rfc(rec: dict, conn: dict, retries: int = 3, backoff: float = 0.5, s
 
 
 def sat_summary(db, run_id: str) -> dict:
-    """Counts of one SAT run by category and opinion."""
+    """Counts of one RFC run by category and opinion."""
     from ansible.module_utils.consulta import OPINIONS
 
     sums = ", ".join([*(f"COALESCE(SUM({_n(db, f'x.category = {c!r}')}), 0)" for c in SAT_CATEGORIES),
@@ -824,26 +858,71 @@ def sat_summary(db, run_id: str) -> dict:
         f"{sums} FROM sat_runs r LEFT JOIN sat_results x ON x.run_id = r.run_id WHERE r.run_id = ? "
         "GROUP BY r.run_id", (run_id,)).fetchone()
     if row is None:
-        raise PadronError(f"no SAT run {run_id} in the results database")
+        raise PadronError(f"no RFC run {run_id} in the results database")
     keys = ("run_id", "started_at", "finished_at", "padron", "padron_total", "endpoint", "stored", *SAT_CATEGORIES)
     out = dict(zip(keys, row[:len(keys)], strict=True))
     out["opinions"] = dict(zip(OPINIONS, row[len(keys):], strict=True))
     return out
 
 
-def run_sat_batch(rfc_path: str, db_path: str, endpoint: str, *, ca_path: str | None = None,
+def run_rfc_batch(rfc_path: str, db_path: str, endpoint: str, *, ca_path: str | None = None,
                   client_cert: str | None = None, client_key: str | None = None, timeout: float = 10,
                   concurrency: int = 8, retries: int = 3, backoff: float = 0.5, run_id: str | None = None,
-                  resume: bool = True, slice_no: int = 1, slices: int = 1, rate_limit: float | None = None) -> dict:
-    """Consult the opinión de cumplimiento of every RFC of the slice without a committed result in the SAT run."""
+                  resume: bool = True, slice_no: int = 1, slices: int = 1, rate_limit: float | None = None,
+                  provider: str | None = None, base_path: str = "", name: str | None = None) -> dict:
+    """Consult the opinión de cumplimiento of every RFC of the slice without a committed result in the run (the
+    rfc_opinion strategy; `provider`: the registry name recorded with the run)."""
     _check_options(concurrency, retries, backoff, slice_no, slices, rate_limit, resume, run_id)
     rfcs = read_rfcs(rfc_path)
-    return _run(SAT, rfcs, db_path, endpoint,
-                {"ca_path": ca_path, "client_cert": client_cert, "client_key": client_key, "timeout": timeout},
-                concurrency, retries, backoff, run_id, resume, slice_no, slices, rate_limit)
+    return _run(RFC_BATCH, rfcs, db_path, endpoint,
+                {"ca_path": ca_path, "client_cert": client_cert, "client_key": client_key, "timeout": timeout,
+                 "base_path": base_path, "name": name},
+                concurrency, retries, backoff, run_id, resume, slice_no, slices, rate_limit, provider)
 
 
-RENAPO = _Service("renapo", "runs", "results", RESULT_COLUMNS, consult_record,
-                  lambda r, now: _result(r, now, r["precheck"]), run_summary)
-SAT = _Service("sat", "sat_runs", "sat_results", SAT_COLUMNS, consult_rfc,
-               lambda r, now: _sat_result(r, now, r["precheck"]), sat_summary)
+CURP_BATCH = _Service(CURP_SOAP, "runs", "results", RESULT_COLUMNS, consult_record,
+                      lambda r, now: _result(r, now, r["precheck"]), run_summary)
+RFC_BATCH = _Service(RFC_OPINION, "sat_runs", "sat_results", SAT_COLUMNS, consult_rfc,
+                     lambda r, now: _sat_result(r, now, r["precheck"]), sat_summary)
+BATCHES = {b.name: b for b in (CURP_BATCH, RFC_BATCH)}
+
+
+def _batch(strategy: str) -> _Service:
+    try:
+        return BATCHES[strategy]
+    except KeyError:
+        raise PadronError(f"no padrón batch speaks the consultation strategy {strategy!r}; the batches are "
+                          f"{', '.join(BATCHES)}") from None
+
+
+def _has_column(db, table: str, column: str) -> bool:
+    if db.flavour == "postgresql":
+        return db.execute("SELECT 1 FROM information_schema.columns WHERE table_name = ? AND column_name = ?",
+                          (table, column)).fetchone() is not None
+    return column in {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+
+
+def consulted_provider(providers, provider: str | None = None, strategy: str | None = None):
+    """The registry provider a batch consults: `provider` by name (its consultation strategy must be one a batch
+    speaks, and `strategy` if given), else the registry's first provider whose strategy is `strategy`
+    (curp_soap when neither is given). Raises PadronError naming the registry's candidates."""
+    from ansible.module_utils.providers import ProviderError, registry
+
+    try:
+        reg = registry(providers)
+        if provider:
+            chosen = reg.get(provider)
+            spoken = chosen.consultation.get("strategy")
+            if spoken not in BATCHES or (strategy and spoken != strategy):
+                raise PadronError(f"provider {provider!r} consults with strategy {spoken!r}; a padrón batch "
+                                  f"needs {strategy or ' or '.join(BATCHES)}")
+            return chosen
+        strategy = strategy or CURP_SOAP
+        _batch(strategy)
+        for candidate in reg:
+            if candidate.consultation.get("strategy") == strategy:
+                return candidate
+    except ProviderError as e:
+        raise PadronError(str(e)) from None
+    raise PadronError(f"no provider of the registry (procedure_providers: {', '.join(reg.names())}) consults with "
+                      f"strategy {strategy}; give one a consultation {{strategy: {strategy}}} or name the provider")

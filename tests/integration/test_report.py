@@ -3,7 +3,8 @@ ports, temporary state): the batch is killed with SIGKILL half-way and resumed (
 /__lab/stats); every KPI equals the generator's ground truth per definition (never-sent records included); the
 padrón's Ñ/accents, NE-born and post-2000 CURPs come back through RENAPO's ISO-8859-1 quirk byte-exact; the SAT
 opinions go through the same batch; bad padrón files fail clearly; the playbooks run; the report and the board are
-read in headless Chromium as a person reads them (es-MX numbers, local times in words, entidad names, headings)."""
+read in headless Chromium as a person reads them (es-MX numbers, local times in words, entidad names, headings).
+Which provider is consulted and how it is named come from the provider registry (the lab's, tests/providers.py)."""
 import csv
 import datetime as dt
 import html
@@ -30,6 +31,8 @@ from ansible.module_utils.sla import SlaPolicy
 from ansible.module_utils.ticket_store import open_store
 from sim import padron, renapo, services
 
+from tests.providers import lab_providers
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / ".venv" / "bin"
 CONCURRENCY = 2
@@ -52,6 +55,13 @@ def sim(tmp_path_factory):
     svc.stop()
 
 
+def registry(svc) -> dict:
+    """The lab's registry as a module receives it (templated: the simulator's endpoint in place)."""
+    providers = lab_providers()
+    providers["renapo"]["endpoint"] = f"127.0.0.1:{svc.renapo_port}"
+    return providers
+
+
 def soap_requests(svc) -> int:
     ctx = ssl.create_default_context(cafile=svc.anchor)
     with urllib.request.urlopen(svc.url + "/__lab/stats", context=ctx, timeout=10) as r:
@@ -62,7 +72,7 @@ def module(svc, check=False, **args) -> subprocess.Popen:
     """`ansible localhost -m padron_consulta` (the module runs in a worker's own session: see kill_tree)."""
     args = {"padron": svc.padron, "results_db": str(svc.state / "padron" / "resultados.db"), "endpoint": svc.url,
             "ca_path": svc.anchor, "usuario": renapo.LAB_USUARIO, "password": renapo.LAB_PASSWORD,
-            "concurrency": CONCURRENCY, **args}
+            "concurrency": CONCURRENCY, "providers": registry(svc), **args}
     env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
     cmd = [str(BIN / "ansible"), "localhost", "-i", "localhost,", "-c", "local", "-e",
            f"ansible_python_interpreter={BIN / 'python'}", "-m", "padron_consulta", "-a", json.dumps(args)]
@@ -155,7 +165,7 @@ def test_killed_batch_resumes_without_consulting_a_committed_curp_again(sim, kil
 
 def test_kpis_equal_the_generators_ground_truth_per_definition(sim, killed_and_resumed):
     expected = padron.expected_counts(sim.state)
-    k = compute(killed_and_resumed["db"])
+    k = compute(killed_and_resumed["db"], providers=registry(sim))
     total, found, malformed = expected["total"], expected["found"], expected["malformed"]
     assert total == 1000 and malformed == 10 and found == 940
     # Coverage: the 10 malformed CURPs are in the padrón and never sent.
@@ -262,6 +272,35 @@ def test_bad_padron_files_fail_clearly_or_count(sim, tmp_path):
         assert renapo.LAB_PASSWORD not in r["output"]
 
 
+def test_a_third_provider_defined_in_the_registry_only_is_consulted_and_reported(sim, tmp_path):
+    """`ine` (tests/providers.py: a trust provider whose consultation reuses the curp_soap strategy), defined in the
+    registry and nowhere in the code: the module consults it (here the lab's CURP service answers for it), the run
+    records it, and the report shows its runs under its name, apart from the other provider's."""
+    from tests.providers import THIRD_PROVIDER
+
+    providers = {**registry(sim), **THIRD_PROVIDER}
+    header, *rows = Path(sim.padron).read_text().splitlines()
+    small = tmp_path / "ine.csv"
+    small.write_text("\n".join([header, *rows[:12]]) + "\n")
+    db = str(tmp_path / "ine.db")
+    runs = {name: outcome(module(sim, padron=str(small), results_db=db, providers=providers, provider=name))
+            for name in ("ine", "renapo")}
+    for name, run in runs.items():
+        assert run["rc"] == 0, run["output"]
+        assert (run["provider"], run["strategy"], run["stored"]) == (name, "curp_soap", 12)
+    assert runs["ine"]["run_id"] != runs["renapo"]["run_id"]  # one run per provider over the same padrón
+    # The provider's strategy decides the file: sat's is rfc_opinion, so this padrón is read as an RFC file.
+    as_rfc = outcome(module(sim, padron=str(small), results_db=db, providers=providers, provider="sat"))
+    assert as_rfc["rc"] != 0 and "the RFC file" in as_rfc["msg"] and "lacks the column rfc" in as_rfc["msg"]
+    refused = outcome(module(sim, padron=str(small), results_db=db, providers=providers, provider="sat",
+                             strategy="curp_soap"))
+    assert refused["rc"] != 0 and "consults with strategy 'rfc_opinion'" in refused["msg"], refused["output"]
+    k = compute(db, providers=providers, provider="ine")
+    assert [r["run_id"] for r in k["corridas"]] == [runs["ine"]["run_id"]]
+    assert k["proveedores"]["padron"]["display_name"] == "INE" and "encontrados en INE" in k["definiciones"]["bajas"]
+    assert renapo.LAB_PASSWORD not in "".join(r["output"] for r in runs.values())
+
+
 def _playbook(name, inventory, *extra):
     env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
     return subprocess.run([str(BIN / "ansible-playbook"), "-i", str(inventory), str(ROOT / "playbooks" / name),
@@ -274,16 +313,16 @@ def report(sim, killed_and_resumed, tmp_path_factory):
     inv = tmp_path_factory.mktemp("inventory")
     (inv / "group_vars").symlink_to(ROOT / "inventories" / "lab" / "group_vars")
     (inv / "hosts.yml").write_text(json.dumps({"all": {
-        "vars": {"lab_state_dir": str(sim.state)},
+        "vars": {"lab_state_dir": str(sim.state), "lab_renapo_endpoint": f"127.0.0.1:{sim.renapo_port}"},
         "children": {"consulta_hosts": {"hosts": {}}, "controller": {"hosts": {"localhost": {
             "ansible_connection": "local", "ansible_python_interpreter": str(BIN / "python")}}}}}}))
     (sim.state / "procedure").mkdir(exist_ok=True)
-    policy = SlaPolicy()
+    policy = SlaPolicy().with_providers(registry(sim))
     day = dt.datetime.now(CDMX).date() - dt.timedelta(days=20)
     while not policy.is_business_day(day):
         day -= dt.timedelta(days=1)
     t0 = dt.datetime.combine(day, dt.time(10), CDMX)  # a business day at 10:00: the RENAPO renewal takes 3 h
-    with open_store(str(sim.state / "procedure" / "tickets.db")) as store:
+    with open_store(str(sim.state / "procedure" / "tickets.db"), providers=registry(sim)) as store:
         for service, deployed_after in (("renapo", dt.timedelta(hours=3)), ("sat", dt.timedelta(days=4))):
             ref = store.create(service, actor="test", now=t0, requester={"name": "A", "email": "a@x"}).ticket["id"]
             for state, data in (("folio_issued", {}), ("requester_validated", {}), ("certificate_received", {}),
@@ -293,10 +332,10 @@ def report(sim, killed_and_resumed, tmp_path_factory):
                              now=t0 + dt.timedelta(hours=1) + deployed_after)
     batch = _playbook("padron_consulta.yml", inv / "hosts.yml", "-e", f"padron_consulta_endpoint={sim.url}",
                       "-e", f"padron_consulta_ca_path={sim.anchor}",
-                      "-e", f"padron_consulta_sat_endpoint={sim.sat_url}",
-                      "-e", f"padron_consulta_sat_ca_path={sim.sat_ca}",
-                      "-e", f"padron_consulta_sat_client_cert={sim.sat_cert}",
-                      "-e", f"padron_consulta_sat_client_key={sim.sat_key}")
+                      "-e", f"padron_consulta_rfc_endpoint={sim.sat_url}",
+                      "-e", f"padron_consulta_rfc_ca_path={sim.sat_ca}",
+                      "-e", f"padron_consulta_rfc_client_cert={sim.sat_cert}",
+                      "-e", f"padron_consulta_rfc_client_key={sim.sat_key}")
     assert batch.returncode == 0, batch.stdout + batch.stderr
     written = _playbook("kpi_report.yml", inv / "hosts.yml")
     assert written.returncode == 0, written.stdout + written.stderr
@@ -317,13 +356,14 @@ def test_playbooks_run_the_batch_and_write_the_report(sim, report):
     assert data["cumplimiento_sla"]["renapo"]["attention"]["cumplimiento"] == 100.0
     assert data["cumplimiento_sla"]["sat"]["attention"]["cumplimiento"] == 0.0
     # SAT: each opinion's share over the padrón's SAT consultations with an answer, through the same batch.
-    sat = data["sat"]["indicadores"]
+    sat = data["opinion"]["indicadores"]
     answered = sum(opinions.values())
     for key, opinion in (("opinion_positiva", "POSITIVA"), ("opinion_negativa", "NEGATIVA"),
                          ("sin_obligaciones", "INSCRITO SIN OBLIGACIONES"), ("no_inscrito", "NO INSCRITO")):
         assert sat[key] == {"valor": round(100 * opinions[opinion] / answered, 2), "numerador": opinions[opinion],
                             "denominador": answered}
-    assert data["sat"]["ultima_corrida"]["cobertura"]["con_respuesta"] == expected["rfcs"]
+    assert data["opinion"]["ultima_corrida"]["cobertura"]["con_respuesta"] == expected["rfcs"]
+    assert data["proveedores"]["padron"]["name"] == "renapo" and data["proveedores"]["opinion"]["name"] == "sat"
     assert [d["horas_habiles"] for d in data["tiempo_despliegue"]["despliegues"]][0] == 3.0
     csv_text = (report["dir"] / "kpi_report.csv").read_text()
     assert csv_text.startswith("seccion,indicador,dimension,valor,numerador,denominador,unidad\n")
@@ -378,7 +418,7 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     figures = dict(re.findall(r'<figure id="chart-([a-z_]+)">(.*?)</figure>', page, re.S))
     charts = {"tendencia_inconsistencias", "tendencia_bajas", "tendencia_mortalidad",
               "tendencia_poblacion_actualizada", "bajas_por_estatus", "mortalidad_por_edad",
-              "mortalidad_por_entidad", "cumplimiento_sla", "opinion_sat"}
+              "mortalidad_por_entidad", "cumplimiento_sla", "opinion"}
     assert charts <= set(figures)
     for name in charts:
         svg = figures[name]
@@ -398,8 +438,8 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
 @pytest.fixture(scope="module")
 def board(sim, report):
     """Open tickets of every kind in the same store, and the board written by playbooks/board.yml."""
-    policy, now = SlaPolicy(), dt.datetime.now(CDMX).replace(microsecond=0)
-    with open_store(str(sim.state / "procedure" / "tickets.db")) as store:
+    policy, now = SlaPolicy().with_providers(registry(sim)), dt.datetime.now(CDMX).replace(microsecond=0)
+    with open_store(str(sim.state / "procedure" / "tickets.db"), providers=registry(sim)) as store:
         late = store.create("renapo", actor="test", now=now - dt.timedelta(days=20), requester={
             "name": "Ana López Ruiz", "email": "ana.lopez@agricultura.gob.mx", "system": "Padrón de Productores"},
             reason="solicitud recibida por correo").ticket

@@ -1,10 +1,12 @@
-"""KPIs over a real results database and a real ticket store, and the report built from them (HTML, CSV, JSON)."""
+"""KPIs over a real results database and a real ticket store, and the report built from them (HTML, CSV, JSON);
+providers named and counted as the registry (tests/providers.py: the lab's, plus a third defined only there) says."""
 import csv
 import datetime as dt
 import io
 import json
 import re
 import time
+from pathlib import Path
 
 import markupsafe
 import pytest
@@ -13,6 +15,8 @@ from ansible.module_utils.kpi import AGE_BANDS, KpiError, business_hours_between
 from ansible.module_utils.kpi_report import bar_chart, build, line_chart
 from ansible.module_utils.sla import SlaPolicy
 from ansible.module_utils.ticket_store import open_store
+
+from tests.providers import THIRD_PROVIDER, lab_providers
 
 CDMX = dt.timezone(dt.timedelta(hours=-6))
 
@@ -29,10 +33,11 @@ def answer(status, sexo, fecha):
                        "fechNac": dt.date.fromisoformat(fecha).strftime("%d/%m/%Y")}}
 
 
-def add_run(db, run_id, started, specs, total=None):
+def add_run(db, run_id, started, specs, total=None, provider=None):
     """specs: (category, statusCurp, sexo on RENAPO, birth date, entidad) per record."""
-    db.execute("INSERT INTO runs VALUES (?, ?, ?, 'p.csv', 'x', ?, 'e')",
-               (run_id, started, started, total or len(specs)))
+    db.execute("INSERT INTO runs (run_id, started_at, finished_at, padron, padron_sha256, padron_total, endpoint, "
+               "provider) VALUES (?, ?, ?, 'p.csv', 'x', ?, 'e', ?)", (run_id, started, started, total or len(specs),
+                                                                   provider))
     now = dt.datetime.fromisoformat(started)
     padron_batch._store(db, run_id, [
         padron_batch._result(rec(i, f"CURP{i:014d}", fecha, entidad), now, cat,
@@ -82,7 +87,7 @@ def test_latest_run_kpis_and_trend(results_db):
     assert causes == {"nombre": 0, "fecha_nacimiento": 0, "sexo": 1, "no_encontrada": 0, "invalida_renapo": 0,
                       "mal_formada": 1, "duplicada": 0}
     assert k["inconsistencias_por_causa"]["sexo"] == {"valor": 10.0, "numerador": 1, "denominador": 10}
-    assert k["datos_al"] == "2026-11-05T10:00:00-06:00" and k["sat"] is None
+    assert k["datos_al"] == "2026-11-05T10:00:00-06:00" and k["opinion"] is None
 
 
 def test_mortality_by_age_band_and_entidad_over_found_records(results_db):
@@ -186,7 +191,7 @@ def tickets_db(tmp_path):
     path = str(tmp_path / "tickets.db")
     t0 = dt.datetime(2026, 11, 23, 10, 0, tzinfo=CDMX)  # Monday
     h = dt.timedelta(hours=1)
-    with open_store(path) as store:
+    with open_store(path, providers=lab_providers(**THIRD_PROVIDER)) as store:
         ticket_through(store, "renapo", t0, 2 * h, 5 * h)                 # deployed the same day: 3 h
         ticket_through(store, "renapo", t0, 2 * h, dt.timedelta(days=3))  # Thursday: attention breached
         ticket_through(store, "sat", t0, None, None, contact_after=dt.timedelta(days=8))  # first contact breached
@@ -194,7 +199,7 @@ def tickets_db(tmp_path):
 
 
 def test_lead_time_and_sla_compliance(tickets_db):
-    k = ticket_kpis(tickets_db, now="2026-12-10T10:00:00-06:00")
+    k = ticket_kpis(tickets_db, now="2026-12-10T10:00:00-06:00", providers=lab_providers(**THIRD_PROVIDER))
     leads = k["tiempo_despliegue"]["despliegues"]
     assert [(d["servicio"], d["horas_habiles"], d["dias_habiles"]) for d in leads] == [
         ("renapo", 3.0, 0), ("renapo", 25.0, 3)]  # Mon 12-18, Tue, Wed, Thu 9-10
@@ -204,20 +209,48 @@ def test_lead_time_and_sla_compliance(tickets_db):
     assert k["cumplimiento_sla"]["renapo"]["attention"]["cumplimiento"] == 50.0
     assert k["cumplimiento_sla"]["sat"]["first_contact"]["vencidos"] == 1
     assert k["cumplimiento_sla"]["sat"]["attention"]["cumplimiento"] is None
+    # Every registry provider has its row, a third one defined only in inventory included (no ticket yet).
+    assert list(k["cumplimiento_sla"]) == ["renapo", "sat", "ine"]
+    assert k["cumplimiento_sla"]["ine"]["first_contact"] == {"a_tiempo": 0, "vencidos": 0, "en_curso": 0,
+                                                             "cumplimiento": None}
+
+
+def test_a_third_providers_tickets_count_with_its_own_sla_days(tmp_path):
+    providers = lab_providers(**THIRD_PROVIDER)  # ine: first contact in 3 business days, attention in 2
+    t0 = dt.datetime(2026, 11, 23, 10, 0, tzinfo=CDMX)  # Monday
+    with open_store(str(tmp_path / "t.db"), providers=providers) as store:
+        # First contact on Thursday 26 (3 business days: due Thursday 18:00) is on time for ine; 4 days late is not.
+        ticket_through(store, "ine", t0, None, None, contact_after=dt.timedelta(days=3, hours=1))
+        ticket_through(store, "ine", t0, None, None, contact_after=dt.timedelta(days=4))
+    k = ticket_kpis(str(tmp_path / "t.db"), now="2026-12-10T10:00:00-06:00", providers=providers)
+    assert k["cumplimiento_sla"]["ine"]["first_contact"] == {"a_tiempo": 1, "vencidos": 1, "en_curso": 0,
+                                                             "cumplimiento": 50.0}
+    d = compute(_empty_results(tmp_path), str(tmp_path / "t.db"),
+                providers=providers)["definiciones"]["cumplimiento_sla"]
+    assert "primer contacto en 5 días hábiles (RENAPO, SAT), 3 (INE)" in d
+    assert "atención en 1 día hábil (RENAPO, SAT), 2 (INE)" in d
+
+
+def _empty_results(tmp_path):
+    path = str(tmp_path / "empty.db")
+    padron_batch.open_results(path).close()
+    return path
 
 
 def test_no_ticket_store_means_empty_ticket_kpis(tmp_path):
-    k = ticket_kpis(str(tmp_path / "missing.db"))
+    k = ticket_kpis(str(tmp_path / "missing.db"), providers=lab_providers())
     assert k["tickets"] == 0 and k["tiempo_despliegue"]["mediana_horas_habiles"] is None
     assert not (tmp_path / "missing.db").exists()
 
 
 def test_compute_carries_definitions_that_name_numerator_and_denominator(results_db, tickets_db):
-    k = compute(results_db, tickets_db, policy=SlaPolicy.from_options(days={"sat": {"attention": 2}}))
+    providers = lab_providers()
+    k = compute(results_db, tickets_db, providers=providers,
+                policy=SlaPolicy.from_options(days={"sat": {"attention": 2}}, providers=providers))
     d = k["definiciones"]
-    assert set(d) == {"cobertura", "poblacion_actualizada", "inconsistencias", "bajas", "mortalidad", "opinion_sat",
+    assert set(d) == {"cobertura", "poblacion_actualizada", "inconsistencias", "bajas", "mortalidad", "opinion",
                       "tiempo_despliegue", "cumplimiento_sla"}
-    for key in ("poblacion_actualizada", "inconsistencias", "bajas", "mortalidad", "opinion_sat", "cumplimiento_sla"):
+    for key in ("poblacion_actualizada", "inconsistencias", "bajas", "mortalidad", "opinion", "cumplimiento_sla"):
         assert "(numerador)" in d[key] or "(numerador de cada uno)" in d[key], key
         assert "(denominador)" in d[key], key
     assert "entre todos los registros del padrón (denominador)" in d["poblacion_actualizada"]
@@ -227,20 +260,50 @@ def test_compute_carries_definitions_that_name_numerator_and_denominator(results
     assert "incluidos los no enviados" in d["inconsistencias"]
     assert "menos de 30 registros" in d["mortalidad"]
     assert "9:00 a 18:00, hora del centro de México" in d["tiempo_despliegue"]
+    # Names from the registry: "del SAT" from SAT's prose name "el SAT"; the SLA override of one provider shows.
+    assert d["opinion"].startswith("Opinión de cumplimiento del SAT:") and "que el SAT no tiene" in d["opinion"]
+    assert "atención en 1 día hábil (RENAPO), 2 días hábiles (SAT)" not in d["cumplimiento_sla"]
+    assert "atención en 1 día hábil (RENAPO), 2 (SAT)" in d["cumplimiento_sla"]
+    assert k["proveedores"]["padron"]["name"] == "renapo" and k["proveedores"]["opinion"]["name"] == "sat"
+
+
+def test_the_padron_provider_is_the_registrys_and_names_every_text(tmp_path):
+    """A registry whose CURP provider is a third one: its runs only, its name in every definition and heading; the
+    runs of another provider over the same store are left out."""
+    path = str(tmp_path / "r.db")
+    db = padron_batch.open_results(path)
+    add_run(db, "ine1", "2026-10-05T10:00:00-06:00", [("found", "AN", "M", "1980-01-01", "DF")] * 3, provider="ine")
+    add_run(db, "ren1", "2026-10-06T10:00:00-06:00", [("found", "BD", "M", "1940-01-01", "DF")] * 2,
+            provider="renapo")
+    db.close()
+    providers = {"ine": THIRD_PROVIDER["ine"], "sat": lab_providers()["sat"]}
+    k = compute(path, None, providers=providers)
+    assert [r["run_id"] for r in k["corridas"]] == ["ine1"]
+    assert k["indicadores"]["mortalidad"]["numerador"] == 0
+    assert "encontrados en INE" in k["definiciones"]["bajas"] and "RENAPO" not in json.dumps(k["definiciones"])
+    html = build(k)["kpi_report.html"]
+    assert "Cobertura de la consulta a INE" in html and "Indicadores del servicio de consulta INE/SAT" in html
+    assert "RENAPO" not in html
+    # Naming the other provider shows its runs; a provider the registry lacks is refused naming the registry's.
+    assert [r["run_id"] for r in compute(path, None, providers=lab_providers(**THIRD_PROVIDER),
+                                         provider="renapo")["corridas"]] == ["ren1"]
+    with pytest.raises(KpiError, match="unknown provider 'renapo'.*ine, sat"):
+        compute(path, None, providers=providers, provider="renapo")
 
 
 # ---------------------------------------------------------------- the report
 
 def test_report_documents_hold_the_same_numbers(results_db, tickets_db):
-    k = compute(results_db, tickets_db, now="2026-12-10T10:00:00-06:00")
+    k = compute(results_db, tickets_db, now="2026-12-10T10:00:00-06:00", providers=lab_providers())
     docs = build(k, basename="r")
     html = docs["r.html"]
     assert html.startswith("<!DOCTYPE html>") and 'lang="es-MX"' in html
     assert not re.search(r"<script|<link|https?://(?!www\.w3\.org/2000/svg)", html)  # nothing fetched
     for text in k["definiciones"].values():
         assert str(markupsafe.escape(text)) in html
-    assert html.count("<svg") == 8  # 4 trends, bajas, age bands, entidades, SLA (no SAT run: no SAT chart)
-    assert "No hay consultas de opinión de cumplimiento al SAT en el periodo." in html
+    assert html.count("<svg") == 8  # 4 trends, bajas, age bands, entidades, SLA (no RFC run: no opinion chart)
+    assert "No hay consultas de opinión de cumplimiento en el periodo." in html
+    assert "Indicadores del servicio de consulta RENAPO/SAT" in html and "Cobertura de la consulta a RENAPO" in html
     # es-MX and local time in words, headings written.
     assert "41.67 %" in html and "5 de 12 registros del padrón" in html and "3 de 9 registros encontrados" in html
     assert "Datos al 5 de noviembre de 2026, 10:00" in html and "Jalisco *" in html
@@ -299,3 +362,31 @@ def test_charts_draw_their_values():
     assert bars.count("<rect") == 2 and "BSU &lt;x&gt;" in bars and "4.5 % (1,045 reg.)" in bars
     assert 'fill="#ccc"' in bars
     assert "Sin datos" in line_chart([], "Vacía") and "Sin datos" in bar_chart([], "Vacía")
+
+
+def _module(args: dict):
+    """`ansible localhost -m kpi_report` (the module as a playbook runs it)."""
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, ANSIBLE_CONFIG=str(root / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    return subprocess.run([str(root / ".venv" / "bin" / "ansible"), "localhost", "-i", "localhost,", "-c", "local",
+                           "-e", f"ansible_python_interpreter={root / '.venv' / 'bin' / 'python'}", "-m", "kpi_report",
+                           "-a", json.dumps(args)], cwd=root, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_the_module_takes_store_and_never_shows_a_dsn_password(results_db, tickets_db, tmp_path):
+    providers = lab_providers()
+    providers["renapo"]["endpoint"] = "127.0.0.1:1"  # as a playbook hands it over: templated
+    templates = str(Path(__file__).resolve().parents[2] / "templates" / "report")
+    ok = _module({"providers": providers, "results_db": results_db, "tickets_db": tickets_db,
+                  "output_dir": str(tmp_path / "out"), "template_dir": templates})
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert json.loads((tmp_path / "out" / "kpi_report.json").read_text())["tickets"] == 3  # the alias still works
+    secret = "s3cr3t-Pass"
+    bad = _module({"providers": providers, "results_db": results_db, "output_dir": str(tmp_path / "out"),
+                   "template_dir": templates,
+                   "store": f"postgresql://kpi:{secret}@127.0.0.1:9/tickets?connect_timeout=2"})
+    out = bad.stdout + bad.stderr
+    assert bad.returncode != 0 and secret not in out and "kpi:********@127.0.0.1:9/tickets" in out, out

@@ -1,6 +1,6 @@
 """padron_batch on real files, a real results store (SQLite and PostgreSQL: the batch tests run on both) and a real
 local SOAP server (RENAPO's contract, with failures injected per CURP): padrón checks, comparison, retries with
-backoff, fatal stops, checkpoint and resume."""
+backoff, fatal stops, checkpoint and resume; which registry provider a batch consults, and runs that record it."""
 import sqlite3
 import threading
 import time
@@ -11,6 +11,8 @@ from ansible.module_utils.padron_batch import COLUMNS, PadronError, compare, ope
 from sim import renapo
 from stdnum.mx import curp as stdcurp
 from stdnum.mx import rfc as stdrfc
+
+from tests.providers import THIRD_PROVIDER, lab_providers
 
 pytest_plugins = ["tests.pg"]  # pg_server (session), store_dsn (sqlite path | postgresql schema)
 
@@ -191,7 +193,11 @@ def test_gives_up_after_retries_and_a_resume_retries_only_the_errors(store_dsn, 
     padron = write(tmp_path, HEADER + ROWS[GOOD] + "\n" + ROWS[OTHER] + "\n")
     s = batch(store_dsn, server, padron, retries=2)
     assert (s["error"], s["found"]) == (1, 1) and server.calls.count(GOOD) == 3
-    assert results(store_dsn, s["run_id"])[GOOD]["error"].startswith("http_status: RENAPO answered HTTP 503")
+    assert results(store_dsn, s["run_id"])[GOOD]["error"].startswith("http_status: the CURP service answered HTTP 503")
+    server.fail[MISSING] = [503]  # the provider's display name (the registry's) is the one messages give
+    named = batch(store_dsn, server, write(tmp_path, HEADER + ROWS[MISSING] + "\n", name="other.csv"), retries=0,
+                  name="INE")
+    assert results(store_dsn, named["run_id"])[MISSING]["error"].startswith("http_status: INE answered HTTP 503")
     again = batch(store_dsn, server, padron, run_id=s["run_id"])
     assert (again["resumed"], again["consulted"], again["already_stored"], again["error"]) == (True, 1, 1, 0)
     assert server.calls.count(OTHER) == 1
@@ -344,8 +350,8 @@ def make_rfc(body10, homoclave="A1"):
     return body + stdrfc.calc_check_digit(body)
 
 
-def test_sat_batch_counts_opinions_with_the_same_checkpoint_and_retries(tmp_path):
-    from ansible.module_utils.padron_batch import read_rfcs, run_sat_batch
+def test_rfc_batch_counts_opinions_with_the_same_checkpoint_and_retries(tmp_path):
+    from ansible.module_utils.padron_batch import read_rfcs, run_rfc_batch
 
     rfcs = [make_rfc(c[:10]) for c in (GOOD, OTHER, BD, MISSING)]
     odd = rfcs[0][:-1] + ("0" if rfcs[0][-1] != "0" else "1")  # the structure holds, SAT refuses the check digit
@@ -356,8 +362,8 @@ def test_sat_batch_counts_opinions_with_the_same_checkpoint_and_retries(tmp_path
         path = write(tmp_path, "rfc,curp\n" + "\n".join(f"{r},{c}" for r, c in zip(rfcs, ROWS, strict=True))
                      + f"\n{odd},\nNOPE,\n{rfcs[0]},\n", name="rfc.csv")
         assert [r["precheck"] for r in read_rfcs(path)["records"]] == [None] * 5 + ["malformed", "duplicate"]
-        s = run_sat_batch(path, str(tmp_path / "r.db"), srv.url, backoff=0.01, concurrency=2)
-        again = run_sat_batch(path, str(tmp_path / "r.db"), srv.url, run_id=s["run_id"])
+        s = run_rfc_batch(path, str(tmp_path / "r.db"), srv.url, backoff=0.01, concurrency=2, provider="sat")
+        again = run_rfc_batch(path, str(tmp_path / "r.db"), srv.url, run_id=s["run_id"])
     finally:
         srv.shutdown()
         srv.server_close()
@@ -365,3 +371,53 @@ def test_sat_batch_counts_opinions_with_the_same_checkpoint_and_retries(tmp_path
     assert s["opinions"] == {"POSITIVA": 1, "NEGATIVA": 1, "INSCRITO SIN OBLIGACIONES": 1, "NO INSCRITO": 1}
     assert srv.calls.count(rfcs[1]) == 2 and "NOPE" not in srv.calls and srv.calls.count(odd) == 1
     assert again["consulted"] == 0 and again["resumed"]
+    assert (s["provider"], s["strategy"]) == ("sat", "rfc_opinion")
+    assert sql(tmp_path / "r.db", "SELECT provider FROM sat_runs") == [{"provider": "sat"}]
+
+
+# ---------------------------------------------------------------- which provider: the registry's, by strategy
+
+@pytest.mark.parametrize("provider, strategy, chosen", [
+    (None, None, "renapo"),              # the registry's first provider of strategy curp_soap
+    (None, "curp_soap", "renapo"),
+    (None, "rfc_opinion", "sat"),
+    ("ine", None, "ine"),                # a provider defined in inventory only, strategy curp_soap
+    ("ine", "curp_soap", "ine"),
+    ("sat", "rfc_opinion", "sat"),
+])
+def test_the_consulted_provider_comes_from_the_registry_by_strategy(provider, strategy, chosen):
+    from ansible.module_utils.padron_batch import consulted_provider
+
+    assert consulted_provider(lab_providers(**THIRD_PROVIDER), provider, strategy).name == chosen
+
+
+@pytest.mark.parametrize("providers, provider, strategy, words", [
+    (lab_providers(), "ine", None, r"unknown provider 'ine'.*renapo, sat"),
+    (lab_providers(), "sat", "curp_soap", "consults with strategy 'rfc_opinion'; a padrón batch needs curp_soap"),
+    ({"renapo": lab_providers()["renapo"]}, None, "rfc_opinion", "no provider of the registry .*renapo.* rfc_opinion"),
+    (lab_providers(), None, "ldap", "no padrón batch speaks the consultation strategy 'ldap'"),
+    ({}, None, None, "registry .* is empty"),
+])
+def test_a_provider_no_batch_can_consult_is_refused_naming_the_registry(providers, provider, strategy, words):
+    from ansible.module_utils.padron_batch import consulted_provider
+
+    with pytest.raises(PadronError, match=words):
+        consulted_provider(providers, provider, strategy)
+
+
+def test_runs_record_their_provider_and_resume_only_their_own(store_dsn, tmp_path, server):
+    padron = write(tmp_path, HEADER + ROWS[GOOD] + "\n" + ROWS[OTHER] + "\n")
+    first = batch(store_dsn, server, padron, provider="renapo")
+    assert (first["provider"], first["strategy"]) == ("renapo", "curp_soap")
+    sql(store_dsn, "UPDATE runs SET finished_at = NULL")  # as if killed half-way
+    # The same padrón consulted at another curp_soap provider is a run of its own, never the other's resumed.
+    assert plan(store_dsn, read_padron(padron), provider="ine")["resumed"] is False
+    other = batch(store_dsn, server, padron, provider="ine")
+    assert other["run_id"] != first["run_id"] and not other["resumed"] and other["consulted"] == 2
+    assert plan(store_dsn, read_padron(padron), provider="renapo")["resumed"] is True
+    again = batch(store_dsn, server, padron, provider="renapo")
+    assert again["run_id"] == first["run_id"] and again["resumed"]
+    with pytest.raises(PadronError, match="consulted the provider renapo, not ine"):
+        batch(store_dsn, server, padron, provider="ine", run_id=first["run_id"])
+    rows = sql(store_dsn, "SELECT run_id, provider FROM runs ORDER BY started_at, run_id")
+    assert {r["run_id"]: r["provider"] for r in rows} == {first["run_id"]: "renapo", other["run_id"]: "ine"}
