@@ -1,4 +1,6 @@
 #!/usr/bin/python
+# Copyright: (c) 2026, DGTIC Operaciones
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Ansible module: days left of the certificates a host trusts and presents, and of what endpoints present live."""
 
 DOCUMENTATION = r"""
@@ -29,7 +31,8 @@ description:
     the table, never as an alert.
   - Only reads. An unreadable file or a failed handshake is reported in RV(problems), never fails the task.
 version_added: "0.1.0"
-author: DGTIC automation team
+author: DGTIC Operaciones (@dgtic-operaciones)
+extends_documentation_fragment: [attributes.info]
 options:
   files:
     description: Certificate files on the host (trust bundles, presented certificates).
@@ -42,7 +45,7 @@ options:
         type: path
         required: true
       service:
-        description: Provider the file serves, for example C(renapo) or C(sat).
+        description: Provider the file serves, a name of the provider registry (C(procedure_providers)).
         type: str
         required: true
       role:
@@ -121,9 +124,9 @@ options:
 notes:
   - Supports check mode; it only reads, so it reports the same in check mode.
 seealso:
-  - module: service_ticket
-  - module: service_notify
-  - module: trust_anchor_info
+  - module: ansible.legacy.service_ticket
+  - module: ansible.legacy.service_notify
+  - module: ansible.legacy.trust_anchor_info
 """
 
 EXAMPLES = r"""
@@ -215,6 +218,15 @@ alerts:
       hosts: [consulta-01]
       endpoints: []
       sources: ["consulta-01:/etc/consulta/trust/renapo-bundle.pem"]
+  contains:
+    key:
+      description: The crossing's own key (event and threshold).
+      type: str
+      returned: always
+    event:
+      description: The certificate's expiry event, the same for every threshold; a playbook's ticket event key.
+      type: str
+      returned: always
 drift:
   description:
     - Trust drift against O(approved), per host, provider and trust file. C(kind) is C(held_not_approved) (the file

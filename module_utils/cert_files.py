@@ -10,8 +10,6 @@ secret files are never more open than 0600 (0640 with a configured group); a fai
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import datetime as dt
 import errno
@@ -29,6 +27,8 @@ import stat
 import tempfile
 from dataclasses import dataclass, field, replace
 
+from ansible.module_utils.pki_format import der_children, der_tlv, pem_matches, serial_text, sha256_fingerprint
+
 MANIFEST = "manifest.json"
 HMAC_FIELD = "hmac"
 SECRET_MODE = 0o600
@@ -39,8 +39,7 @@ HIDDEN = "<secret file>"
 # Why a certificate of the current file is missing from the wanted content, unless the caller says (removal_note).
 REMOVED_DEFAULT = "not in the new content"
 _LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-_PEM_RE = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.DOTALL)
-_CERT_LABELS = (b"CERTIFICATE", b"X509 CERTIFICATE")
+_CERT_LABELS = ("CERTIFICATE", "X509 CERTIFICATE")
 _OID_CN = b"\x55\x04\x03"
 
 
@@ -55,34 +54,7 @@ class CertFilesError(Exception):
         self.result = result or {}
 
 
-# ---------------------------------------------------------------- minimal DER reader (X.509 facts only)
-
-def _tlv(data, pos):
-    """Return (tag, content_start, content_end) of the DER element at pos."""
-    if pos + 2 > len(data):
-        raise ValueError("truncated DER")
-    tag, length = data[pos], data[pos + 1]
-    pos += 2
-    if tag & 0x1F == 0x1F:
-        raise ValueError("multi-byte DER tags are not used in certificates")
-    if length & 0x80:
-        n = length & 0x7F
-        if not 1 <= n <= 4 or pos + n > len(data):
-            raise ValueError("bad DER length")
-        length = int.from_bytes(data[pos:pos + n], "big")
-        pos += n
-    if pos + length > len(data):
-        raise ValueError("truncated DER")
-    return tag, pos, pos + length
-
-
-def _children(data, start, end):
-    pos = start
-    while pos < end:
-        tag, s, e = _tlv(data, pos)
-        yield tag, s, e
-        pos = e
-
+# ---------------------------------------------------------------- X.509 facts (pki_format parses the DER)
 
 def _der_time(tag, raw):
     text = raw.decode("ascii")
@@ -104,9 +76,9 @@ def _der_string(tag, raw):
 
 
 def _common_name(data, start, end):
-    for _set_tag, ss, se in _children(data, start, end):
-        for _seq_tag, as_, ae in _children(data, ss, se):
-            parts = list(_children(data, as_, ae))
+    for _set_tag, ss, se in der_children(data, start, end):
+        for _seq_tag, as_, ae in der_children(data, ss, se):
+            parts = list(der_children(data, as_, ae))
             if len(parts) == 2 and parts[0][0] == 0x06 and data[parts[0][1]:parts[0][2]] == _OID_CN:
                 tag, vs, ve = parts[1]
                 return _der_string(tag, data[vs:ve])
@@ -132,26 +104,24 @@ def parse_certificate(der):
     """Parse serial, subject/issuer CN and validity out of one DER X.509 certificate."""
     der = bytes(der)
     try:
-        tag, s, e = _tlv(der, 0)
+        tag, s, e = der_tlv(der, 0)
         if tag != 0x30 or e != len(der):
             raise ValueError("not a DER SEQUENCE")
-        tag, ts, te = next(_children(der, s, e))
+        tag, ts, te = next(der_children(der, s, e))
         if tag != 0x30:
             raise ValueError("no tbsCertificate")
-        items = list(_children(der, ts, te))
+        items = list(der_children(der, ts, te))
         if items and items[0][0] == 0xA0:  # explicit version
             items = items[1:]
         (serial_tag, ss, se), _alg, issuer, validity, subject = items[:5]
         if serial_tag != 0x02 or validity[0] != 0x30:
             raise ValueError("unexpected tbsCertificate layout")
-        not_before, not_after = [_der_time(t, der[a:b]) for t, a, b in _children(der, validity[1], validity[2])]
+        not_before, not_after = [_der_time(t, der[a:b]) for t, a, b in der_children(der, validity[1], validity[2])]
     except (StopIteration, ValueError, UnicodeDecodeError) as exc:
         raise ValueError("not an X.509 certificate: %s" % exc) from None
-    serial = "%X" % int.from_bytes(der[ss:se], "big", signed=True)
-    digest = hashlib.sha256(der).hexdigest().upper()
     return CertInfo(
-        serial_hex=serial.zfill(len(serial) + len(serial) % 2),
-        fingerprint=":".join(digest[i:i + 2] for i in range(0, len(digest), 2)),
+        serial_hex=serial_text(int.from_bytes(der[ss:se], "big", signed=True)),
+        fingerprint=sha256_fingerprint(der),
         subject_cn=_common_name(der, subject[1], subject[2]),
         issuer_cn=_common_name(der, issuer[1], issuer[2]),
         not_before=not_before, not_after=not_after, der=der)
@@ -159,18 +129,12 @@ def parse_certificate(der):
 
 def pem_certificates(data):
     """Return [(pem_block_bytes, CertInfo)] for each certificate block in a PEM text (other blocks skipped)."""
-    if isinstance(data, str):
-        data = data.encode("ascii")
     out = []
-    for m in _PEM_RE.finditer(data):
-        if m.group(1) not in _CERT_LABELS:
+    for label, der, block in pem_matches(data):
+        if label not in _CERT_LABELS:
             continue
         try:
-            der = base64.b64decode(b"".join(m.group(2).split()), validate=True)
-        except binascii.Error as exc:
-            raise ValueError("certificate %d: bad base64: %s" % (len(out) + 1, exc)) from None
-        try:
-            out.append((m.group(0), parse_certificate(der)))
+            out.append((block, parse_certificate(der)))
         except ValueError as exc:
             raise ValueError("certificate %d: %s" % (len(out) + 1, exc)) from None
     return out
@@ -362,7 +326,8 @@ def parse_mode(mode):
     return int(str(mode), 8)
 
 
-def _fsync_dir(path):
+def fsync_dir(path):
+    """fsync a directory so a rename into it survives a crash (the second half of every atomic write)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -389,7 +354,7 @@ def write_atomic(path, content, mode, uid=-1, gid=-1):
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(directory)
+    fsync_dir(directory)
 
 
 def _differs(target, state):
@@ -404,7 +369,7 @@ def apply_targets(targets):
         if t.content is None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(t.path)
-                _fsync_dir(os.path.dirname(os.path.abspath(t.path)))
+                fsync_dir(os.path.dirname(os.path.abspath(t.path)))
         else:
             write_atomic(t.path, t.content, t.mode, t.uid, t.gid)
 

@@ -15,7 +15,10 @@ import re
 from dataclasses import dataclass, field
 
 from ansible.module_utils.cert_files import write_atomic
+from ansible.module_utils.pki_format import fingerprint_text, serial_text, sha256_fingerprint
+from ansible.module_utils.tls_endpoint import presented_chain
 from ansible.module_utils.x509_load import (
+    CRYPTOGRAPHY_IMPORT_ERROR,
     LoadError,
     parse_certificates,
     parse_pkcs12,
@@ -23,12 +26,16 @@ from ansible.module_utils.x509_load import (
     pem_blocks,
     read_bytes,
 )
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, padding, rsa
-from cryptography.hazmat.primitives.serialization import pkcs12
-from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
+
+try:  # without cryptography the modules fail with missing_required_lib (x509_load.CRYPTOGRAPHY_IMPORT_ERROR)
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import dsa, ec, padding, rsa
+    from cryptography.hazmat.primitives.serialization import pkcs12
+    from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
+except ImportError:
+    pass
 
 KINDS = ("trust", "identity")
 CODES = (
@@ -42,9 +49,10 @@ APPROVE_HINT = ("approve it with evidence first (ansible-playbook playbooks/anch
                 "confirmed by telephone or from the signed oficio: -e fingerprint={fingerprint} -e operator=<you> "
                 "-e channel=telefono)")
 _ASN1_TIME = "%Y%m%d%H%M%SZ"
-_WEAK_HASHES = (hashes.SHA1, hashes.MD5)
+# Without cryptography (a module then fails with missing_required_lib) the tables are empty, so importing works.
+_WEAK_HASHES = () if CRYPTOGRAPHY_IMPORT_ERROR else (hashes.SHA1, hashes.MD5)
 # OpenSSL's long names, as community.crypto's x509_certificate_info returns them.
-_EKU_NAMES = {
+_EKU_NAMES = {} if CRYPTOGRAPHY_IMPORT_ERROR else {
     ExtendedKeyUsageOID.SERVER_AUTH: "TLS Web Server Authentication",
     ExtendedKeyUsageOID.CLIENT_AUTH: "TLS Web Client Authentication",
     ExtendedKeyUsageOID.CODE_SIGNING: "Code Signing",
@@ -91,21 +99,21 @@ class Report:
 # ---------------------------------------------------------------- small helpers
 
 def colon_hex(data):
-    return ":".join(f"{b:02x}" for b in data)
+    """openssl's spelling of a digest: upper-case colon hex (the one form, as pki_format writes fingerprints)."""
+    return ":".join(f"{b:02X}" for b in data)
 
 
 def sha256_fp(cert):
-    return colon_hex(cert.fingerprint(hashes.SHA256()))
+    """The certificate's SHA-256 fingerprint in the one form ('AB:CD:...', pki_format)."""
+    return sha256_fingerprint(cert.public_bytes(serialization.Encoding.DER))
 
 
 def normalise_fingerprint(text):
-    """'SHA256 Fingerprint=AA:BB..', 'sha256:aabb..', 'AABB..' -> 'aa:bb:..'; None if not 64 hex digits."""
-    text = text.strip().split("=", 1)[-1]
-    text = re.sub(r"^sha-?256[\s:]*", "", text.strip(), flags=re.IGNORECASE)
-    digits = re.sub(r"[\s:\-]", "", text).lower()
-    if not re.fullmatch(r"[0-9a-f]{64}", digits):
+    """pki_format.fingerprint_text, or None when text is not a SHA-256 fingerprint (for callers that report it)."""
+    try:
+        return fingerprint_text(text)
+    except ValueError:
         return None
-    return colon_hex(bytes.fromhex(digits))
 
 
 def name_of(cert):
@@ -213,12 +221,11 @@ def certificate_facts(cert, now=None):
     ku = _extension(cert, ExtensionOID.KEY_USAGE)
     eku = _extension(cert, ExtensionOID.EXTENDED_KEY_USAGE)
     key_type, key_size = _key_type_and_size(cert.public_key())
-    serial_hex = f"{cert.serial_number:X}"
     return {
         "subject": name_of(cert),
         "issuer": cert.issuer.rfc4514_string(),
         "serial_number": cert.serial_number,
-        "serial_hex": serial_hex.zfill(len(serial_hex) + len(serial_hex) % 2),
+        "serial_hex": serial_text(cert.serial_number),
         "not_before": cert.not_valid_before_utc.strftime(_ASN1_TIME),
         "not_after": not_after.strftime(_ASN1_TIME),
         "expired": not_after < now,
@@ -276,39 +283,9 @@ def find_issuer(cert, pool):
 
 # ---------------------------------------------------------------- live endpoint
 
-def _is_ip(host):
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def fetch_endpoint_chain(endpoint, timeout=5.0, server_name=None):
-    """Certificates the live endpoint presents (unverified handshake: trust is decided by the caller).
-
-    SNI is server_name, else the endpoint's host when it is a name; an IP address sends no SNI (RFC 6066 forbids
-    it), so a name-based virtual host needs server_name."""
-    import socket  # imported here: most runs never open a connection, and ssl costs ~6 ms to import
-    import ssl
-
-    host, sep, port = endpoint.strip().rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ValueError(f"endpoint '{endpoint}' is not host:port")
-    host = host.strip("[]")
-    sni = server_name or (None if _is_ip(host) else host)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE  # noqa: S503 - the handshake only reads what is presented; trust is decided here
-    with socket.create_connection((host, int(port)), timeout=timeout) as raw, \
-            ctx.wrap_socket(raw, server_hostname=sni) as tls:
-        # Python 3.11 exposes the presented chain only privately; the leaf alone is the documented fallback.
-        get_chain = getattr(getattr(tls, "_sslobj", None), "get_unverified_chain", None)
-        ders = [c.public_bytes(ssl._ssl.ENCODING_DER) for c in get_chain()] if get_chain else []
-        ders = ders or [tls.getpeercert(binary_form=True)]
-    return [x509.load_der_x509_certificate(d) for d in ders if d]
+    """Certificates the live endpoint presents (tls_endpoint.presented_chain: SNI, unverified; the caller decides)."""
+    return [x509.load_der_x509_certificate(d) for d in presented_chain(endpoint, server_name, timeout) if d]
 
 
 def endpoint_confirms(presented, anchor, delivered):
@@ -348,7 +325,8 @@ def _load_delivery(report, certificate, private_key, private_key_passphrase, pkc
             certs = ([cert] if cert else []) + extra
         else:
             data = read_bytes(certificate, "certificate")
-            if not private_key and any(b"PRIVATE KEY" in label for label, _ in pem_blocks(data)):
+            labels = [label for label, _block in pem_blocks(data, f"certificate {certificate}")]
+            if not private_key and any("PRIVATE KEY" in label for label in labels):
                 private_key = certificate  # one PEM holding certificate and key
             certs = parse_certificates(data, f"certificate {certificate}")
     except LoadError as e:
@@ -408,7 +386,8 @@ def _check_usage(report, leaf):
 
 
 # RFC 4514 attribute types are case-insensitive; cryptography knows only the upper-case short names (CN, O, C...).
-_LOWER_ATTRIBUTE_NAMES = {k.lower(): v for k, v in getattr(x509.name, "_NAME_TO_NAMEOID", {}).items()}
+_LOWER_ATTRIBUTE_NAMES = {} if CRYPTOGRAPHY_IMPORT_ERROR else {
+    k.lower(): v for k, v in getattr(x509.name, "_NAME_TO_NAMEOID", {}).items()}
 
 
 def _name_key(name):
@@ -525,11 +504,12 @@ def _check_expected_fingerprint(report, anchor, path, expected_fingerprint):
     """A consistency check only: the letter's fingerprint must be in the delivery; it never makes anything trusted."""
     if not expected_fingerprint:
         return
-    wanted = normalise_fingerprint(expected_fingerprint)
-    if wanted is None:
-        report.defect("FINGERPRINT_MISMATCH", f"expected_fingerprint '{expected_fingerprint}' "
-                                              "is not a SHA-256 fingerprint (64 hex digits)")
-    elif not any(sha256_fp(c) == wanted for c in [*([anchor] if anchor is not None else []), *path]):
+    try:
+        wanted = fingerprint_text(expected_fingerprint)
+    except ValueError as e:
+        report.defect("FINGERPRINT_MISMATCH", f"expected_fingerprint: {e}")
+        return
+    if not any(sha256_fp(c) == wanted for c in [*([anchor] if anchor is not None else []), *path]):
         what = f"the anchor '{name_of(anchor)}' has SHA-256 {sha256_fp(anchor)}" if anchor is not None else \
             "no certificate of the delivery has it"
         report.defect("FINGERPRINT_MISMATCH", f"{what}, not the expected {wanted}")
@@ -645,7 +625,8 @@ def _pem(certs):
 def _alias(cert):
     cn = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
     slug = re.sub(r"[^a-z0-9]+", "-", str(cn[0].value).lower()).strip("-") if cn else "anchor"
-    return f"{slug[:40]}-{sha256_fp(cert).replace(':', '')[:8]}"
+    # lower-case as keytool lists aliases; stable so an unchanged truststore is not rewritten
+    return f"{slug[:40]}-{sha256_fp(cert).replace(':', '').lower()[:8]}"
 
 
 def _truststore_holds(path, passphrase, certs):

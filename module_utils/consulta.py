@@ -1,7 +1,13 @@
-"""One consultation through an endpoint: RENAPO's ConsultaPorCurpService by CURP, or SAT's opinión by RFC.
+"""One consultation through an endpoint, in the strategy the provider's web service speaks.
+
+Strategies, not services: a provider of the registry (module_utils/providers.py) names its `consultation.strategy`
+and may give a `base_path` (a path prefix on the gateway, e.g. "/ine"); this module knows only the strategies:
+
+- ``curp_soap``: the SOAP 1.1 ConsultaPorCurpService, by CURP (usuario/password in the envelope);
+- ``rfc_opinion``: the opinión de cumplimiento, by RFC (JSON over mutual TLS).
 
 Pure stdlib (it runs on any host Ansible reaches). The endpoint is a host's gateway (plain HTTP to nginx, which
-calls RENAPO/SAT over verified TLS) or the provider directly (HTTPS, verified against ca_path). Every failure is a
+calls the provider over verified TLS) or the provider directly (HTTPS, verified against ca_path). Every failure is a
 ConsultaError whose `kind` names the cause and whose message says it in words; the password never appears.
 """
 from __future__ import annotations
@@ -19,8 +25,15 @@ import xml.etree.ElementTree as ET
 from urllib.parse import quote, urlsplit
 from xml.sax.saxutils import escape
 
-RENAPO_PATH = "/WebServicesConsulta/services/ConsultaPorCurpService"
-SAT_PATH = "/sat/opinion/"
+from ansible.module_utils.pki_format import serial_text
+
+CURP_SOAP, RFC_OPINION = "curp_soap", "rfc_opinion"
+CURP_SOAP_PATH = "/WebServicesConsulta/services/ConsultaPorCurpService"
+RFC_OPINION_PATH = "/sat/opinion/"  # the opinión service's own path (its wire format), under the provider's base_path
+# What each strategy consults by: the subject a caller must give (a role asks for curp or rfc accordingly).
+SUBJECTS = {CURP_SOAP: "curp", RFC_OPINION: "rfc"}
+# How messages name the far end when the caller does not pass the provider's display name.
+_DEFAULT_NAMES = {CURP_SOAP: "the CURP service", RFC_OPINION: "the opinion service"}
 NS = "http://services.wserv.ecurp.dgti.segob.gob.mx"
 NS_XSD = NS + "/xsd"
 SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
@@ -165,7 +178,7 @@ def parse_soap_response(body: bytes) -> dict:
     if _local(first.tag) == "Fault":
         code = (first.findtext("faultcode") or "").strip()
         text = (first.findtext("faultstring") or "").strip()
-        raise ConsultaError("soap_fault", f"SOAP fault from RENAPO: {code}: {text}",
+        raise ConsultaError("soap_fault", f"SOAP fault: {code}: {text}",
                             {"fault_code": code, "message": text})
     ret = next((c for c in first if _local(c.tag) == "return"), None)
     if _local(first.tag) != "consultarPorCurpResponse" or ret is None:
@@ -174,16 +187,18 @@ def parse_soap_response(body: bytes) -> dict:
     return parse_curpstruct(ret.text or "")
 
 
-def parse_sat(status: int, body: bytes) -> dict:
+def parse_opinion(status: int, body: bytes, name: str = _DEFAULT_NAMES[RFC_OPINION]) -> dict:
+    """The opinión de cumplimiento of an rfc_opinion answer; `name` is how messages call the provider."""
     try:
         data = json.loads(body)
     except ValueError:
-        raise ConsultaError("bad_response", f"SAT answered HTTP {status} with a body that is not JSON") from None
+        raise ConsultaError("bad_response", f"{name} answered HTTP {status} with a body that is not JSON") from None
     if status != 200:
-        raise ConsultaError("http_status", f"SAT answered HTTP {status}: {data.get('error', data)}",
-                            {"http_status": status})
-    if data.get("opinion") not in OPINIONS:
-        raise ConsultaError("bad_response", f"SAT answered an unknown opinion {data.get('opinion')!r}")
+        error = data.get("error", data) if isinstance(data, dict) else data
+        raise ConsultaError("http_status", f"{name} answered HTTP {status}: {error}", {"http_status": status})
+    if not isinstance(data, dict) or data.get("opinion") not in OPINIONS:
+        opinion = data.get("opinion") if isinstance(data, dict) else data
+        raise ConsultaError("bad_response", f"{name} answered an unknown opinion {opinion!r}")
     return {"opinion": data["opinion"], "sat_folio": data.get("folio", ""), "sat_fecha": data.get("fecha", ""),
             "client_serial": data.get("client_serial")}
 
@@ -246,7 +261,7 @@ def http_call(url: str, method: str = "GET", body: bytes | None = None, headers:
     finally:
         conn.close()
     latency = round((time.perf_counter() - start) * 1000, 2)
-    serial = format(int(peer["serialNumber"], 16), "X") if peer and "serialNumber" in peer else None
+    serial = serial_text(int(peer["serialNumber"], 16)) if peer and "serialNumber" in peer else None
     return {"http_status": resp.status, "body": data, "latency_ms": latency, "peer_serial": serial}
 
 
@@ -266,52 +281,67 @@ def _exchange(url: str, what: str, parse, **kw) -> tuple[dict, dict]:
         raise
 
 
-def _parse_renapo(status: int, body: bytes) -> dict:
-    if status != 200 and b"Fault" not in body:
-        raise ConsultaError("http_status", f"RENAPO answered HTTP {status}")
-    return parse_soap_response(body)
+def _parse_soap(name: str):
+    def parse(status: int, body: bytes) -> dict:
+        if status != 200 and b"Fault" not in body:
+            raise ConsultaError("http_status", f"{name} answered HTTP {status}")
+        return parse_soap_response(body)
+    return parse
 
 
-def consult(service: str, endpoint: str, curp: str | None = None, rfc: str | None = None,
+def base_path_of(value: str | None) -> str:
+    """A provider's gateway prefix as a URL path: "" or "/ine" (leading slash, no trailing one)."""
+    text = str(value or "").strip().strip("/")
+    if any(c in text for c in "?#\\ ") or ".." in text.split("/"):
+        raise ConsultaError("invalid_input", f"base_path {value!r} is not a plain URL path prefix such as /ine")
+    return "/" + quote(text) if text else ""
+
+
+def consult(strategy: str, endpoint: str, curp: str | None = None, rfc: str | None = None,
             usuario: str = "", password: str = "", ca_path: str | None = None, client_cert: str | None = None,
-            client_key: str | None = None, timeout: float = 10, expect: str | None = None) -> dict:
-    """One consultation; returns the module's result keys or raises ConsultaError naming the cause."""
-    base = endpoint.rstrip("/")
+            client_key: str | None = None, timeout: float = 10, expect: str | None = None,
+            base_path: str | None = "", name: str | None = None) -> dict:
+    """One consultation in `strategy` (curp_soap by CURP, rfc_opinion by RFC) at endpoint + base_path; `name` is
+    the provider's display name for messages. Returns the module's result keys or raises ConsultaError."""
+    if strategy not in SUBJECTS:
+        raise ConsultaError("invalid_input", f"strategy must be one of {', '.join(SUBJECTS)} (the provider's "
+                            f"consultation.strategy in the registry), not {strategy!r}")
+    name = name or _DEFAULT_NAMES[strategy]
+    base = endpoint.rstrip("/") + base_path_of(base_path)
     tls = {"timeout": timeout, "ca_path": ca_path, "client_cert": client_cert, "client_key": client_key}
-    if service == "renapo":
+    if strategy == CURP_SOAP:
         curp = (curp or "").strip().upper()
         expect = expect or "EXITOSO"
         if expect not in ("EXITOSO", "NO EXITOSO"):
-            raise ConsultaError("invalid_input", f"expect must be EXITOSO or NO EXITOSO for renapo, not {expect!r}")
+            raise ConsultaError("invalid_input", f"expect must be EXITOSO or NO EXITOSO for {strategy}, not {expect!r}")
         problem = curp_problem(curp)
         if problem:
             raise ConsultaError("invalid_input", f"malformed CURP rejected before sending: {problem}")
         headers = {"Content-Type": "text/xml; charset=UTF-8", "SOAPAction": f'"{SOAP_ACTION}"'}
-        facts, answer = _exchange(base + RENAPO_PATH, "RENAPO", _parse_renapo, method="POST",
+        facts, answer = _exchange(base + CURP_SOAP_PATH, name, _parse_soap(name), method="POST",
                                   body=build_envelope(curp, usuario, password), headers=headers, **tls)
         result = {**facts, **answer, "opinion": None}
         got = answer["status_oper"]
         if got != expect:
             code = (answer["tipo_error"], answer["codigo_error"])
-            detail = (f"RENAPO answered NO EXITOSO: {NO_EXITOSO.get(code, 'consultation refused')} "
+            detail = (f"{name} answered NO EXITOSO: {NO_EXITOSO.get(code, 'consultation refused')} "
                       f"(TipoError={code[0]} CodigoError={code[1]}: {answer['message']})"
-                      if got == "NO EXITOSO" else f"RENAPO answered {got!r}")
+                      if got == "NO EXITOSO" else f"{name} answered {got!r}")
             raise ConsultaError("no_exitoso" if got == "NO EXITOSO" else "unexpected",
                                 f"{detail} for CURP {curp}; expected {expect}", result)
         return result
-    if service == "sat":
-        rfc = (rfc or "").strip().upper()
-        expect = expect or "any"
-        if expect not in (*OPINIONS, "any"):
-            raise ConsultaError("invalid_input", f"expect must be one of {', '.join(OPINIONS)} or any for sat")
-        problem = rfc_problem(rfc)
-        if problem:
-            raise ConsultaError("invalid_input", f"malformed RFC rejected before sending: {problem}")
-        facts, answer = _exchange(base + SAT_PATH + quote(rfc), "SAT", parse_sat, **tls)
-        result = {**facts, "status_oper": None, "status_curp": None, "message": None, "tipo_error": None,
-                  "codigo_error": None, "record": {}, **answer}
-        if expect != "any" and answer["opinion"] != expect:
-            raise ConsultaError("unexpected", f"SAT opinion for {rfc} is {answer['opinion']}, expected {expect}",
-                                result)
-        return result
-    raise ConsultaError("invalid_input", f"service must be renapo or sat, not {service!r}")
+    rfc = (rfc or "").strip().upper()
+    expect = expect or "any"
+    if expect not in (*OPINIONS, "any"):
+        raise ConsultaError("invalid_input", f"expect must be one of {', '.join(OPINIONS)} or any for {strategy}")
+    problem = rfc_problem(rfc)
+    if problem:
+        raise ConsultaError("invalid_input", f"malformed RFC rejected before sending: {problem}")
+    facts, answer = _exchange(base + RFC_OPINION_PATH + quote(rfc), name,
+                              lambda status, body: parse_opinion(status, body, name), **tls)
+    result = {**facts, "status_oper": None, "status_curp": None, "message": None, "tipo_error": None,
+              "codigo_error": None, "record": {}, **answer}
+    if expect != "any" and answer["opinion"] != expect:
+        raise ConsultaError("unexpected", f"{name} opinion for {rfc} is {answer['opinion']}, expected {expect}",
+                            result)
+    return result

@@ -24,15 +24,17 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import socket
-import ssl
 
 from ansible.module_utils.cert_files import parse_certificate, pem_certificates
+from ansible.module_utils.pki_format import fingerprint_text
+from ansible.module_utils.tls_endpoint import (  # pylint: disable=unused-import  # split_endpoint re-exported
+    presented_chain,
+    split_endpoint,  # noqa: F401 - re-exported
+)
 
 DEFAULT_THRESHOLDS = (30, 15, 7, 2)
 EXPIRED = 0  # the threshold of a certificate already past not_after
 _DAY = dt.timedelta(days=1)
-_ENDPOINT_RE = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\s\[\]]+)):(?P<port>\d{1,5})$")
 
 
 def thresholds(values=None):
@@ -74,10 +76,9 @@ def dedupe_key(service, sha256, threshold):
 def parse_event_key(key):
     """(service, fingerprint in the rows' form) of an event key, or None when it is not an expiry event."""
     parts = str(key or "").split(":")
-    if len(parts) != 3 or parts[0] != "expiry" or not _HEX64_RE.match(parts[2].upper()):
+    if len(parts) != 3 or parts[0] != "expiry" or not re.fullmatch(r"[0-9A-Fa-f]{64}", parts[2]):
         return None
-    digits = parts[2].upper()
-    return parts[1], ":".join(digits[i:i + 2] for i in range(0, 64, 2))
+    return parts[1], fingerprint_text(parts[2])
 
 
 def parse_time(value):
@@ -113,31 +114,6 @@ def file_certificates(path):
             raise ValueError("no certificate in the PEM file")
         return certs
     return [parse_certificate(data)]
-
-
-def split_endpoint(endpoint):
-    m = _ENDPOINT_RE.match(str(endpoint).strip())
-    if not m or not 0 < int(m.group("port")) < 65536:
-        raise ValueError("endpoint %r is not host:port" % (endpoint,))
-    return m.group("v6") or m.group("host"), int(m.group("port"))
-
-
-def presented_chain(endpoint, server_name=None, timeout=10.0):
-    """DER certificates an endpoint presents in its TLS handshake (leaf first); nothing is verified, only read."""
-    host, port = split_endpoint(endpoint)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE  # reading what is presented, expired or untrusted included, is the point
-    with socket.create_connection((host, port), timeout=timeout) as raw, \
-            ctx.wrap_socket(raw, server_hostname=server_name) as tls:
-        public = getattr(tls, "get_unverified_chain", None)  # Python >= 3.13
-        if public:
-            return [bytes(c) for c in public()]
-        private = getattr(getattr(tls, "_sslobj", None), "get_unverified_chain", None)  # 3.10-3.12
-        chain = private() if private else None
-        if chain:
-            return [c.public_bytes(ssl._ssl.ENCODING_DER) for c in chain]
-        return [tls.getpeercert(binary_form=True)]
 
 
 # ---------------------------------------------------------------- scans
@@ -183,24 +159,13 @@ def scan_endpoints(endpoints, now, limits, timeout=10.0):
 
 # ---------------------------------------------------------------- trust drift against the approved-anchor registry
 
-_FP_PREFIX_RE = re.compile(r"^\s*(?:sha-?256\s*(?:fingerprint)?\s*[:=]?)", re.I)
-_HEX64_RE = re.compile(r"^[0-9A-F]{64}$")
 SEED_COMMAND = "playbooks/anchor.yml -e op=seed -e provider=%s"
 
 
 def fingerprint(value):
-    """The rows' form of a SHA-256 fingerprint (upper-case colon hex) from any usual spelling (colons, spaces,
-    case, a `sha256:` prefix) or from a PEM text holding one certificate; raises ValueError otherwise."""
-    text = str(value or "")
-    if "-----BEGIN" in text:
-        certs = pem_certificates(text)
-        if len(certs) != 1:
-            raise ValueError("an approved anchor given as PEM holds %d certificates, not one" % len(certs))
-        return certs[0][1].fingerprint
-    digits = re.sub(r"[\s:]", "", _FP_PREFIX_RE.sub("", text)).upper()
-    if not _HEX64_RE.match(digits):
-        raise ValueError("%r is not a SHA-256 fingerprint (64 hex digits)" % (text[:80],))
-    return ":".join(digits[i:i + 2] for i in range(0, 64, 2))
+    """The rows' form of a SHA-256 fingerprint (pki_format.fingerprint_text: upper-case colon hex) from any usual
+    spelling or from a PEM text holding one certificate; raises ValueError naming the defect."""
+    return fingerprint_text(str(value or ""))
 
 
 def approved_fingerprints(approved):

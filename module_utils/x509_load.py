@@ -5,15 +5,20 @@ defect, never a passphrase or a key byte.
 """
 from __future__ import annotations
 
-import re
+from ansible.module_utils.pki_format import CERT_LABELS, der_tlv, der_well_formed, pem_matches
 
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.serialization import pkcs12
+try:  # a module without cryptography fails with missing_required_lib("cryptography"), not an import traceback
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.serialization import pkcs12
+except ImportError:
+    import traceback
+    CRYPTOGRAPHY_IMPORT_ERROR = traceback.format_exc()
+else:
+    CRYPTOGRAPHY_IMPORT_ERROR = None
 
-_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----.*?-----END \1-----", re.DOTALL)
-_KEY_LABELS = (b"PRIVATE KEY", b"RSA PRIVATE KEY", b"EC PRIVATE KEY", b"ENCRYPTED PRIVATE KEY", b"DSA PRIVATE KEY")
+_KEY_LABELS = ("PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY", "ENCRYPTED PRIVATE KEY", "DSA PRIVATE KEY")
 
 
 class LoadError(Exception):
@@ -37,21 +42,25 @@ def _password(passphrase):
     return None if passphrase is None else passphrase.encode("utf-8")
 
 
-def pem_blocks(data):
-    """(label, block bytes) of every PEM block in data."""
-    return [(m.group(1), m.group(0)) for m in _PEM_BLOCK.finditer(data)]
+def pem_blocks(data, source="data"):
+    """(label, block bytes) of every PEM block in data (pki_format reads them); a block that is not base64 is
+    UNREADABLE."""
+    try:
+        return [(label, block) for label, _der, block in pem_matches(data)]
+    except ValueError as e:
+        raise LoadError("UNREADABLE", f"{source}: {e}") from None
 
 
 def parse_certificates(data, source):
     """Every certificate in data: PEM (any number, any order), DER, or PKCS#7 (PEM or DER)."""
     try:
         if b"-----BEGIN" in data:
-            blocks = pem_blocks(data)
+            blocks = pem_blocks(data, source)
             certs = []
             for label, block in blocks:
-                if label in (b"CERTIFICATE", b"X509 CERTIFICATE", b"TRUSTED CERTIFICATE"):
+                if label in CERT_LABELS:
                     certs.append(x509.load_pem_x509_certificate(block))
-                elif label in (b"PKCS7", b"CMS"):
+                elif label in ("PKCS7", "CMS"):
                     certs.extend(_pkcs7().load_pem_pkcs7_certificates(block))
             if not blocks:
                 raise ValueError("no complete PEM block")
@@ -84,7 +93,7 @@ def parse_private_key(data, passphrase, source):
     """A private key from PEM or DER, PKCS#1 or PKCS#8, encrypted or not."""
     loader = serialization.load_pem_private_key if b"-----BEGIN" in data else serialization.load_der_private_key
     if b"-----BEGIN" in data:
-        keys = [block for label, block in pem_blocks(data) if label in _KEY_LABELS]
+        keys = [block for label, block in pem_blocks(data, source) if label in _KEY_LABELS]
         if not keys:
             raise LoadError("UNREADABLE", f"{source}: no PEM private key block")
         data = keys[0]
@@ -105,15 +114,10 @@ def parse_private_key(data, passphrase, source):
 
 def _looks_like_pkcs12(data):
     """True when data is one whole DER SEQUENCE starting with INTEGER 3 (PFX version): corrupt vs wrong password."""
-    if len(data) < 8 or data[0] != 0x30:
+    if not der_well_formed(data):
         return False
-    n, pos = data[1], 2
-    if n & 0x80:
-        width = n & 0x7F
-        if not 1 <= width <= 4:
-            return False
-        n, pos = int.from_bytes(data[2:2 + width], "big"), 2 + width
-    return pos + n == len(data) and data[pos:pos + 3] == b"\x02\x01\x03"
+    _tag, start, _end = der_tlv(data, 0)
+    return data[start:start + 3] == b"\x02\x01\x03"
 
 
 def parse_pkcs12(data, passphrase, source):

@@ -85,7 +85,7 @@ def anchors(host: str) -> str:
 def consult_host(url: str) -> tuple[bool, str, float]:
     t0 = time.monotonic()
     try:
-        r = consult("renapo", url, curp=padron.check_curp(labctl.STATE), usuario="DGTIC_LAB",
+        r = consult("curp_soap", url, curp=padron.check_curp(labctl.STATE), usuario="DGTIC_LAB",
                     password="lab-renapo-pass", timeout=5)  # noqa: S106 - the lab simulator's own credentials
         return True, f"{r['status_oper']} {r['status_curp']}", (time.monotonic() - t0) * 1000
     except ConsultaError as e:

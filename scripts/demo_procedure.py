@@ -249,7 +249,7 @@ class Probe(threading.Thread):
         while not self.stop.is_set():
             for url in self.urls:
                 try:
-                    consult("renapo", url, curp=self.curp, usuario="DGTIC_LAB", password="lab-renapo-pass",  # noqa: S106 - lab-only credentials
+                    consult("curp_soap", url, curp=self.curp, usuario="DGTIC_LAB", password="lab-renapo-pass",  # noqa: S106 - lab-only credentials
                             timeout=5)
                     self.ok += 1
                 except ConsultaError as e:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import email
 import email.header
+import json
 import re
 import time
 
@@ -16,6 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from labtools import LAB_HOSTS, ROOT, run
+
+from tests.providers import THIRD_PROVIDER, lab_providers
 
 PLAYBOOK = str(ROOT / ".venv" / "bin" / "ansible-playbook")
 MESA = "mesa.servicios@agricultura.gob.mx"
@@ -157,8 +160,9 @@ def test_one_ticket_for_a_certificate_two_hosts_hold_closed_once_renewed_on_both
     assert "(1 new or updated tickets, 1 notices)" in first
 
     # The Mesa acknowledges it; RENAPO renews the anchor (same name, new key), installed on consulta-01 only.
-    run([str(ROOT / ".venv" / "bin" / "ansible"), "controller", "-m", "service_ticket", "-a",
-         f"store={lab.STATE / 'procedure' / 'tickets.db'} ticket={ticket['id']} state=acknowledged actor=mesa"])
+    run([str(ROOT / ".venv" / "bin" / "ansible"), "controller", "-m", "service_ticket", "-a", json.dumps(
+        {"store": str(lab.STATE / "procedure" / "tickets.db"), "ticket": str(ticket["id"]), "state": "acknowledged",
+         "actor": "mesa", "providers": "{{ procedure_providers }}"})])
     renewed = near_expiry_anchor(3650)
     add_to_bundle(lab, "consulta-01", renewed)
     partial = scan().stdout
@@ -219,3 +223,17 @@ def test_rogue_anchor_planted_on_one_host_is_drift_on_that_host_only(fresh_lab):
     assert re.search(r"0 problems, 1 trust drift \(1 providers with an empty registry\)", out)
     # drift is reported, never ticketed or mailed
     assert monitor_tickets(lab) == [] and expiry_notices(lab) == []
+
+
+def test_a_provider_defined_in_inventory_only_is_scanned_on_hosts_and_live(fresh_lab, tmp_path):
+    """INE exists only in an inventory overlay (tests/providers.py): the scan looks for its bundle on every host and
+    reads its endpoint live, with no setting naming it (its endpoint here: the RENAPO simulator, by SNI)."""
+    ine = {name: dict(spec, endpoint="{{ lab_renapo_endpoint }}", server_name="renapo.lab")
+           for name, spec in THIRD_PROVIDER.items()}
+    overlay = tmp_path / "providers-overlay.json"
+    overlay.write_text(json.dumps({"procedure_providers": lab_providers(**ine)}))
+    out = scan("--check", "-e", f"@{overlay}").stdout
+    for i in range(1, LAB_HOSTS + 1):
+        assert f"PROBLEM consulta-{i:02d} /etc/consulta/trust/ine-bundle.pem: file not found" in out, out[-3000:]
+    assert f"{fresh_lab.RENAPO[0]}:{fresh_lab.RENAPO[1]}  ine      live" in out
+    assert monitor_tickets(fresh_lab) == []

@@ -19,7 +19,7 @@ LABCTL = [sys.executable, str(ROOT / "lab" / "labctl.py")]
 
 
 def consult_host(lab, i: int) -> dict:
-    return consult("renapo", f"http://{lab.host_ip(i)}:{lab.GATEWAY_PORT}", curp=padron.check_curp(lab.STATE),
+    return consult("curp_soap", f"http://{lab.host_ip(i)}:{lab.GATEWAY_PORT}", curp=padron.check_curp(lab.STATE),
                    usuario=renapo.LAB_USUARIO, password=renapo.LAB_PASSWORD, timeout=5)
 
 

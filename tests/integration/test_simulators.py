@@ -28,6 +28,8 @@ from cryptography import x509
 from sim import padron, renapo, services
 from stdnum.mx import rfc as stdrfc
 
+from tests.providers import THIRD_PROVIDER, lab_providers
+
 ROOT = Path(__file__).resolve().parents[2]
 WSDL_PATH = renapo.SERVICE_PATH + "?wsdl"
 CREDS = {"usuario": renapo.LAB_USUARIO, "password": renapo.LAB_PASSWORD}
@@ -88,7 +90,10 @@ def https(port, path, anchor, method="GET", body=None, cert=None, key=None):
 
 
 def leaf_serial(pem: Path) -> str:
-    return format(x509.load_pem_x509_certificates(pem.read_bytes())[0].serial_number, "X")
+    """The leaf's serial as openssl prints it (`x509 -serial`): the one form pki_format.serial_text writes."""
+    out = subprocess.run(["openssl", "x509", "-noout", "-serial", "-in", str(pem)], capture_output=True, text=True,
+                         check=True).stdout
+    return out.strip().split("=", 1)[1]
 
 
 # ---------------------------------------------------------------- RENAPO through zeep
@@ -156,7 +161,7 @@ def test_accents_arrive_as_renapo_sends_them_and_our_client_reads_them(lab):
         consult_zeep(zeep_client(lab.renapo_port, anchor), curp)
     for c in accented[:20]:
         try:
-            got = consult("renapo", f"https://127.0.0.1:{lab.renapo_port}", curp=c, ca_path=str(anchor), **CREDS)
+            got = consult("curp_soap", f"https://127.0.0.1:{lab.renapo_port}", curp=c, ca_path=str(anchor), **CREDS)
         except ConsultaError as e:
             pytest.fail(f"{c}: {e}")
         rec = data["renapo"][c]
@@ -342,14 +347,26 @@ def _closed_port() -> int:
     return port
 
 
+def _registry():
+    """The lab's registry plus a third provider (ine: curp_soap under the gateway's /ine), without the endpoints
+    (inventory Jinja the ad-hoc `ansible` run would template): what a playbook passes as `providers`."""
+    ine = {name: dict(spec, consultation={"strategy": "curp_soap", "base_path": "/ine"})
+           for name, spec in THIRD_PROVIDER.items()}
+    return {name: {k: v for k, v in spec.items() if k not in ("endpoint", "server_name")}
+            for name, spec in lab_providers(**ine).items()}
+
+
 @pytest.fixture(scope="module")
 def module_runs(lab, examples):
     """Every consulta_check case at once (each `ansible` run costs about a second)."""
     paths = pki.ensure(lab.state)
     cert, key = pki.issue_sat_client(lab.state, "consulta-test")
     renapo_url, sat_url = f"https://127.0.0.1:{lab.renapo_port}", f"https://127.0.0.1:{lab.sat_port}"
-    base = {"endpoint": renapo_url, "ca_path": str(paths["renapo_anchor"]), **CREDS}
-    sat = {"service": "sat", "endpoint": sat_url, "ca_path": str(paths["sat_ca"]), "rfc": padron.check_rfc(lab.state)}
+    registry = _registry()
+    base = {"provider": "renapo", "providers": registry, "endpoint": renapo_url, "ca_path": str(paths["renapo_anchor"]),
+            **CREDS}
+    sat = {"service": "sat", "providers": registry, "endpoint": sat_url, "ca_path": str(paths["sat_ca"]),
+           "rfc": padron.check_rfc(lab.state)}
     cases = {
         "found": ({**base, "curp": examples["check"]}, False),
         "found_check_mode": ({**base, "curp": examples["BD"]}, True),
@@ -361,6 +378,11 @@ def module_runs(lab, examples):
         "down": ({**base, "endpoint": f"https://127.0.0.1:{_closed_port()}", "curp": examples["check"]}, False),
         "sat": ({**sat, "client_cert": str(cert), "client_key": str(key), "expect": "POSITIVA"}, False),
         "sat_no_client_cert": (sat, False),
+        # a provider defined in inventory only: consulted by its strategy, under its base_path, named as it is
+        "third_provider": ({**base, "provider": "ine", "endpoint": f"http://127.0.0.1:{_closed_port()}",
+                            "curp": examples["check"]}, False),
+        "subject_follows_strategy": ({**sat, "rfc": None}, False),
+        "unknown_provider": ({**base, "provider": "imss", "curp": examples["check"]}, False),
     }
     with ThreadPoolExecutor(len(cases)) as pool:
         procs = {name: _ansible(args, check) for name, (args, check) in cases.items()}
@@ -421,5 +443,22 @@ def test_module_sat_with_client_identity(module_runs):
     r = module_runs["sat"]
     assert r["rc"] == 0, r["output"]
     assert r["result"]["opinion"] == "POSITIVA"
-    assert r["result"]["client_serial"] == module_runs["_serials"]["client"]
+    assert (r["result"]["provider"], r["result"]["strategy"]) == ("sat", "rfc_opinion")  # `service` is an alias
+    assert int(r["result"]["client_serial"], 16) == int(module_runs["_serials"]["client"], 16)
     assert r["result"]["peer_serial"]
+
+
+def test_module_consults_a_third_provider_by_its_strategy_and_base_path(module_runs):
+    r = module_runs["third_provider"]
+    assert r["rc"] != 0 and r["result"]["failure"] == "refused", r["output"]
+    assert (r["result"]["provider"], r["result"]["strategy"]) == ("ine", "curp_soap")
+    assert r["result"]["endpoint"].endswith("/ine/WebServicesConsulta/services/ConsultaPorCurpService")
+
+
+@pytest.mark.parametrize("case, words", [
+    ("subject_follows_strategy", "SAT is consulted by RFC (strategy rfc_opinion): give rfc"),
+    ("unknown_provider", "unknown provider 'imss'; the provider registry (procedure_providers) has renapo, sat, ine"),
+])
+def test_module_refuses_what_the_registry_does_not_allow(module_runs, case, words):
+    r = module_runs[case]
+    assert r["rc"] != 0 and words in r["result"]["msg"], r["output"]

@@ -404,16 +404,25 @@ def test_missing_directory_and_relative_path_are_named(host):
         cf.make_target("etc/a.pem", b"x")
 
 
-def test_stdlib_only_under_system_python():
-    """Hosts run /usr/bin/python3 with no third-party package: import and use the module_utils there."""
+def test_stdlib_only_under_system_python(tmp_path):
+    """Hosts run /usr/bin/python3 with no third-party package: import and use the module_utils there, packaged as
+    AnsiballZ ships them (ansible/module_utils/<file>, nothing else of Ansible)."""
     pem, cert = make_cert("stdlib", serial=0x42)
+    pkg = tmp_path / "ansible" / "module_utils"
+    pkg.mkdir(parents=True)
+    for init in (tmp_path / "ansible" / "__init__.py", pkg / "__init__.py"):
+        init.write_text("")
+    for name in ("cert_files.py", "pki_format.py"):
+        (pkg / name).write_bytes((ROOT / "module_utils" / name).read_bytes())
     code = (
         "import sys, base64\n"
         "sys.path.insert(0, %r)\n"
-        "import cert_files\n"
+        "from ansible.module_utils import cert_files\n"
         "print(cert_files.describe_content(base64.b64decode(sys.argv[1]))[0])\n"
-        "assert not [n for n in sys.modules if n.split('.')[0] in ('cryptography', 'ansible', 'yaml')]\n"
-    ) % str(ROOT / "module_utils")
+        "assert not [n for n in sys.modules if n.split('.')[0] in ('cryptography', 'yaml')]\n"
+        "assert {n for n in sys.modules if n.startswith('ansible')} <= {'ansible', 'ansible.module_utils', "
+        "'ansible.module_utils.cert_files', 'ansible.module_utils.pki_format'}\n"
+    ) % str(tmp_path)
     out = subprocess.run(["/usr/bin/python3", "-I", "-S", "-c", code, base64.b64encode(pem).decode()],
                          capture_output=True, text=True, check=True, env={"PATH": "/usr/bin:/bin"}).stdout
     assert out.startswith("serial 42 · sha256 " + fingerprint(cert))

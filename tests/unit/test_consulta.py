@@ -12,14 +12,16 @@ from ansible.module_utils.consulta import (
     NS,
     NS_XSD,
     SOAP_ENV,
+    SUBJECTS,
     ConsultaError,
+    base_path_of,
     build_envelope,
     consult,
     curp_check_digit,
     curp_problem,
     decode_answer,
     parse_curpstruct,
-    parse_sat,
+    parse_opinion,
     parse_soap_response,
     rfc_problem,
 )
@@ -117,7 +119,7 @@ def test_parse_curpstruct_with_a_declaration():
 
 
 @pytest.mark.parametrize("body, kind, words", [
-    (renapo.fault("Malformed SOAP request: nope"), "soap_fault", "SOAP fault from RENAPO: soapenv:Client: Malformed"),
+    (renapo.fault("Malformed SOAP request: nope"), "soap_fault", "SOAP fault: soapenv:Client: Malformed"),
     (b"<html>502 Bad Gateway</html>", "bad_response", "not a SOAP 1.1 envelope"),
     (b"not xml at all", "bad_response", "not XML"),
     (f'<e:Envelope xmlns:e="{SOAP_ENV}"><e:Body><x/></e:Body></e:Envelope>'.encode(), "bad_response", "<x>"),
@@ -134,14 +136,14 @@ def test_parse_soap_response_errors(body, kind, words):
     (200, b'{"opinion": "TAL VEZ"}', "bad_response", "unknown opinion"),
     (200, b"<html>", "bad_response", "not JSON"),
 ])
-def test_parse_sat_errors(status, body, kind, words):
+def test_parse_opinion_errors(status, body, kind, words):
     with pytest.raises(ConsultaError) as e:
-        parse_sat(status, body)
-    assert e.value.kind == kind and words in str(e.value)
+        parse_opinion(status, body, "SAT")
+    assert e.value.kind == kind and words in str(e.value) and str(e.value).startswith("SAT answered")
 
 
-def test_parse_sat():
-    got = parse_sat(200, b'{"rfc": "X", "opinion": "NEGATIVA", "folio": "F1", "fecha": "d", "client_serial": "AB"}')
+def test_parse_opinion():
+    got = parse_opinion(200, b'{"rfc": "X", "opinion": "NEGATIVA", "folio": "F1", "fecha": "d", "client_serial": "AB"}')
     assert got == {"opinion": "NEGATIVA", "sat_folio": "F1", "sat_fecha": "d", "client_serial": "AB"}
 
 
@@ -156,21 +158,24 @@ def _closed_port() -> int:
 @pytest.mark.parametrize("kwargs, kind, words", [
     ({"curp": "HEGG560427MVZRRL05"}, "invalid_input", "malformed CURP rejected before sending"),
     ({"curp": "HEGG560427MVZRRL04", "expect": "MAYBE"}, "invalid_input", "expect must be"),
-    ({"service": "sat", "rfc": "NOPE"}, "invalid_input", "malformed RFC rejected before sending"),
-    ({"service": "sat", "rfc": "HEGG560427L85", "expect": "MAYBE"}, "invalid_input", "expect must be"),
-    ({"service": "soap", "curp": "HEGG560427MVZRRL04"}, "invalid_input", "service must be"),
+    ({"strategy": "rfc_opinion", "rfc": "NOPE"}, "invalid_input", "malformed RFC rejected before sending"),
+    ({"strategy": "rfc_opinion", "rfc": "HEGG560427L85", "expect": "MAYBE"}, "invalid_input", "expect must be"),
+    ({"strategy": "soap", "curp": "HEGG560427MVZRRL04"}, "invalid_input",
+     "strategy must be one of curp_soap, rfc_opinion (the provider's consultation.strategy in the registry), "
+     "not 'soap'"),
+    ({"curp": "HEGG560427MVZRRL04", "base_path": "/../x"}, "invalid_input", "not a plain URL path prefix"),
 ])
 def test_bad_input_is_refused_before_any_connection(kwargs, kind, words):
     port = _closed_port()  # anything sent would fail as refused, not as invalid_input
     with pytest.raises(ConsultaError) as e:
-        consult(kwargs.pop("service", "renapo"), f"http://127.0.0.1:{port}", **kwargs)
+        consult(kwargs.pop("strategy", "curp_soap"), f"http://127.0.0.1:{port}", **kwargs)
     assert e.value.kind == kind and words in str(e.value)
 
 
 def test_endpoint_down_is_named():
     port = _closed_port()
     with pytest.raises(ConsultaError) as e:
-        consult("renapo", f"http://127.0.0.1:{port}", curp="HEGG560427MVZRRL04", password="s3cr3t-pass")
+        consult("curp_soap", f"http://127.0.0.1:{port}", curp="HEGG560427MVZRRL04", password="s3cr3t-pass")
     assert e.value.kind == "refused" and "endpoint is down" in str(e.value)
     assert e.value.result["endpoint"].endswith("/WebServicesConsulta/services/ConsultaPorCurpService")
     assert "s3cr3t-pass" not in str(e.value) + json.dumps(e.value.result)
@@ -181,7 +186,7 @@ def test_timeout_is_named():
         silent.bind(("127.0.0.1", 0))
         silent.listen(1)
         with pytest.raises(ConsultaError) as e:
-            consult("renapo", f"http://127.0.0.1:{silent.getsockname()[1]}", curp="HEGG560427MVZRRL04", timeout=0.3)
+            consult("curp_soap", f"http://127.0.0.1:{silent.getsockname()[1]}", curp="HEGG560427MVZRRL04", timeout=0.3)
     assert e.value.kind == "timeout" and "did not answer within 0.3 s" in str(e.value)
 
 
@@ -214,8 +219,8 @@ def test_gateway_502_is_named(http_server):
     url, answers = http_server
     answers["/WebServicesConsulta/services/ConsultaPorCurpService"] = (502, b"<html>502 Bad Gateway</html>")
     with pytest.raises(ConsultaError) as e:
-        consult("renapo", url, curp="HEGG560427MVZRRL04")
-    assert e.value.kind == "gateway" and "could not verify or reach RENAPO" in str(e.value)
+        consult("curp_soap", url, curp="HEGG560427MVZRRL04")
+    assert e.value.kind == "gateway" and "could not verify or reach the CURP service" in str(e.value)
     assert e.value.result["http_status"] == 502
 
 
@@ -223,7 +228,7 @@ def test_soap_fault_over_http_500(http_server):
     url, answers = http_server
     answers["/WebServicesConsulta/services/ConsultaPorCurpService"] = (500, renapo.fault("Malformed SOAP request"))
     with pytest.raises(ConsultaError) as e:
-        consult("renapo", url, curp="HEGG560427MVZRRL04")
+        consult("curp_soap", url, curp="HEGG560427MVZRRL04")
     assert e.value.kind == "soap_fault" and e.value.result["http_status"] == 500
 
 
@@ -240,11 +245,11 @@ def test_expect_maps_answers(http_server, answer, expect, kind):
     answers["/WebServicesConsulta/services/ConsultaPorCurpService"] = (
         200, renapo.envelope(renapo.curpstruct(answer, RECORD if answer == renapo.FOUND else None)))
     if kind is None:
-        got = consult("renapo", url + "/", curp="HEGG560427MVZRRL04", expect=expect)
+        got = consult("curp_soap", url + "/", curp="HEGG560427MVZRRL04", expect=expect)
         assert got["status_oper"] == answer[0] and got["http_status"] == 200 and got["peer_serial"] is None
         return
     with pytest.raises(ConsultaError) as e:
-        consult("renapo", url, curp="HEGG560427MVZRRL04", expect=expect)
+        consult("curp_soap", url, curp="HEGG560427MVZRRL04", expect=expect)
     assert e.value.kind == kind and e.value.result["status_oper"] == answer[0]
     if answer == renapo.BAD_CREDENTIALS:
         assert "wrong usuario/password (TipoError=02 CodigoError=01" in str(e.value)
@@ -257,7 +262,33 @@ def test_expect_maps_answers(http_server, answer, expect, kind):
 def test_sat_opinion_expectation(http_server):
     url, answers = http_server
     answers["/sat/opinion/HEGG560427L85"] = (200, b'{"opinion": "NEGATIVA", "client_serial": "0A"}')
-    assert consult("sat", url, rfc="hegg560427l85")["opinion"] == "NEGATIVA"
+    assert consult("rfc_opinion", url, rfc="hegg560427l85")["opinion"] == "NEGATIVA"
     with pytest.raises(ConsultaError) as e:
-        consult("sat", url, rfc="HEGG560427L85", expect="POSITIVA")
+        consult("rfc_opinion", url, rfc="HEGG560427L85", expect="POSITIVA")
     assert e.value.kind == "unexpected" and "is NEGATIVA, expected POSITIVA" in str(e.value)
+
+
+def test_subjects_follow_the_strategy():
+    assert SUBJECTS == {"curp_soap": "curp", "rfc_opinion": "rfc"}
+
+
+@pytest.mark.parametrize("given, path", [("", ""), (None, ""), ("/ine", "/ine"), ("ine/", "/ine"),
+                                         ("/a/b/", "/a/b")])
+def test_base_path_of(given, path):
+    assert base_path_of(given) == path
+
+
+def test_a_third_provider_consults_under_its_base_path_with_its_name(http_server):
+    """A provider defined in inventory only (ine: curp_soap, base_path /ine) is consulted at <gateway>/ine/..."""
+    url, answers = http_server
+    answers["/ine/WebServicesConsulta/services/ConsultaPorCurpService"] = (
+        200, renapo.envelope(renapo.curpstruct(renapo.FOUND, RECORD)))
+    got = consult("curp_soap", url, curp="HEGG560427MVZRRL04", base_path="/ine", name="INE")
+    assert got["status_oper"] == "EXITOSO" and got["endpoint"] == url + "/ine" + "/WebServicesConsulta/services/" \
+        "ConsultaPorCurpService"
+    answers["/ine/WebServicesConsulta/services/ConsultaPorCurpService"] = (502, b"<html>502</html>")
+    with pytest.raises(ConsultaError) as e:
+        consult("curp_soap", url, curp="HEGG560427MVZRRL04", base_path="ine", name="INE")
+    assert e.value.kind == "gateway" and "could not verify or reach INE" in str(e.value)
+    answers["/ine/sat/opinion/HEGG560427L85"] = (200, b'{"opinion": "POSITIVA"}')
+    assert consult("rfc_opinion", url, rfc="HEGG560427L85", base_path="/ine")["opinion"] == "POSITIVA"

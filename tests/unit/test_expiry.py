@@ -393,7 +393,7 @@ def test_fingerprint_spellings(value):
     ({"renapo": "AB:CD"}, "approved[renapo] must be a list"),
     ({"renapo": ["AB:CD"]}, "approved[renapo]: 'AB:CD' is not a SHA-256 fingerprint"),
     ({"renapo": [sha256(GEN1) + "00"]}, "is not a SHA-256 fingerprint"),
-    ({"renapo": [pem(GEN1, GEN2).decode()]}, "holds 2 certificates, not one"),
+    ({"renapo": [pem(GEN1, GEN2).decode()]}, "exactly one certificate, not 2"),
 ])
 def test_approved_refused(approved, msg):
     with pytest.raises(ValueError, match=re.escape(msg)):
@@ -497,3 +497,15 @@ def test_module_doc_renders():
                           cwd=ROOT, env={**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")},
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "expected_hosts" in proc.stdout and proc.stderr.strip() == ""
+
+
+def test_one_chain_fetch_and_one_fingerprint_form():
+    """Expiry monitoring and anchor evidence read endpoints with the same fetch (SNI included), and spell a
+    fingerprint the one way pki_format does."""
+    from ansible.module_utils import cert_validation, pki_format, tls_endpoint
+
+    assert expiry.presented_chain is tls_endpoint.presented_chain
+    assert cert_validation.presented_chain is tls_endpoint.presented_chain
+    assert expiry.fingerprint("sha256:" + "ab" * 32) == pki_format.fingerprint_text("AB" * 32) == ":".join(["AB"] * 32)
+    assert tls_endpoint.sni_for("renapo.lab") == "renapo.lab" and tls_endpoint.sni_for("127.0.0.1") is None
+    assert tls_endpoint.sni_for("127.0.0.1", "renapo.lab") == "renapo.lab"
