@@ -1,4 +1,6 @@
 #!/usr/bin/python
+# Copyright: (c) 2026, DGTIC Operaciones
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Ansible module: take or release a provider's fleet lock (one rollout per provider at a time)."""
 
 DOCUMENTATION = r"""
@@ -13,16 +15,11 @@ description:
   - O(state=absent) releases the lock; only its holder may, unless O(force) (recorded with O(holder) as who forced).
   - With O(state=present) the task reports changed whenever it took or extended the lock; with O(state=absent), when
     it released one.
+  - O(provider) is a provider of the registry (O(providers)); another one fails naming the registry's.
+extends_documentation_fragment: [providers, store, attributes]
 version_added: "0.2.0"
-author: DGTIC automation team
+author: DGTIC Operaciones (@dgtic-operaciones)
 options:
-  store:
-    description:
-      - Ticket store. A SQLite file path or C(sqlite:///relative.db) / C(sqlite:////absolute.db), or a PostgreSQL URL
-        C(postgresql://user@host:5432/dbname) (needs psycopg 3).
-      - A password written in the URL is masked in every result and message; prefer E(PGPASSWORD).
-    type: str
-    required: true
   provider:
     description: The provider whose fleet the rollout changes.
     type: str
@@ -50,13 +47,14 @@ options:
 notes:
   - Check mode runs the change in a transaction that is rolled back.
 seealso:
-  - module: trust_anchor_info
+  - module: ansible.legacy.trust_anchor_info
 """
 
 EXAMPLES = r"""
 - name: One rollout of RENAPO at a time
   fleet_lock:
     store: /var/lib/renovacion/tickets.db
+    providers: "{{ procedure_providers }}"
     provider: renapo
     holder: "{{ tower_job_id | default('local') }} ({{ lookup('env', 'USER') }})"
     ttl: 3600
@@ -69,6 +67,7 @@ EXAMPLES = r"""
 - name: Release it when the rollout ends
   fleet_lock:
     store: /var/lib/renovacion/tickets.db
+    providers: "{{ procedure_providers }}"
     provider: renapo
     holder: "{{ lock.holder }}"
     state: absent
@@ -109,8 +108,10 @@ forced:
 
 import shlex
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.sla import HOLIDAYS_IMPORT_ERROR
 from ansible.module_utils.ticket_store import FleetLocked, TicketStoreError, dsn_secrets, open_store, redact
+from ansible.module_utils.x509_load import CRYPTOGRAPHY_IMPORT_ERROR
 
 
 def force_command(store, provider):
@@ -128,13 +129,17 @@ def main():
             ttl=dict(type="int", default=3600),
             force=dict(type="bool", default=False),
             now=dict(type="str"),
+            providers=dict(type="dict", required=True),
         ),
         supports_check_mode=True,
     )
+    for lib, error in (("cryptography", CRYPTOGRAPHY_IMPORT_ERROR), ("holidays", HOLIDAYS_IMPORT_ERROR)):
+        if error:
+            module.fail_json(msg=missing_required_lib(lib), exception=error)
     p = module.params
     module.no_log_values.update(dsn_secrets(p["store"]))  # a password inside the DSN never reaches the output
     try:
-        with open_store(p["store"], create=not module.check_mode) as store:
+        with open_store(p["store"], create=not module.check_mode, providers=p["providers"]) as store:
             if p["state"] == "present":
                 result = store.fleet_lock(p["provider"], p["holder"], ttl=p["ttl"], now=p["now"],
                                           dry_run=module.check_mode)

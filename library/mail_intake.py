@@ -1,4 +1,6 @@
 #!/usr/bin/python
+# Copyright: (c) 2026, DGTIC Operaciones
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Ansible module: read the Mesa de Servicios mailbox and take each e-mail through its steps of the procedure."""
 
 DOCUMENTATION = r"""
@@ -13,7 +15,7 @@ description:
     enlace administrativo. The requester is then looked up in the staff directory; staff goes to
     C(requester_validated), anyone else to C(rejected) with an oficio de respuesta written to O(oficios_dir) and
     mailed (Cc the Mesa de Servicios), and the ticket is notified and closed.
-  - A reply quoting C([Ticket #N]) or the folio corrects the data of a ticket in C(observations) and re-evaluates it.
+  - 'A reply quoting C([Ticket #N]) or the folio corrects the data of a ticket in C(observations) and re-evaluates it.'
   - A RENAPO/SAT delivery is matched by the folio in its subject or body to a ticket in C(requester_validated).
     When the letter states a SHA-256 fingerprint, one attached certificate must have it. The attachments (also
     inside a .zip) are written to C(<deliveries_dir>/<folio>/) with a C(delivery.json) manifest (paths, letter
@@ -36,8 +38,9 @@ description:
     fingerprint recorded as a claim (the inner sender cannot be authenticated). An operator may release it.
   - Outlook's C(winmail.dat) (TNEF) is unpacked; an attachment holding a private key is written with mode 0600
     whatever its name.
+extends_documentation_fragment: [providers, store, attributes]
 version_added: "0.1.0"
-author: DGTIC automation team
+author: DGTIC Operaciones (@dgtic-operaciones)
 options:
   inbox:
     description:
@@ -99,11 +102,6 @@ options:
         description: Folder automatic mail (auto-replies, the procedure's own notices, bounces) is filed in.
         type: str
         default: Automaticos
-  providers:
-    description:
-      - The certificate providers, each with C(kind) (C(trust) or C(identity)) and C(sender_domains), the only
-        domains its deliveries are accepted from.
-    type: dict
   sender_auth:
     description:
       - How the sender of every message is authenticated (DKIM aligned with the From domain). A request, reply or
@@ -137,10 +135,6 @@ options:
   operator:
     description: The operator who releases O(release) (required with it).
     type: str
-  store:
-    description: Ticket store, a SQLite file path or C(sqlite:///relative.db) / C(sqlite:////absolute.db).
-    type: str
-    required: true
   staff_directory:
     description:
       - The Secretaría's staff directory, a C(.yml), C(.yaml) or C(.csv) file, or a C(scheme://) URL of a backend
@@ -149,7 +143,8 @@ options:
     required: true
   catalog:
     description:
-      - Systems the DGTIC administers, each with the services it has a convenio for.
+      - Systems the DGTIC administers, each with the providers it has a convenio for (names, display names or
+        aliases of the registry, O(providers)).
       - 'For example C({"Padrón de Productores": [renapo, sat]}).'
     type: dict
     required: true
@@ -251,8 +246,8 @@ options:
 notes:
   - Check mode reads and classifies every message and reports what would happen; it writes and sends nothing.
 seealso:
-  - module: service_ticket
-  - module: service_ticket_info
+  - module: ansible.legacy.service_ticket
+  - module: ansible.legacy.service_ticket_info
 """
 
 EXAMPLES = r"""
@@ -261,6 +256,7 @@ EXAMPLES = r"""
     inbox: /var/mail/mesa
     quarantine_dir: /var/mail/mesa-cuarentena
     store: /var/lib/renovacion/tickets.db
+    providers: "{{ procedure_providers }}"
     staff_directory: /etc/renovacion/personal.yml
     catalog:
       Padrón de Productores: [renapo, sat]
@@ -329,12 +325,15 @@ renewals:
 """
 
 from ansible.module_utils.awx_launch import AwxLauncher
-from ansible.module_utils.basic import AnsibleModule, env_fallback
+from ansible.module_utils.basic import AnsibleModule, env_fallback, missing_required_lib
 from ansible.module_utils.imap_mailbox import ImapMailbox
-from ansible.module_utils.procedure import DEFAULT_PROVIDERS, Intake, Mailer
-from ansible.module_utils.sla import SlaPolicy
-from ansible.module_utils.staff_directory import DirectoryError, open_directory
+from ansible.module_utils.notify import JINJA2_IMPORT_ERROR
+from ansible.module_utils.procedure import Intake, Mailer
+from ansible.module_utils.providers import ProviderError, registry
+from ansible.module_utils.sla import HOLIDAYS_IMPORT_ERROR, SlaPolicy
+from ansible.module_utils.staff_directory import PYYAML_IMPORT_ERROR, DirectoryError, open_directory
 from ansible.module_utils.ticket_store import TicketStoreError, dsn_secrets, open_store
+from ansible.module_utils.x509_load import CRYPTOGRAPHY_IMPORT_ERROR
 
 
 def _secret_file(module, path, what):
@@ -382,7 +381,7 @@ def main():
                 quarantine_folder=dict(type="str", default="Cuarentena"),
                 filed_folder=dict(type="str", default="Automaticos"),
             )),
-            providers=dict(type="dict"),
+            providers=dict(type="dict", required=True),
             sender_auth=dict(type="dict", options=dict(
                 trusted_authserv_ids=dict(type="list", elements="str", default=[]),
                 mode=dict(type="str", choices=["header", "dkim", "either", "both"], default="header"),
@@ -421,6 +420,10 @@ def main():
         required_together=[("inbox", "quarantine_dir")],
         supports_check_mode=True,
     )
+    for lib, error in (("cryptography", CRYPTOGRAPHY_IMPORT_ERROR), ("holidays", HOLIDAYS_IMPORT_ERROR),
+                       ("Jinja2", JINJA2_IMPORT_ERROR), ("PyYAML", PYYAML_IMPORT_ERROR)):
+        if error:
+            module.fail_json(msg=missing_required_lib(lib), exception=error)
     p = module.params
     module.no_log_values.update(dsn_secrets(p["store"]))  # a password inside the DSN never reaches the output
     token = p["awx_token"]
@@ -432,19 +435,18 @@ def main():
             module.fail_json(msg=f"awx_token_file {p['awx_token_file']}: {e.strerror}")
         module.no_log_values.add(token)
     try:
+        providers = registry(p["providers"])
+    except ProviderError as e:
+        module.fail_json(msg=f"provider registry (providers): {e}")
+    try:
         directory = open_directory(p["staff_directory"])
-        store = open_store(p["store"], SlaPolicy.from_options(None, p["non_working_days"]),
-                           create=not module.check_mode)
+        store = open_store(p["store"], SlaPolicy.from_options(None, p["non_working_days"], providers=providers),
+                           create=not module.check_mode, providers=providers)
     except (DirectoryError, TicketStoreError, ValueError) as e:
         module.fail_json(msg=str(e))
     mailbox = p["inbox"]
     if p["imap"]:
         mailbox = _imap_mailbox(module, p["imap"])
-    providers = p["providers"] or {k: dict(v) for k, v in DEFAULT_PROVIDERS.items()}
-    for name, spec in providers.items():
-        if not isinstance(spec, dict) or spec.get("kind") not in ("trust", "identity") \
-                or not spec.get("sender_domains"):
-            module.fail_json(msg=f"providers.{name} needs kind (trust or identity) and a list of sender_domains")
     intake = Intake(store, directory, p["catalog"], Mailer(p["smtp_host"], p["smtp_port"], p["sender"],
                                                            p["template_dir"], reply_to=p["mesa_address"]),
                     mesa_address=p["mesa_address"], enlace_address=p["enlace_address"],

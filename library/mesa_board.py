@@ -1,4 +1,6 @@
 #!/usr/bin/python
+# Copyright: (c) 2026, DGTIC Operaciones
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
 DOCUMENTATION = r"""
 ---
@@ -11,13 +13,11 @@ description:
     notes); the tickets the expiry monitor opened are listed apart.
   - The most urgent requests come first (breached, then due soon, then by due moment). The page fetches nothing
     (no JavaScript, fonts or style sheets). In check mode nothing is written.
+  - Providers are named as the registry (O(providers)) names them; their SLA days are the registry's.
+extends_documentation_fragment: [providers, store, attributes]
 version_added: "0.1.0"
-author: DGTIC certificate renewal team
+author: DGTIC Operaciones (@dgtic-operaciones)
 options:
-  store:
-    description: The ticket store, a SQLite file or a C(postgresql://) DSN (as M(service_ticket) takes it).
-    type: str
-    required: true
   output:
     description: Path of the HTML page (its directory is created when missing).
     type: path
@@ -54,6 +54,7 @@ EXAMPLES = r"""
 - name: Write the Mesa de Servicios board
   mesa_board:
     store: /var/lib/renovacion/tickets.db
+    providers: "{{ procedure_providers }}"
     output: /var/www/reportes/tablero_mesa.html
     template_dir: "{{ playbook_dir }}/../templates/report"
   register: tablero
@@ -92,11 +93,17 @@ warnings_es:
 
 import os
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.board import collect, render
-from ansible.module_utils.sla import SlaPolicy
-from ansible.module_utils.ticket_store import TicketStoreError, open_store
-from jinja2 import TemplateNotFound
+from ansible.module_utils.notify import JINJA2_IMPORT_ERROR
+from ansible.module_utils.sla import HOLIDAYS_IMPORT_ERROR, SlaPolicy
+from ansible.module_utils.ticket_store import TicketStoreError, dsn_secrets, open_store
+from ansible.module_utils.x509_load import CRYPTOGRAPHY_IMPORT_ERROR
+
+try:
+    from jinja2 import TemplateNotFound
+except ImportError:  # main() fails first with missing_required_lib("Jinja2")
+    TemplateNotFound = LookupError
 
 
 def main():
@@ -111,15 +118,22 @@ def main():
             non_working_days=dict(type="raw", default=[]),
             due_soon_business_days=dict(type="int", default=1),
             now=dict(type="str"),
+            providers=dict(type="dict", required=True),
         ),
         supports_check_mode=True,
     )
+    for lib, error in (("cryptography", CRYPTOGRAPHY_IMPORT_ERROR), ("holidays", HOLIDAYS_IMPORT_ERROR),
+                       ("Jinja2", JINJA2_IMPORT_ERROR)):
+        if error:
+            module.fail_json(msg=missing_required_lib(lib), exception=error)
     p = module.params
+    module.no_log_values.update(dsn_secrets(p["store"]))  # a password inside the DSN never reaches the output
     try:
         policy = SlaPolicy.from_options(non_working_days=p["non_working_days"],
-                                        due_soon_business_days=p["due_soon_business_days"])
-        with open_store(p["store"], policy=policy, create=False) as store:
-            data = collect(store, p["now"], policy)
+                                        due_soon_business_days=p["due_soon_business_days"],
+                                        providers=p["providers"])
+        with open_store(p["store"], policy=policy, create=False, providers=policy.providers) as store:
+            data = collect(store, p["now"], policy, providers=policy.providers)
         html = render(data, p["title"], p["organization"], p["template_dir"])
     except TemplateNotFound as e:
         module.fail_json(msg=f"board template {e} not found: set template_dir to the project's templates/report")

@@ -1,4 +1,6 @@
 #!/usr/bin/python
+# Copyright: (c) 2026, DGTIC Operaciones
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Ansible module: send one Spanish notice of the certificate renewal procedure by SMTP."""
 
 DOCUMENTATION = r"""
@@ -12,8 +14,10 @@ description:
     mailing a blank.
   - Dates are written in words in the procedure's local time (O(timezone)); C(sla_due_soon) and C(sla_breached)
     tell the Mesa de Servicios that a ticket's SLA clock is about to fall due or has (C(playbooks/sla_watch.yml)).
+  - A notice names a provider (C(context.service)) as the registry (O(providers)) names it for people.
+extends_documentation_fragment: [providers, attributes]
 version_added: "0.1.0"
-author: DGTIC automation team
+author: DGTIC Operaciones (@dgtic-operaciones)
 options:
   name:
     description: The notice.
@@ -62,13 +66,14 @@ options:
 notes:
   - Check mode renders the notice (so a template error still fails) and sends nothing.
 seealso:
-  - module: mail_intake
+  - module: ansible.legacy.mail_intake
 """
 
 EXAMPLES = r"""
 - name: Tell the Mesa de Servicios the deployment concluded
   service_notify:
     name: deployment_concluded
+    providers: "{{ procedure_providers }}"
     to: [mesa.servicios@agricultura.gob.mx]
     sender: soas@agricultura.gob.mx
     smtp_host: smtp.agricultura.gob.mx
@@ -89,6 +94,7 @@ EXAMPLES = r"""
 - name: Warn the Mesa de Servicios that a ticket's attention term is due soon
   service_notify:
     name: sla_due_soon
+    providers: "{{ procedure_providers }}"
     to: [mesa.servicios@agricultura.gob.mx]
     sender: mesa.servicios@agricultura.gob.mx
     template_dir: "{{ playbook_dir }}/../templates"
@@ -123,10 +129,15 @@ message_id:
 
 import smtplib
 
-import jinja2
-from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.notify import NOTICES, notice, send
-from ansible.module_utils.sla import set_timezone
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.notify import JINJA2_IMPORT_ERROR, NOTICES, notice, send
+from ansible.module_utils.providers import registry
+from ansible.module_utils.sla import HOLIDAYS_IMPORT_ERROR, set_timezone
+
+try:
+    import jinja2
+except ImportError:  # main() fails first with missing_required_lib("Jinja2")
+    jinja2 = None
 
 
 def main():
@@ -142,17 +153,26 @@ def main():
             smtp_host=dict(type="str", default="localhost"),
             smtp_port=dict(type="int", default=25),
             timezone=dict(type="str"),
+            providers=dict(type="dict", required=True),
         ),
         supports_check_mode=True,
     )
+    for lib, error in (("Jinja2", JINJA2_IMPORT_ERROR), ("holidays", HOLIDAYS_IMPORT_ERROR)):
+        if error:
+            module.fail_json(msg=missing_required_lib(lib), exception=error)
     p = module.params
     try:
         set_timezone(p["timezone"])
-    except ValueError as e:
+        known = registry(p["providers"])
+    except ValueError as e:  # ProviderError included: a registry defect names the provider and the key
         module.fail_json(msg=str(e))
+    service = p["context"].get("service")
+    if service is not None and service not in known:
+        module.fail_json(msg=f"context.service {service!r} is not a provider of the registry (procedure_providers): "
+                             f"{', '.join(known.names())}")
     try:
         message = notice(p["name"], sender=p["sender"], to=p["to"], cc=p["cc"], reply_to=p["reply_to"],
-                         template_dir=p["template_dir"], **p["context"])
+                         template_dir=p["template_dir"], providers=known, **p["context"])
     except jinja2.TemplateError as e:
         module.fail_json(msg=f"notice {p['name']} cannot be rendered: {type(e).__name__}: {e}")
     result = dict(subject=str(message["Subject"]), message_id=str(message["Message-ID"]), recipients=[])

@@ -1,4 +1,6 @@
 #!/usr/bin/python
+# Copyright: (c) 2026, DGTIC Operaciones
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Ansible module: open, move and annotate a Mesa de Servicios ticket of the certificate renewal procedure."""
 
 DOCUMENTATION = r"""
@@ -6,8 +8,9 @@ DOCUMENTATION = r"""
 module: service_ticket
 short_description: Open, transition and annotate a certificate renewal ticket
 description:
-  - Opens a ticket of the RENAPO/SAT certificate renewal procedure, moves it through the state machine
-    C(received -> observations -> received), C(received -> folio_issued -> requester_validated | rejected),
+  - Opens a ticket of the certificate renewal procedure for a provider of the registry (O(providers)), moves it
+    through the state machine C(received -> observations -> received),
+    C(received -> folio_issued -> requester_validated | rejected),
     C(requester_validated -> certificate_received -> deploying -> deployed | rolled_back),
     C(rolled_back -> deploying | certificate_received | notified), C(deployed -> notified -> closed),
     C(rejected -> notified -> closed), or appends a note to it. Every change is appended to the ticket's audit log.
@@ -28,17 +31,10 @@ description:
     nothing; a notice already recorded (O(notice_sent)) is not recorded again. An invalid transition fails listing
     the allowed next states.
   - The store never holds key material or passphrases; a value that looks like one fails the task.
+extends_documentation_fragment: [providers, store, attributes.diff]
 version_added: "0.1.0"
-author: DGTIC automation team
+author: DGTIC Operaciones (@dgtic-operaciones)
 options:
-  store:
-    description:
-      - Ticket store. A SQLite file path or C(sqlite:///relative.db) / C(sqlite:////absolute.db) (one controller),
-        or a PostgreSQL URL C(postgresql://user@host:5432/dbname) (shared store, e.g. under AWX; needs psycopg 3).
-      - Give a PostgreSQL password through the environment (E(PGPASSWORD), E(PGPASSFILE)) rather than in the URL;
-        a password written in the URL (C(user:password@) or C(?password=)) is masked in every result and message.
-    type: str
-    required: true
   state:
     description:
       - C(present) opens a ticket (when O(ticket) is not given) or makes sure it exists and applies the note.
@@ -53,9 +49,8 @@ options:
     type: str
   service:
     description:
-      - Provider the request is about. Required to open a ticket.
+      - Provider the request is about, a name of the provider registry (O(providers)). Required to open a ticket.
     type: str
-    choices: [renapo, sat]
   requester:
     description: Who asks for the renewal.
     type: dict
@@ -164,8 +159,8 @@ options:
     default: []
   sla_days:
     description:
-      - Business days per service and clock, overriding the defaults (first contact 5, attention 1).
-      - 'For example C({sat: {attention: 2}}).'
+      - Business days per provider and clock, overriding the registry's C(sla_days) (O(providers)).
+      - 'For example C({<provider>: {attention: 2}}).'
     type: dict
   reopen_business_days:
     description: Business days after its close during which a closed ticket may be reopened.
@@ -180,6 +175,7 @@ EXAMPLES = r"""
 - name: Open a ticket for a RENAPO renewal request
   service_ticket:
     store: /var/lib/renovacion/tickets.db
+    providers: "{{ procedure_providers }}"
     service: renapo
     source: mail
     message_id: "<20260130.1@agricultura.gob.mx>"
@@ -197,6 +193,7 @@ EXAMPLES = r"""
 - name: Issue the folio
   service_ticket:
     store: /var/lib/renovacion/tickets.db
+    providers: "{{ procedure_providers }}"
     ticket: "{{ opened.ticket.id }}"
     state: folio_issued
     actor: mesa.servicios
@@ -211,6 +208,7 @@ EXAMPLES = r"""
 - name: Record a host verified after the rollout
   service_ticket:
     store: /var/lib/renovacion/tickets.db
+    providers: "{{ procedure_providers }}"
     ticket: "{{ issued.ticket.folio }}"
     state: deploying
     verified_hosts: [web01]
@@ -219,6 +217,7 @@ EXAMPLES = r"""
 - name: The Mesa cancels a request the requester withdrew
   service_ticket:
     store: /var/lib/renovacion/tickets.db
+    providers: "{{ procedure_providers }}"
     ticket: "{{ opened.ticket.id }}"
     state: cancelled
     reason: el solicitante retiró la solicitud por correo del 3 de febrero
@@ -234,6 +233,7 @@ EXAMPLES = r"""
 - name: The expiry ticket of a renewed certificate is closed
   service_ticket:
     store: /var/lib/renovacion/tickets.db
+    providers: "{{ procedure_providers }}"
     ticket: "{{ expiry_ticket_id }}"
     state: closed
     reason: certificado renovado en consulta-01 y consulta-02
@@ -242,6 +242,7 @@ EXAMPLES = r"""
 - name: Same ticket in the shared PostgreSQL store (AWX), the password from a credential's environment
   service_ticket:
     store: postgresql://tickets@db.example.gob.mx:5432/tickets
+    providers: "{{ procedure_providers }}"
     ticket: "{{ issued.ticket.folio }}"
     state: deploying
     verified_hosts: [web02]
@@ -288,6 +289,12 @@ ticket:
     event_key: null
     notices: []
     allowed_next: [requester_validated, rejected, cancelled, duplicate]
+  contains:
+    notices:
+      description: The notices recorded as sent for the ticket (O(notice_sent)), each with its name and moment.
+      type: list
+      elements: dict
+      returned: always
 sla:
   description:
     - The ticket's SLA clocks at O(now), moments in local time (O(timezone)). Each clock has C(due), C(met_at),
@@ -314,8 +321,9 @@ allowed_next:
   sample: [requester_validated, rejected, cancelled, duplicate]
 """
 
-from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.sla import MODULE_OPTIONS, now_local, policy_from_params, to_datetime
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.providers import ProviderError, registry
+from ansible.module_utils.sla import HOLIDAYS_IMPORT_ERROR, MODULE_OPTIONS, now_local, policy_from_params, to_datetime
 from ansible.module_utils.ticket_store import (
     SOURCES,
     STATES,
@@ -324,6 +332,7 @@ from ansible.module_utils.ticket_store import (
     dsn_secrets,
     open_store,
 )
+from ansible.module_utils.x509_load import CRYPTOGRAPHY_IMPORT_ERROR
 
 
 def main():
@@ -332,13 +341,13 @@ def main():
             store=dict(type="str", required=True),
             state=dict(type="str", default="present", choices=["present", *STATES]),
             ticket=dict(type="str"),
-            service=dict(type="str", choices=["renapo", "sat"]),
+            service=dict(type="str"),  # checked against the registry (providers) below
             requester=dict(type="dict", options=dict(name=dict(type="str"), email=dict(type="str"),
                                                      unit=dict(type="str"), system=dict(type="str"))),
             forwarded_by=dict(type="dict", options=dict(name=dict(type="str"), rank=dict(type="str"))),
             source=dict(type="str", default="manual", choices=list(SOURCES)),
             message_id=dict(type="str"),
-            event_key=dict(type="str"),
+            event_key=dict(type="str", no_log=False),  # an expiry event's name, not a secret
             received_at=dict(type="str"),
             actor=dict(type="str", default="ansible"),
             reason=dict(type="str"),
@@ -356,10 +365,20 @@ def main():
         required_one_of=[("ticket", "service")],
         supports_check_mode=True,
     )
+    for lib, error in (("cryptography", CRYPTOGRAPHY_IMPORT_ERROR), ("holidays", HOLIDAYS_IMPORT_ERROR)):
+        if error:
+            module.fail_json(msg=missing_required_lib(lib), exception=error)
     p = module.params
     module.no_log_values.update(dsn_secrets(p["store"]))  # a password inside the DSN never reaches the output
     if p["state"] != "present" and not p["ticket"]:
         module.fail_json(msg=f"state={p['state']} moves an existing ticket: give its id or folio in 'ticket'")
+    try:
+        known = registry(p["providers"])
+    except ProviderError as e:
+        module.fail_json(msg=f"provider registry (providers): {e}")
+    if p["service"] is not None and p["service"] not in known:
+        module.fail_json(msg=f"unknown service {p['service']!r}; the provider registry (procedure_providers) has "
+                             f"{', '.join(known.names())}")
     try:
         policy = policy_from_params(p, reopen_business_days=p["reopen_business_days"])
         now = to_datetime(p["now"]) if p["now"] else now_local()
@@ -369,7 +388,7 @@ def main():
     data = dict(reason=p["reason"], serial=p["serial"], hosts=p["hosts"], verified_hosts=p["verified_hosts"],
                 cause=p["cause"], note=p["annotate"], duplicate_of=p["duplicate_of"], notice=p["notice_sent"])
     try:
-        with open_store(p["store"], policy, create=not module.check_mode) as store, \
+        with open_store(p["store"], policy, create=not module.check_mode, providers=known) as store, \
                 store.transaction(dry_run=module.check_mode):  # check mode previews and rolls back the whole task
             if p["ticket"]:
                 target = None if p["state"] == "present" else p["state"]

@@ -1,4 +1,6 @@
 #!/usr/bin/python
+# Copyright: (c) 2026, DGTIC Operaciones
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Ansible module: read certificate renewal tickets with their SLA status and audit log."""
 
 DOCUMENTATION = r"""
@@ -19,24 +21,16 @@ description:
     open ticket, clock and clock state); C(playbooks/sla_watch.yml) sends them and records each on its ticket.
   - Only reads; a store file that does not exist yet, or a PostgreSQL database without the ticket schema, reads
     as empty and is left untouched.
+extends_documentation_fragment: [providers, store, attributes.info]
 version_added: "0.1.0"
-author: DGTIC automation team
+author: DGTIC Operaciones (@dgtic-operaciones)
 options:
-  store:
-    description:
-      - Ticket store. A SQLite file path or C(sqlite:///relative.db) / C(sqlite:////absolute.db) (one controller),
-        or a PostgreSQL URL C(postgresql://user@host:5432/dbname) (shared store, e.g. under AWX; needs psycopg 3).
-      - Give a PostgreSQL password through the environment (E(PGPASSWORD), E(PGPASSFILE)) rather than in the URL;
-        a password written in the URL (C(user:password@) or C(?password=)) is masked in every result and message.
-    type: str
-    required: true
   ticket:
     description: Ticket id or folio. When given, the filters are ignored.
     type: str
   service:
-    description: Only tickets of this provider.
+    description: Only tickets of this provider, a name of the provider registry (O(providers)).
     type: str
-    choices: [renapo, sat]
   state:
     description: Only tickets in these states.
     type: list
@@ -89,7 +83,7 @@ options:
     type: raw
     default: []
   sla_days:
-    description: Business days per service and clock, overriding the defaults (first contact 5, attention 1).
+    description: Business days per provider and clock, overriding the registry's C(sla_days) (O(providers)).
     type: dict
 """
 
@@ -97,6 +91,7 @@ EXAMPLES = r"""
 - name: Tickets of RENAPO whose SLA is breached
   service_ticket_info:
     store: /var/lib/renovacion/tickets.db
+    providers: "{{ procedure_providers }}"
     service: renapo
     breached_only: true
     non_working_days:
@@ -111,6 +106,7 @@ EXAMPLES = r"""
 - name: One ticket's timeline
   service_ticket_info:
     store: /var/lib/renovacion/tickets.db
+    providers: "{{ procedure_providers }}"
     ticket: DGTIC-RENAPO-2026-000001
   register: one
 
@@ -121,6 +117,7 @@ EXAMPLES = r"""
 - name: Open expiry tickets and the SLA notices due now
   service_ticket_info:
     store: /var/lib/renovacion/tickets.db
+    providers: "{{ procedure_providers }}"
     open_only: true
     audit: false
   register: watch
@@ -189,10 +186,20 @@ now:
   sample: "2026-02-03T13:00:00-06:00"
 """
 
-from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.sla import MODULE_OPTIONS, iso, now_local, policy_from_params, to_datetime
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.notify import JINJA2_IMPORT_ERROR
+from ansible.module_utils.providers import ProviderError, registry
+from ansible.module_utils.sla import (
+    HOLIDAYS_IMPORT_ERROR,
+    MODULE_OPTIONS,
+    iso,
+    now_local,
+    policy_from_params,
+    to_datetime,
+)
 from ansible.module_utils.sla_watch import due_notices
 from ansible.module_utils.ticket_store import SOURCES, STATES, TicketStoreError, dsn_secrets, open_store
+from ansible.module_utils.x509_load import CRYPTOGRAPHY_IMPORT_ERROR
 
 
 def main():
@@ -200,7 +207,7 @@ def main():
         argument_spec=dict(
             store=dict(type="str", required=True),
             ticket=dict(type="str"),
-            service=dict(type="str", choices=["renapo", "sat"]),
+            service=dict(type="str"),  # checked against the registry (providers) below
             state=dict(type="list", elements="str", choices=list(STATES)),
             source=dict(type="str", choices=list(SOURCES)),
             open_only=dict(type="bool", default=False),
@@ -212,12 +219,23 @@ def main():
         ),
         supports_check_mode=True,
     )
+    for lib, error in (("cryptography", CRYPTOGRAPHY_IMPORT_ERROR), ("holidays", HOLIDAYS_IMPORT_ERROR),
+                       ("Jinja2", JINJA2_IMPORT_ERROR)):
+        if error:
+            module.fail_json(msg=missing_required_lib(lib), exception=error)
     p = module.params
     module.no_log_values.update(dsn_secrets(p["store"]))  # a password inside the DSN never reaches the output
     try:
+        known = registry(p["providers"])
+    except ProviderError as e:
+        module.fail_json(msg=f"provider registry (providers): {e}")
+    if p["service"] is not None and p["service"] not in known:
+        module.fail_json(msg=f"unknown service {p['service']!r}; the provider registry (procedure_providers) has "
+                             f"{', '.join(known.names())}")
+    try:
         policy = policy_from_params(p, due_soon_business_days=p["due_soon_business_days"])
         now = to_datetime(p["now"]) if p["now"] else now_local()
-        with open_store(p["store"], policy, create=False) as store:
+        with open_store(p["store"], policy, create=False, providers=known) as store:
             found = ([store.get(p["ticket"])] if p["ticket"]
                      else store.find(p["service"], p["state"], source=p["source"], open_only=p["open_only"]))
             tickets = []

@@ -1,4 +1,6 @@
 #!/usr/bin/python
+# Copyright: (c) 2026, DGTIC Operaciones
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Ansible module: record, approve, retire or seed a provider's trust anchor in the approved-anchor registry."""
 
 DOCUMENTATION = r"""
@@ -27,18 +29,12 @@ description:
     expired one enters C(retired)); one held by some files only is left out and named in a warning. Refused once
     the provider has any entry.
   - Every change is written in one transaction with a row in the registry audit.
+extends_documentation_fragment: [providers, store, attributes.diff]
 version_added: "0.2.0"
-author: DGTIC automation team
+author: DGTIC Operaciones (@dgtic-operaciones)
 options:
-  store:
-    description:
-      - Ticket store. A SQLite file path or C(sqlite:///relative.db) / C(sqlite:////absolute.db), or a PostgreSQL URL
-        C(postgresql://user@host:5432/dbname) (needs psycopg 3).
-      - A password written in the URL is masked in every result and message; prefer E(PGPASSWORD).
-    type: str
-    required: true
   provider:
-    description: The provider whose registry this is (a provider the ticket store knows, e.g. C(renapo)).
+    description: The provider whose registry this is, a provider of kind C(trust) in the registry (O(providers)).
     type: str
     required: true
   state:
@@ -130,14 +126,15 @@ notes:
     exactly what would change. On a store that does not exist yet nothing is created.
   - Diff mode shows the entry's state and evidence before and after.
 seealso:
-  - module: trust_anchor_info
-  - module: fleet_lock
+  - module: ansible.legacy.trust_anchor_info
+  - module: ansible.legacy.fleet_lock
 """
 
 EXAMPLES = r"""
 - name: Record the anchor RENAPO delivered, with the claim its unauthenticated letter makes
   trust_anchor:
     store: /var/lib/renovacion/tickets.db
+    providers: "{{ procedure_providers }}"
     provider: renapo
     certificate: /var/lib/renovacion/deliveries/DGTIC-RENAPO-2026-000123/renapo_ws.pem
     state: pending
@@ -151,6 +148,7 @@ EXAMPLES = r"""
 - name: An operator confirmed the fingerprint by telephone
   trust_anchor:
     store: /var/lib/renovacion/tickets.db
+    providers: "{{ procedure_providers }}"
     provider: renapo
     fingerprint: "{{ recorded.anchor.fingerprint }}"
     evidence:
@@ -161,6 +159,7 @@ EXAMPLES = r"""
 - name: Approve it on its evidence; RENAPO's endpoint is asked too
   trust_anchor:
     store: /var/lib/renovacion/tickets.db
+    providers: "{{ procedure_providers }}"
     provider: renapo
     fingerprint: "{{ recorded.anchor.fingerprint }}"
     state: approved
@@ -233,10 +232,8 @@ endpoint_check:
            presented: [CN=consultas.renapo.gob.mx, CN=RENAPO CA 2026], error: null}
 """
 
-import inspect
-
 from ansible.module_utils.anchor_registry import PolicyError, canonical_fingerprint, commands, normalise_policy
-from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.cert_validation import (
     endpoint_confirms,
     fetch_endpoint_chain,
@@ -245,6 +242,8 @@ from ansible.module_utils.cert_validation import (
     order_chain,
     sha256_fp,
 )
+from ansible.module_utils.providers import ProviderError, registry
+from ansible.module_utils.sla import HOLIDAYS_IMPORT_ERROR
 from ansible.module_utils.ticket_store import (
     AnchorNotApproved,
     AnchorNotFound,
@@ -252,7 +251,7 @@ from ansible.module_utils.ticket_store import (
     dsn_secrets,
     open_store,
 )
-from ansible.module_utils.x509_load import LoadError, parse_certificates, read_bytes
+from ansible.module_utils.x509_load import CRYPTOGRAPHY_IMPORT_ERROR, LoadError, parse_certificates, read_bytes
 
 
 class Refused(Exception):
@@ -275,7 +274,7 @@ def anchor_of(path):
     if len(roots) > 1:
         raise Refused(f"{path} holds {len(roots)} self-signed certificates ("
                       + ", ".join(f"'{name_of(c)}'" for c in roots) + "): give one anchor or one chain")
-    chain, _, _ = order_chain(certs)
+    chain, _leaves, _unused = order_chain(certs)
     top = chain[-1]
     if not issued_by(top, top):
         raise Refused(f"{path}: incomplete chain: '{name_of(top)}' is issued by '{top.issuer.rfc4514_string()}', "
@@ -308,11 +307,8 @@ def seed_anchors(paths):
 def check_endpoint(endpoint, server_name, timeout, anchor, delivered):
     """Ask the live endpoint for its chain; confirmed when it ends in the anchor."""
     result = {"endpoint": endpoint, "server_name": server_name, "confirmed": False, "presented": [], "error": None}
-    kwargs = {}
-    if "server_name" in inspect.signature(fetch_endpoint_chain).parameters:
-        kwargs["server_name"] = server_name
     try:
-        presented = fetch_endpoint_chain(endpoint, timeout, **kwargs)
+        presented = fetch_endpoint_chain(endpoint, timeout, server_name=server_name)  # the one fetch, with SNI
     except (OSError, ValueError) as e:
         result["error"] = f"{endpoint} unreachable: {e}"
         return result
@@ -356,13 +352,25 @@ def main():
             certificates=dict(type="list", elements="path"),
             reason=dict(type="str"),
             now=dict(type="str"),
+            providers=dict(type="dict", required=True),
         ),
         mutually_exclusive=[("certificate", "certificates")],
         required_if=[("state", "seeded", ("certificates", "reason")), ("state", "retired", ("reason",))],
         supports_check_mode=True,
     )
+    for lib, error in (("cryptography", CRYPTOGRAPHY_IMPORT_ERROR), ("holidays", HOLIDAYS_IMPORT_ERROR)):
+        if error:
+            module.fail_json(msg=missing_required_lib(lib), exception=error)
     p = module.params
     module.no_log_values.update(dsn_secrets(p["store"]))  # a password inside the DSN never reaches the output
+    try:
+        known = registry(p["providers"])
+    except ProviderError as e:
+        module.fail_json(msg=f"provider registry (providers): {e}")
+    trusted = [t.name for t in known.of_kind("trust")]
+    if p["provider"] not in trusted:
+        module.fail_json(msg=f"provider {p['provider']!r} has no trust anchors: the trust providers of the registry "
+                             f"(procedure_providers) are {', '.join(trusted) or 'none'}")
     try:
         if p["state"] == "seeded":
             seed(module, p)
@@ -376,7 +384,7 @@ def main():
 
 def seed(module, p):
     anchors, skipped = seed_anchors(p["certificates"])
-    with open_store(p["store"], create=not module.check_mode) as store, \
+    with open_store(p["store"], create=not module.check_mode, providers=p["providers"]) as store, \
             store.transaction(dry_run=module.check_mode):
         seeded = store.anchor_seed(p["provider"], anchors, actor=p["actor"], reason=p["reason"], now=p["now"])
     for anchor in seeded:
@@ -400,7 +408,7 @@ def keep(module, p):
         fingerprint = own
     policy = normalise_policy(p["policy"]) if state == "approved" else None
     evidence = [{k: v for k, v in item.items() if v is not None} for item in p["evidence"]]
-    with open_store(p["store"], create=not module.check_mode) as store:
+    with open_store(p["store"], create=not module.check_mode, providers=p["providers"]) as store:
         try:
             before = store.anchor(provider, fingerprint)
         except TicketStoreError:  # not recorded yet (or a provider the store refuses, reported below)

@@ -1,4 +1,6 @@
 #!/usr/bin/python
+# Copyright: (c) 2026, DGTIC Operaciones
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Ansible module: read the approved-anchor registry, the PEMs hosts must trust, and the fleet lock."""
 
 DOCUMENTATION = r"""
@@ -11,16 +13,11 @@ description:
     unexpired) and the provider's fleet lock.
   - Only reads; a store file that does not exist yet, or a PostgreSQL database without the schema, reads as empty and
     is left untouched.
+  - O(provider) is a provider of the registry (O(providers)); another one fails naming the registry's.
+extends_documentation_fragment: [providers, store, attributes.info]
 version_added: "0.2.0"
-author: DGTIC automation team
+author: DGTIC Operaciones (@dgtic-operaciones)
 options:
-  store:
-    description:
-      - Ticket store. A SQLite file path or C(sqlite:///relative.db) / C(sqlite:////absolute.db), or a PostgreSQL URL
-        C(postgresql://user@host:5432/dbname) (needs psycopg 3).
-      - A password written in the URL is masked in every result and message; prefer E(PGPASSWORD).
-    type: str
-    required: true
   provider:
     description: Only this provider's entries; also returns its RV(approved_pems) and RV(lock).
     type: str
@@ -33,14 +30,15 @@ options:
     description: The moment expiry is judged at (ISO 8601); defaults to the clock.
     type: str
 seealso:
-  - module: trust_anchor
-  - module: fleet_lock
+  - module: ansible.legacy.trust_anchor
+  - module: ansible.legacy.fleet_lock
 """
 
 EXAMPLES = r"""
 - name: What RENAPO's consultation hosts must trust
   trust_anchor_info:
     store: /var/lib/renovacion/tickets.db
+    providers: "{{ procedure_providers }}"
     provider: renapo
   register: registry
 
@@ -98,9 +96,10 @@ lock:
            expires_at: "2026-03-01T12:00:00-06:00", expired: false}
 """
 
-from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.sla import now_local, to_datetime
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.sla import HOLIDAYS_IMPORT_ERROR, now_local, to_datetime
 from ansible.module_utils.ticket_store import TicketStoreError, dsn_secrets, open_store
+from ansible.module_utils.x509_load import CRYPTOGRAPHY_IMPORT_ERROR
 
 
 def main():
@@ -110,15 +109,20 @@ def main():
             provider=dict(type="str"),
             states=dict(type="list", elements="str", choices=["pending", "approved", "retired"]),
             now=dict(type="str"),
+            providers=dict(type="dict", required=True),
         ),
         supports_check_mode=True,
     )
+    for lib, error in (("cryptography", CRYPTOGRAPHY_IMPORT_ERROR), ("holidays", HOLIDAYS_IMPORT_ERROR)):
+        if error:
+            module.fail_json(msg=missing_required_lib(lib), exception=error)
     p = module.params
     module.no_log_values.update(dsn_secrets(p["store"]))  # a password inside the DSN never reaches the output
     output = dict(changed=False)
     try:
         now = to_datetime(p["now"]) if p["now"] else now_local()
-        with open_store(p["store"], create=False) as store:
+        # create=False: the registry is only checked against (the store writes it on a write, and this one reads)
+        with open_store(p["store"], create=False, providers=p["providers"]) as store:
             output["anchors"] = store.anchors(p["provider"], p["states"])
             output["approved_pems"] = []
             if p["provider"]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from ansible.module_utils.cert_validation import normalise_fingerprint
+from ansible.module_utils.pki_format import fingerprint_text
 
 EVIDENCE_KINDS = ("endpoint", "operator", "authenticated_mail", "claim", "seed")
 APPROVING_KINDS = ("endpoint", "operator", "authenticated_mail")
@@ -73,11 +73,8 @@ def normalise_policy(policy=None):
 
 
 def canonical_fingerprint(text):
-    """SHA-256 fingerprint in the registry's form (upper-case colon hex); raises ValueError when not one."""
-    fingerprint = normalise_fingerprint(str(text or ""))
-    if fingerprint is None:
-        raise ValueError(f"{text!r} is not a SHA-256 fingerprint (64 hex digits)")
-    return fingerprint.upper()
+    """SHA-256 fingerprint in the registry's form, openssl's ('AB:CD:...'); raises ValueError when not one."""
+    return fingerprint_text(str(text or ""))
 
 
 def _moment(value):

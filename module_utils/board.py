@@ -1,9 +1,11 @@
 """The Mesa de Servicios board: its queue as one self-contained Spanish HTML page (the KPI report's style).
 
-Pure code (stdlib + Jinja2 + the project's sla/formato/ticket_store): no Ansible import. `collect(store, now, policy)`
+Pure code (stdlib + Jinja2 + the project's sla/formato/ticket_store): no Ansible import.
+`collect(store, now, policy, providers)`
 reads every open ticket with its SLA clocks (SlaPolicy.ticket_status), state, age, next step and timeline (audit
 log and notes, oldest first); `render(data)` writes the page. Renewal requests come first, the ones that need
 attention first (breached, then due soon, then by due moment); tickets the expiry monitor opened are listed apart.
+Providers are named from the registry (providers.py): display_name on the board, prose_name inside a next step.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import datetime as dt
 
 from ansible.module_utils.formato import duracion, fecha_hora
 from ansible.module_utils.kpi_report import DEFAULT_ORGANIZATION, environment
+from ansible.module_utils.providers import registry
 from ansible.module_utils.sla import BREACHED, CLOCKS, DUE_SOON, ON_TIME, SlaPolicy, now_local, to_datetime
 
 FINAL = ("closed", "cancelled", "duplicate")
@@ -21,7 +24,6 @@ STATE_NAMES = {
     "rejected": "Improcedente", "notified": "Conclusión notificada", "reopened": "Reabierto",
     "acknowledged": "Enterado", "closed": "Cerrado", "cancelled": "Cancelado", "duplicate": "Duplicado",
 }
-PROVIDERS = {"renapo": "RENAPO", "sat": "el SAT"}
 NEXT_STEP = {
     "received": "Mesa de Servicios: revisar los datos de la solicitud (observaciones o folio).",
     "observations": "Solicitante: responder con los datos corregidos; el reloj de primer contacto sigue corriendo.",
@@ -36,7 +38,7 @@ NEXT_STEP = {
     "reopened": "Mesa de Servicios: revisar por qué se reabrió y retomar el paso que corresponda.",
 }
 MONITOR_NEXT_STEP = {
-    "received": "Mesa de Servicios: darse por enterada y solicitar la renovación a {provider}.",
+    "received": "Mesa de Servicios: darse por enterada y solicitar la renovación {to_provider}.",
     "acknowledged": "Esperar la renovación; el ticket se cierra cuando el certificado se renueva.",
     "reopened": "Mesa de Servicios: revisar el vencimiento de nuevo.",
 }
@@ -75,13 +77,18 @@ def _timeline(store, ticket: dict) -> list[dict]:
     return sorted(events, key=lambda e: (to_datetime(e["at"]), e["que"] == "Nota"))
 
 
-def _view(store, ticket: dict, now: dt.datetime, policy: SlaPolicy) -> dict:
+def _to(prose: str) -> str:
+    """'a' + a provider's prose name, contracted the Spanish way: 'a RENAPO', 'al SAT'."""
+    return f"al {prose[3:]}" if prose.lower().startswith("el ") else f"a {prose}"
+
+
+def _view(store, ticket: dict, now: dt.datetime, policy: SlaPolicy, known) -> dict:
     status = policy.ticket_status(ticket, now)
     clocks = {c: _clock_view(status[c]) for c in CLOCKS}
     pending = [clocks[c] for c in CLOCKS if clocks[c]["pendiente"] and clocks[c]["estado"]]
     worst = min((c["estado"] for c in pending), key=_URGENCY.get, default=None)
     received = to_datetime(ticket["received_at"] or ticket["created_at"])
-    provider = PROVIDERS.get(ticket["service"], ticket["service"].upper())
+    provider = known.get(ticket["service"]).prose_name if ticket["service"] in known else ticket["service"]
     steps = MONITOR_NEXT_STEP if ticket["source"] == "monitor" else NEXT_STEP
     return {
         "id": ticket["id"], "folio": ticket["folio"] or f"#{ticket['id']}", "servicio": ticket["service"],
@@ -91,7 +98,8 @@ def _view(store, ticket: dict, now: dt.datetime, policy: SlaPolicy) -> dict:
         "sistema": ticket["requester"]["system"] or "", "recibido": fecha_hora(received),
         "antiguedad": duracion(now - received),
         "dias_habiles": policy.business_days_between(received, now),
-        "siguiente_paso": steps.get(ticket["state"], "Revisar el ticket.").format(provider=provider),
+        "siguiente_paso": steps.get(ticket["state"], "Revisar el ticket.").format(provider=provider,
+                                                                                  to_provider=_to(provider)),
         "causa": ticket["cause"] or "", "relojes": clocks, "urgencia": worst,
         "orden": (_URGENCY[worst], min((to_datetime(c["vence"]) for c in pending if c["vence"]), default=now),
                   ticket["id"]),
@@ -99,17 +107,20 @@ def _view(store, ticket: dict, now: dt.datetime, policy: SlaPolicy) -> dict:
     }
 
 
-def collect(store, now=None, policy: SlaPolicy | None = None) -> dict:
-    """Every open ticket as the board shows it: requests (most urgent first) and monitor tickets apart."""
-    policy = policy or SlaPolicy()
+def collect(store, now=None, policy: SlaPolicy | None = None, *, providers) -> dict:
+    """Every open ticket as the board shows it: requests (most urgent first) and monitor tickets apart.
+    `providers`: the provider registry (how each ticket's provider is named)."""
+    known = registry(providers)
+    policy = (policy or SlaPolicy()).with_providers(known)
     now = to_datetime(now) if now else now_local()
-    views = [_view(store, t, now, policy) for t in store.find() if t["state"] not in FINAL]
+    views = [_view(store, t, now, policy, known) for t in store.find() if t["state"] not in FINAL]
     views.sort(key=lambda v: v["orden"])
     requests = [v for v in views if v["origen"] != "monitor"]
     monitor = [v for v in views if v["origen"] == "monitor"]
     for v in views:
         del v["orden"]
     return {"al": now.isoformat(timespec="seconds"), "al_texto": fecha_hora(now),
+            "servicios": {p.name: p.display_name for p in known},
             "solicitudes": requests, "monitoreo": monitor,
             "resumen": {"abiertos": len(views), "solicitudes": len(requests), "monitoreo": len(monitor),
                         "vencidos": sum(v["urgencia"] == BREACHED for v in views),
@@ -119,6 +130,6 @@ def collect(store, now=None, policy: SlaPolicy | None = None) -> dict:
 
 def render(data: dict, title: str = "Tablero de la Mesa de Servicios", organization: str = DEFAULT_ORGANIZATION,
            template_dir=None) -> str:
+    """The page; provider names come from `data["servicios"]` (collect() puts the registry's display names there)."""
     return environment(template_dir).get_template("board.html.j2").render(
-        b=data, titulo=title, organizacion=organization, clock_names=CLOCK_NAMES,
-        service_names={"renapo": "RENAPO", "sat": "SAT"})
+        b=data, titulo=title, organizacion=organization, clock_names=CLOCK_NAMES, service_names=data["servicios"])

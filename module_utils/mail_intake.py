@@ -8,11 +8,15 @@ A request is an e-mail a person writes in Spanish, one field per line (labels ar
     Correo: juan.perez@agricultura.gob.mx
     Unidad Administrativa: Dirección General de Fomento a la Agricultura
     Sistema: Padrón de Productores
-    Servicio: RENAPO            (RENAPO o SAT)
+    Servicio: RENAPO            (a provider of the registry: its name, display name or an alias)
     Turnado por: Lic. María Gómez Ruiz
     Cargo: Director de Área
 
 A missing field is None; `observations.evaluate` decides what that means.
+
+Providers come from the registry (providers.py, the inventory's `procedure_providers`): its folio prefixes make a
+folio (`Registry.folio_re`), its sender domains make a delivery, its aliases read "Servicio:". Text is compared
+folded (`providers.fold`: lower case, no accents, single spaces).
 
 What a real mailbox holds besides requests (RFC 3834, RFC 3464), and how each is classified:
 - kind "automatic": Auto-Submitted other than "no", X-Autoreply/X-Autorespond, Precedence auto_reply, an
@@ -32,8 +36,6 @@ What a real mailbox holds besides requests (RFC 3834, RFC 3464), and how each is
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import email
 import email.header
 import email.utils
@@ -52,8 +54,8 @@ from html.parser import HTMLParser
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from ansible.module_utils.cert_files import write_atomic
+from ansible.module_utils.providers import fold, registry
 
-FOLIO_RE = re.compile(r"\bDGTIC-(RENAPO|SAT)-(\d{4})-(\d{6})\b", re.IGNORECASE)
 # Something that looks like a folio but is not one (wrong year/number width) is named in the quarantine reason.
 FOLIO_LIKE_RE = re.compile(r"\bDGTIC-[A-Z0-9]+(?:-[A-Z0-9]+)*", re.IGNORECASE)
 TICKET_RE = re.compile(r"\[\s*Ticket\s*#\s*(\d+)\s*\]", re.IGNORECASE)
@@ -66,10 +68,7 @@ DEFAULT_MAX_ATTACHMENT_BYTES = 10 * 1024 * 1024
 # A whole message larger than this is quarantined before it is parsed (Exchange Online's default limit is 25 MB).
 DEFAULT_MAX_MESSAGE_BYTES = 25 * 1024 * 1024
 DEFAULT_MAX_ZIP_ENTRIES = 50
-# Sender domains that make a message a certificate delivery even when its attachment is missing.
-DEFAULT_PROVIDER_DOMAINS = {"renapo.gob.mx": "renapo", "segob.gob.mx": "renapo", "sat.gob.mx": "sat"}
-
-# Normalised label -> request field; the first occurrence of a field wins.
+# Folded label -> request field; the first occurrence of a field wins.
 FIELD_LABELS = {
     "solicitante": "requester",
     "nombre": "requester",
@@ -152,7 +151,7 @@ class ServiceRequest:
     requester_email: str | None = None
     administrative_unit: str | None = None
     system: str | None = None
-    service: str | None = None  # 'renapo' | 'sat', or the raw text when it names neither
+    service: str | None = None  # a registry provider's name, or the raw text when it names none
     forwarded_by: str | None = None
     forwarded_by_rank: str | None = None
 
@@ -184,7 +183,7 @@ class ServiceRequest:
 class Attachment:
     filename: str
     content: bytes = field(repr=False)  # may be a key: never printed
-    source: str = ""  # "bundle.zip!renapo.pem" when it came out of a zip
+    source: str = ""  # "bundle.zip!anchor.pem" when it came out of a zip
 
     @property
     def sha256(self) -> str:
@@ -225,13 +224,6 @@ class ParsedMessage:
                      *sorted(a.sha256 for a in self.attachments)):
             h.update(part.encode("utf-8", "surrogatepass") + b"\0")
         return h.hexdigest()
-
-
-def normalise(text: str) -> str:
-    """Lower case, no accents, single spaces: how labels, ranks and system names are compared."""
-    text = unicodedata.normalize("NFKD", text)
-    text = "".join(c for c in text if not unicodedata.combining(c))
-    return " ".join(text.lower().split())
 
 
 def _decode_bytes(data: bytes, charset: str | None) -> str:
@@ -320,7 +312,7 @@ def _strip_quoted(body: str) -> str:
     """The new text of a reply: quoted lines ('>') and everything after an 'On ... wrote:' marker dropped."""
     kept = []
     for line in body.splitlines():
-        low = normalise(line)
+        low = fold(line)
         if low.startswith("-----original message") or low.startswith("-----mensaje original") or (
             low.endswith(("escribio:", "wrote:")) and (low.startswith("el ") or low.startswith("on "))
         ):
@@ -330,15 +322,17 @@ def _strip_quoted(body: str) -> str:
     return "\n".join(kept)
 
 
-def parse_request_fields(body: str) -> tuple[ServiceRequest, int]:
-    """Fields of a request written one per line; returns the request and how many labels were recognised."""
+def parse_request_fields(body: str, providers=None) -> tuple[ServiceRequest, int]:
+    """Fields of a request written one per line; returns the request and how many labels were recognised.
+    "Servicio:" becomes the provider of the registry (`providers`) its words name, else stays as written."""
+    known = _known(providers)
     request = ServiceRequest()
     found = 0
     for line in body.splitlines():
         m = LABEL_LINE_RE.match(line)
         if not m:
             continue
-        name = FIELD_LABELS.get(normalise(m.group(1)))
+        name = FIELD_LABELS.get(fold(m.group(1)))
         if name is None:
             continue
         found += 1
@@ -348,26 +342,17 @@ def parse_request_fields(body: str) -> tuple[ServiceRequest, int]:
         if name == "requester_email":
             em = EMAIL_RE.search(value)
             value = em.group(0).lower() if em else value
-        elif name == "service":
-            low = normalise(value)
-            value = "renapo" if "renapo" in low else "sat" if re.search(r"\bsat\b", low) else value
+        elif name == "service" and known is not None:
+            value = known.from_text(value) or value
         setattr(request, name, value)
     return request, found
 
 
 def _der_well_formed(data: bytes) -> bool:
     """One top-level ASN.1 SEQUENCE covering exactly the data: what every cert, key and PKCS#12 file is."""
-    if len(data) < 2 or data[0] != 0x30:
-        return False
-    first = data[1]
-    if first < 0x80:
-        length, header = first, 2
-    else:
-        n = first & 0x7F
-        if n == 0 or n > 4 or len(data) < 2 + n:
-            return False
-        length, header = int.from_bytes(data[2 : 2 + n], "big"), 2 + n
-    return header + length == len(data)
+    from ansible.module_utils.pki_format import der_well_formed  # the one DER length parser
+
+    return der_well_formed(data)
 
 
 def _der_items(data: bytes, limit: int = 4) -> list[tuple[int, bytes]] | None:
@@ -423,15 +408,17 @@ def attachment_defect(filename: str, data: bytes) -> str | None:
     if not data:
         return f"adjunto vacío: {filename}"
     if b"-----BEGIN " in data:
-        blocks = re.findall(rb"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", data, re.DOTALL)
+        from ansible.module_utils.pki_format import pem_matches  # the one PEM reader
+
+        try:
+            blocks = pem_matches(data)
+        except ValueError:
+            return f"adjunto corrupto (base64 inválido en PEM): {filename}"
         if not blocks:
             return f"adjunto corrupto (bloque PEM incompleto): {filename}"
-        for _label, b64 in blocks:
-            b64 = re.sub(rb"^[A-Za-z-]+:.*$", b"", b64, flags=re.MULTILINE)  # legacy 'Proc-Type:' headers
-            try:
-                der = base64.b64decode(b"".join(b64.split()), validate=True)
-            except (binascii.Error, ValueError):
-                return f"adjunto corrupto (base64 inválido en PEM): {filename}"
+        for _label, der, block in blocks:
+            if b"Proc-Type:" in block:  # a legacy encrypted key: its body is ciphertext, not DER
+                continue
             if not _der_well_formed(der):
                 return f"adjunto corrupto (DER mal formado en PEM): {filename}"
         return None
@@ -474,30 +461,48 @@ def _zip_members(filename: str, data: bytes, max_total: int, max_entries: int) -
     return members, None
 
 
-def _sender_service(sender: str, provider_domains: dict) -> str | None:
+def _known(providers):
+    """The registry (a Registry or the inventory's dict), or None when the caller reads no provider."""
+    return None if providers is None else registry(providers)
+
+
+def _sender_service(sender: str, known) -> str | None:
+    """The provider whose sender domains hold the sender's domain (or a parent of it)."""
     domain = sender.rpartition("@")[2].lower()
-    for known, service in provider_domains.items():
-        if domain == known or domain.endswith("." + known):
+    for listed, service in (known.domains() if known is not None else {}).items():
+        if domain == listed or domain.endswith("." + listed):
             return service
     return None
+
+
+def _folio(text: str, known):
+    """(folio, provider name) of the first folio of the registry in `text`, or (None, None)."""
+    found = known.parse_folio(text) if known is not None else None
+    if not found:
+        return None, None
+    provider, year, number = found
+    return provider.folio(year, number), provider.name
 
 
 def parse_message(
     raw: bytes,
     max_attachment_bytes: int = DEFAULT_MAX_ATTACHMENT_BYTES,
     max_zip_entries: int = DEFAULT_MAX_ZIP_ENTRIES,
-    provider_domains: dict | None = None,
+    providers=None,
     own_senders=(),
     own_message_ids=(),
 ) -> ParsedMessage:
     """Classify one raw message as request, delivery, reply, automatic, bounce or unknown. Never raises.
 
+    providers: the provider registry (folios, sender domains, "Servicio:"); None only for a caller that reads the
+    Message-ID alone (then no folio, delivery domain or provider is recognised).
+
     own_senders: the From addresses of our own notices; own_message_ids: Message-IDs we recorded as sent. Either
     makes a message that comes back 'automatic' (filed, never read as a requester's reply).
     """
-    provider_domains = DEFAULT_PROVIDER_DOMAINS if provider_domains is None else provider_domains
+    known = _known(providers)  # a defective registry is the caller's error, not the message's
     try:
-        parsed = _parse(raw, max_attachment_bytes, max_zip_entries, provider_domains,
+        parsed = _parse(raw, max_attachment_bytes, max_zip_entries, known,
                         {a.strip().lower() for a in own_senders if a}, own_message_ids)
     except Exception as exc:  # a defect the parser did not foresee still ends in quarantine, not in a crash
         parsed = ParsedMessage("unknown", _fallback_id(raw),
@@ -550,7 +555,7 @@ def _bounce_facts(msg: Message, body: str) -> dict:
                 rcpt = block.get("Final-Recipient") or block.get("Original-Recipient")
                 if rcpt:
                     facts["recipients"].append({
-                        "recipient": decode_header_value(rcpt).split(";")[-1].strip(),
+                        "recipient": decode_header_value(rcpt).rsplit(";", maxsplit=1)[-1].strip(),
                         "action": decode_header_value(block.get("Action")).lower() or None,
                         "status": decode_header_value(block.get("Status")) or None,
                         "diagnostic": redact(decode_header_value(block.get("Diagnostic-Code")), 200) or None})
@@ -590,7 +595,7 @@ def _automatic(msg: Message, parsed: ParsedMessage, own_senders: set, own_messag
     if parsed.message_id in own_message_ids:
         parsed.own = True
         return "automatic", "aviso propio de la Mesa de Servicios (Message-ID registrado como enviado)"
-    auto = decode_header_value(msg.get("Auto-Submitted")).split(";")[0].strip().lower()
+    auto = decode_header_value(msg.get("Auto-Submitted")).split(";", maxsplit=1)[0].strip().lower()
     if auto and auto != "no":
         return "automatic", f"correo automático (Auto-Submitted: {redact(auto, 40)})"
     for header in ("X-Autoreply", "X-Autorespond", "X-Autoresponder", "X-Autogenerated"):
@@ -608,7 +613,7 @@ def _automatic(msg: Message, parsed: ParsedMessage, own_senders: set, own_messag
     return None
 
 
-def _parse(raw: bytes, max_attachment_bytes: int, max_zip_entries: int, provider_domains: dict,
+def _parse(raw: bytes, max_attachment_bytes: int, max_zip_entries: int, known,
            own_senders: set = frozenset(), own_message_ids=()) -> ParsedMessage:
     msg = email.message_from_bytes(raw)
     message_id = decode_header_value(msg.get("Message-ID")).strip() or _fallback_id(raw)
@@ -658,9 +663,7 @@ def _parse(raw: bytes, max_attachment_bytes: int, max_zip_entries: int, provider
         if parsed.kind == "bounce":
             parsed.bounce = _bounce_facts(msg, parsed.body)
             text = parsed.bounce["original_subject"] or parsed.subject
-        folio, ticket = FOLIO_RE.search(text), TICKET_RE.search(text)
-        if folio:
-            parsed.folio = f"DGTIC-{folio.group(1).upper()}-{folio.group(2)}-{folio.group(3)}"
+        parsed.folio, ticket = _folio(text, known)[0], TICKET_RE.search(text)
         parsed.ticket_id = int(ticket.group(1)) if ticket else None
         return parsed  # filed as it is: never a ticket, never a quarantine notice, never an answer
 
@@ -684,23 +687,20 @@ def _parse(raw: bytes, max_attachment_bytes: int, max_zip_entries: int, provider
     parsed.attachments = attachments
 
     text = f"{subject}\n{parsed.body}"
-    folio = FOLIO_RE.search(text)
-    if folio:
-        parsed.folio = f"DGTIC-{folio.group(1).upper()}-{folio.group(2)}-{folio.group(3)}"
-        parsed.service = folio.group(1).lower()
+    parsed.folio, parsed.service = _folio(text, known)
     ticket = TICKET_RE.search(subject) or TICKET_RE.search(parsed.body)
     parsed.ticket_id = int(ticket.group(1)) if ticket else None
     fingerprint = FINGERPRINT_RE.search(parsed.body)
     parsed.fingerprint = fingerprint.group(1).upper() if fingerprint else None
 
-    provider = _sender_service(parsed.sender, provider_domains)
+    provider = _sender_service(parsed.sender, known)
     has_cert_files = bool(attachments) or any(
         a.filename.lower().endswith((".zip", *CERT_EXTENSIONS)) for a in raw_attachments
     )
     if has_cert_files or provider:
         parsed.kind = "delivery"
         parsed.service = parsed.service or provider or (
-            _sender_service(parsed.forwarded["from"] or "", provider_domains) if parsed.forwarded else None)
+            _sender_service(parsed.forwarded["from"] or "", known) if parsed.forwarded else None)
         # A provider mails "a las dependencias usuarias" without our folio: the handler matches open tickets.
         near = FOLIO_LIKE_RE.search(text)
         if not parsed.folio and near:
@@ -708,15 +708,15 @@ def _parse(raw: bytes, max_attachment_bytes: int, max_zip_entries: int, provider
         if not attachments and not defects:
             defects.append("entrega sin adjunto de certificado (.cer/.crt/.pem/.der/.key/.pfx/.p12 o .zip)")
     else:
-        request, found = parse_request_fields(parsed.body)
+        request, found = parse_request_fields(parsed.body, known)
         is_reply = parsed.ticket_id is not None or (parsed.folio and re.match(r"^\s*(re|rv|fw|fwd)\s*:", subject, re.I))
         if is_reply:
             parsed.kind = "reply"
-            parsed.request, _ = parse_request_fields(_strip_quoted(parsed.body))
+            parsed.request, _missing = parse_request_fields(_strip_quoted(parsed.body), known)
         elif found >= 2:
             parsed.kind = "request"
             parsed.request = request
-            parsed.service = request.service if request.service in ("renapo", "sat") else parsed.service
+            parsed.service = request.service if known is not None and request.service in known else parsed.service
         else:
             parsed.reason = "no es solicitud, respuesta ni entrega: sin campos de solicitud, folio, ticket ni adjunto"
             parsed.quarantine = True

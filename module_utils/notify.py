@@ -8,8 +8,14 @@ de 2026 a las 18:00 h').
 Each notice `<name>` is two templates under `templates/notices/` (or `templates/oficio/`):
 `<name>.txt.j2` with `{% block subject %}` and `{% block body %}`, and `<name>.html.j2` (autoescaped).
 Templates run with StrictUndefined: a missing variable fails the render instead of mailing a blank.
-Each template's first line lists its context variables; `sender`, `to`, `cc`, `reply_to`, `in_reply_to` and
-`template_dir` are notice()'s own arguments, so no template uses them as variables.
+Each template's first line lists its context variables; `sender`, `to`, `cc`, `reply_to`, `in_reply_to`,
+`template_dir` and `providers` are notice()'s own arguments, so no template uses them as variables.
+
+Providers are named from the registry (providers.py, the inventory's `procedure_providers`), never by a template
+branch: `{{ service | servicio }}` is the provider's long_name, `{{ service | servicio_prosa }}` its prose_name
+(inside a sentence: "el SAT"), `{{ service | servicio_corto }}` its display_name; `proveedores` is the registry's
+display names as a Spanish list ("RENAPO y SAT") and `proveedores_opciones` as a choice ("RENAPO o SAT"). A
+template that names a provider needs render(..., providers=).
 """
 from __future__ import annotations
 
@@ -21,8 +27,16 @@ from collections.abc import Iterable
 from email.message import EmailMessage
 from pathlib import Path
 
-import jinja2
+from ansible.module_utils.providers import registry
 from ansible.module_utils.sla import now_local, to_datetime
+
+try:  # a module without Jinja2 (ansible-core's own dependency) fails with missing_required_lib("Jinja2")
+    import jinja2
+except ImportError:
+    import traceback
+    JINJA2_IMPORT_ERROR = traceback.format_exc()
+else:
+    JINJA2_IMPORT_ERROR = None
 
 DEFAULT_TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
 TEMPLATE_SUBDIRS = ("notices", "oficio")
@@ -32,8 +46,6 @@ NOTICES = (
 )
 MONTHS_ES = ("enero", "febrero", "marzo", "abril", "mayo", "junio", "julio", "agosto", "septiembre", "octubre",
              "noviembre", "diciembre")
-SERVICE_NAMES = {"renapo": "RENAPO (consulta de CURP)", "sat": "SAT (opinión de cumplimiento)"}
-
 
 WEEKDAYS_ES = ("lunes", "martes", "miércoles", "jueves", "viernes", "sábado", "domingo")
 
@@ -63,8 +75,22 @@ def fecha_hora(value) -> str:
     return text + (f" a las {value:%H:%M} h" if isinstance(value, dt.datetime) else "")
 
 
-def servicio(value) -> str:
-    return SERVICE_NAMES.get(str(value).lower(), str(value))
+def _provider_filter(known, attribute):
+    """A Jinja filter: a provider's name -> its `attribute` in the registry; a value the registry does not hold is
+    the requester's own words (an observation quotes them as written). Without a registry it is an error: a notice
+    never names a provider by guess."""
+    def name_of(value):
+        if known is None:
+            raise jinja2.UndefinedError(f"the notice names provider {value!r}: render it with the provider registry "
+                                        "(providers=)")
+        return getattr(known.get(value), attribute) if value in known else str(value)
+    return name_of
+
+
+def provider_list(known, conjunction="y") -> str:
+    """The registry's display names as Spanish prose: 'RENAPO y SAT', 'RENAPO, SAT y INE'."""
+    names = [p.display_name for p in known] if known is not None else []
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} {conjunction} {names[-1]}" if names else ""
 
 
 STATES_ES = {
@@ -81,7 +107,7 @@ def estado(value) -> str:
     return STATES_ES.get(str(value), str(value))
 
 
-def _environment(template_dir) -> jinja2.Environment:
+def _environment(template_dir, providers=None) -> jinja2.Environment:
     root = Path(template_dir) if template_dir else DEFAULT_TEMPLATE_DIR
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader([str(root / sub) for sub in TEMPLATE_SUBDIRS]),
@@ -96,13 +122,19 @@ def _environment(template_dir) -> jinja2.Environment:
     env.filters["fecha_larga"] = fecha_larga
     env.filters["fecha_hora"] = fecha_hora
     env.filters["estado"] = estado
-    env.filters["servicio"] = servicio
+    known = registry(providers) if providers is not None else None
+    env.filters["servicio"] = _provider_filter(known, "long_name")
+    env.filters["servicio_prosa"] = _provider_filter(known, "prose_name")
+    env.filters["servicio_corto"] = _provider_filter(known, "display_name")
+    env.globals["proveedores"] = provider_list(known)
+    env.globals["proveedores_opciones"] = provider_list(known, "o")
     return env
 
 
-def render(name: str, template_dir=None, **ctx) -> tuple[str, str, str]:
-    """Render notice `name` with ctx; returns (subject, text, html)."""
-    env = _environment(template_dir)
+def render(name: str, template_dir=None, providers=None, **ctx) -> tuple[str, str, str]:
+    """Render notice `name` with ctx; returns (subject, text, html). `providers`: the provider registry (needed by
+    every notice that names a provider)."""
+    env = _environment(template_dir, providers)
     ctx.setdefault("hoy", now_local().date())  # today in Mexico City, not on the controller's UTC clock
     text_tmpl = env.get_template(f"{name}.txt.j2")
     context = text_tmpl.new_context(ctx)
@@ -145,15 +177,15 @@ def build_message(
     msg.set_content(text, charset="utf-8")
     msg.add_alternative(html, subtype="html", charset="utf-8")
     for filename, data, mime in attachments:
-        maintype, _, subtype = mime.partition("/")
+        maintype, _slash, subtype = mime.partition("/")
         msg.add_attachment(data, maintype=maintype, subtype=subtype or "octet-stream", filename=filename)
     return msg
 
 
 def notice(name: str, *, sender: str, to: Iterable[str], cc: Iterable[str] = (), reply_to: str | None = None,
-           in_reply_to: str | None = None, template_dir=None, **ctx) -> EmailMessage:
+           in_reply_to: str | None = None, template_dir=None, providers=None, **ctx) -> EmailMessage:
     """render() + build_message() in one call."""
-    subject, text, html = render(name, template_dir=template_dir, **ctx)
+    subject, text, html = render(name, template_dir=template_dir, providers=providers, **ctx)
     return build_message(subject, text, html, sender=sender, to=to, cc=cc, reply_to=reply_to,
                          in_reply_to=in_reply_to)
 

@@ -4,8 +4,10 @@ Pure code: no Ansible import. `evaluate(request, catalog)` returns a list of Obs
 
 `request` is a `mail_intake.ServiceRequest` (a stored ticket: `ServiceRequest.from_ticket(ticket)`) or a flat
 mapping with its field names.
-`catalog` maps each system the DGTIC administers to the services it has a convenio for, e.g.
-`{"Padrón de Productores": ["renapo", "sat"], "SIAP Apoyos": ["renapo"]}` (names compared accent/case-insensitively).
+`catalog` maps each system the DGTIC administers to the providers it has a convenio for, each named as the provider
+registry knows it (its name, display name or an alias), e.g. `{"Padrón de Productores": [<provider>, ...]}` (names
+compared folded: accents, case and spacing ignored). `providers` is the registry (providers.py): the services that
+exist and how the observations name them (long_name; the list of display names when a request names none).
 """
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from ansible.module_utils.mail_intake import EMAIL_RE, normalise
+from ansible.module_utils.mail_intake import EMAIL_RE
+from ansible.module_utils.providers import fold, registry
 
 DEFAULT_INSTITUTIONAL_DOMAINS = ("agricultura.gob.mx",)
 # Director de Área or higher; feminine forms accepted. "Subdirector de Área" and "Jefe de Departamento" are not.
@@ -29,17 +32,21 @@ DEFAULT_RANKS = (
     "subsecretario",
     "secretario",
 )
-SERVICES = {"renapo": "RENAPO (consulta de CURP)", "sat": "SAT (opinión de cumplimiento)"}
-
 REQUIRED_FIELDS = {
     "requester": "nombre del solicitante (Solicitante)",
     "requester_email": "correo electrónico institucional del solicitante (Correo)",
     "administrative_unit": "unidad administrativa (Unidad Administrativa)",
     "system": "sistema o aplicación (Sistema)",
-    "service": "servicio: RENAPO o SAT (Servicio)",
+    "service": "servicio: {choices} (Servicio)",
     "forwarded_by": "nombre de quien turna la solicitud (Turnado por)",
     "forwarded_by_rank": "cargo de quien turna la solicitud (Cargo)",
 }
+
+
+def choices(providers) -> str:
+    """The registry's display names as a Spanish choice: 'RENAPO o SAT', 'RENAPO, SAT o INE'."""
+    names = [p.display_name for p in registry(providers)]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} o {names[-1]}"
 
 
 @dataclass(frozen=True)
@@ -68,11 +75,11 @@ def _rank_pattern(rank: str) -> str:
 
 def rank_sufficient(rank: str, ranks: Iterable[str] = DEFAULT_RANKS) -> bool:
     """True when the stated rank is Director de Área or higher (titles like 'Lic.' or 'Encargado de' ignored)."""
-    text = normalise(rank)
+    text = fold(rank)
     text = re.sub(r"^(?:(?:lic|ing|mtro|mtra|dr|dra|c|arq)\.?\s+)+", "", text)
     text = re.sub(r"^encargad[oa] (?:del despacho )?de (?:la )?", "", text)
     text = re.sub(r"^direccion de area", "director de area", text)
-    return any(re.match(_rank_pattern(normalise(r)), text) for r in ranks)
+    return any(re.match(_rank_pattern(fold(r)), text) for r in ranks)
 
 
 def _domain_allowed(address: str, domains: Iterable[str]) -> bool:
@@ -85,12 +92,17 @@ def evaluate(
     catalog: Mapping[str, Iterable[str]],
     institutional_domains: Iterable[str] = DEFAULT_INSTITUTIONAL_DOMAINS,
     ranks: Iterable[str] = DEFAULT_RANKS,
+    *,
+    providers,
 ) -> list[Observation]:
-    """Every observation of the request at once, in a stable order (fields first, then rules)."""
+    """Every observation of the request at once, in a stable order (fields first, then rules). `providers`: the
+    provider registry."""
+    known = registry(providers)
     found: list[Observation] = []
     for name, label in REQUIRED_FIELDS.items():
         if _value(request, name) is None:
-            found.append(Observation("MISSING_FIELD", f"Falta el dato: {label}.", name))
+            found.append(Observation("MISSING_FIELD", f"Falta el dato: {label.format(choices=choices(known))}.",
+                                     name))
 
     email_addr = _value(request, "requester_email")
     if email_addr is not None:
@@ -110,21 +122,25 @@ def evaluate(
                                  f"el cargo indicado es «{rank}».", "forwarded_by_rank"))
 
     service = _value(request, "service")
-    if service is not None and normalise(service) not in SERVICES:
-        found.append(Observation("UNKNOWN_SERVICE", f"El servicio «{service}» no existe; indique RENAPO o SAT.",
-                                 "service"))
-        service = None
+    if service is not None:
+        named = service if service in known else known.from_text(service)
+        if named is None:
+            found.append(Observation("UNKNOWN_SERVICE", f"El servicio «{service}» no existe; indique "
+                                     f"{choices(known)}.", "service"))
+        service = named
 
     system = _value(request, "system")
     if system is not None:
-        systems = {normalise(name): (name, {normalise(s) for s in services}) for name, services in catalog.items()}
-        entry = systems.get(normalise(system))
+        # A catalog entry names a provider as people do (name, display name, alias): read through the registry.
+        systems = {fold(name): (name, {known.from_text(s) or fold(s) for s in services})
+                   for name, services in catalog.items()}
+        entry = systems.get(fold(system))
         if entry is None:
             found.append(Observation("UNKNOWN_SYSTEM",
                                      f"El sistema «{system}» no está en el catálogo de sistemas administrados "
                                      f"por la DGTIC.", "system"))
-        elif service is not None and normalise(service) not in entry[1]:
+        elif service is not None and service not in entry[1]:
             found.append(Observation("NO_CONVENIO",
-                                     f"El sistema «{entry[0]}» no tiene convenio con {SERVICES[normalise(service)]}.",
+                                     f"El sistema «{entry[0]}» no tiene convenio con {known.get(service).long_name}.",
                                      "service"))
     return found

@@ -12,7 +12,8 @@ Settings (the inventory's `procedure_oficio`, over DEFAULTS; see inventories/*/g
   lugar                         "Ciudad de México"
   firmante: {nombre, cargo}     who signs; `procedure_firmante` (Intake.firmante) names the signer when set
   firmante_requerido            true in production: with no signer's name nothing is numbered or sent
-  fundamento                    the legal basis paragraph
+  fundamento                    the legal basis paragraph; "{proveedores}" in it becomes the registry's display
+                                names ("RENAPO y SAT")
   ccp: [{nombre, cargo, correo?}]  copies; those with `correo` get the e-mail too
   membrete: {encabezado: [..], pie: [..], imagen: path}  the letterhead of the PDF (an image, e.g. the
                                 Secretaría's logo, is optional)
@@ -38,7 +39,7 @@ DEFAULTS = {
     "firmante": {"nombre": "", "cargo": "Subdirector de Operación y Administración de Sistemas"},
     "firmante_requerido": False,
     "fundamento": "Con fundamento en el artículo 8o. de la Constitución Política de los Estados Unidos Mexicanos y en "
-                  "el Procedimiento de actualización de certificado para el servicio de consultas de RENAPO y SAT de "
+                  "el Procedimiento de actualización de certificado para el servicio de consultas de {proveedores} de "
                   "la Dirección General de Tecnologías de la Información y Comunicaciones, doy respuesta a su "
                   "solicitud.",
     "ccp": [],
@@ -102,8 +103,13 @@ def assigned(ticket: dict) -> tuple[str, str] | None:
     return None
 
 
-def context(conf: dict, ticket: dict, number: str, at) -> dict:
-    """What the oficio's templates read (templates/oficio/oficio_respuesta.*.j2), from the ticket and settings."""
+def context(conf: dict, ticket: dict, number: str, at, providers=None) -> dict:
+    """What the oficio's templates read (templates/oficio/oficio_respuesta.*.j2), from the ticket and settings;
+    `providers` (the registry) names the providers in the fundamento."""
+    from ansible.module_utils.notify import provider_list
+    from ansible.module_utils.providers import registry
+
+    names = provider_list(registry(providers)) if providers is not None else ""
     fecha = at if isinstance(at, dt.date) else dt.date.fromisoformat(str(at)[:10])
     received = ticket.get("received_at")
     return {
@@ -112,16 +118,17 @@ def context(conf: dict, ticket: dict, number: str, at) -> dict:
         "sistema": ticket["requester"].get("system"), "servicio": ticket.get("service"),
         "recibida": fecha_larga(received) if received else None,
         "oficio_numero": number, "dependencia": conf["dependencia"], "unidad": conf["unidad"], "area": conf["area"],
-        "lugar": conf["lugar"], "fundamento": conf["fundamento"], "firmante": conf["firmante"].get("nombre"),
+        "lugar": conf["lugar"], "fundamento": conf["fundamento"].replace("{proveedores}", names),
+        "firmante": conf["firmante"].get("nombre"),
         "cargo_firmante": conf["firmante"].get("cargo"), "ccp": conf["ccp"],
     }
 
 
-def body_paragraphs(template_dir, ctx: dict) -> list[str]:
+def body_paragraphs(template_dir, ctx: dict, providers=None) -> list[str]:
     """The oficio's cuerpo (the `cuerpo` block of the text template) as paragraphs, for the PDF."""
     from ansible.module_utils.notify import _environment
 
-    tmpl = _environment(template_dir).get_template("oficio_respuesta.txt.j2")
+    tmpl = _environment(template_dir, providers).get_template("oficio_respuesta.txt.j2")
     text = "".join(tmpl.blocks["cuerpo"](tmpl.new_context({"hoy": dt.date.today(), **ctx})))
     return [" ".join(p.split()) for p in re.split(r"\n\s*\n", text) if p.strip()]
 
@@ -211,13 +218,13 @@ def to_pdf(conf: dict, ctx: dict, paragraphs: list[str], subject: str) -> bytes:
     return out.getvalue()
 
 
-def issue(conf: dict, ticket: dict, number: str, at, template_dir=None) -> dict:
+def issue(conf: dict, ticket: dict, number: str, at, template_dir=None, providers=None) -> dict:
     """Subject, text, HTML and PDF of a numbered oficio (same wording in all three)."""
     from ansible.module_utils.notify import render
 
-    ctx = context(conf, ticket, number, at)
-    subject, text, html = render("oficio_respuesta", template_dir=template_dir, **ctx)
-    pdf = to_pdf(conf, ctx, body_paragraphs(template_dir, ctx), subject)
+    ctx = context(conf, ticket, number, at, providers)
+    subject, text, html = render("oficio_respuesta", template_dir=template_dir, providers=providers, **ctx)
+    pdf = to_pdf(conf, ctx, body_paragraphs(template_dir, ctx, providers), subject)
     return {"subject": subject, "text": text, "html": html, "pdf": pdf, "context": ctx}
 
 

@@ -64,6 +64,7 @@ from ansible.module_utils.oficio import format_number as oficio_number
 from ansible.module_utils.oficio import issue as oficio_issue
 from ansible.module_utils.oficio import number_note as oficio_note
 from ansible.module_utils.oficio import settings as oficio_settings
+from ansible.module_utils.providers import registry
 from ansible.module_utils.sla import now_local
 from ansible.module_utils.ticket_store import TicketNotFound
 from ansible.module_utils.x509_load import LoadError, parse_certificates
@@ -73,14 +74,8 @@ CONTENT = " [contenido "
 # The Message-ID of each notice sent, in its "Aviso ..." note: a bounce finds its ticket by it, and the notice coming
 # back is recognised as ours.
 SENT_ID_RE = re.compile(r"\(Message-ID (<[^<>\s]+>)\)")
-# Each provider: what it delivers (trust anchor or client identity) and the domains its deliveries come from.
-DEFAULT_PROVIDERS = {
-    "renapo": {"kind": "trust", "sender_domains": ["renapo.gob.mx", "segob.gob.mx"]},
-    "sat": {"kind": "identity", "sender_domains": ["sat.gob.mx"]},
-}
 # States in which a ticket waits for the provider's certificate.
 AWAITING_CERTIFICATE = ("requester_validated", "rolled_back", "reopened")  # rolled_back: a corrected delivery
-PROVISIONAL_SERVICE = "renapo"  # a ticket needs a service; a request that names none gets this until corrected
 MANIFEST = "delivery.json"
 RENEW_LAUNCHED = "Renovación lanzada en AWX"
 
@@ -94,13 +89,14 @@ class Mailer:
     sender: str
     template_dir: str | None = None
     reply_to: str | None = None
+    providers: object = None  # the provider registry: how a notice names a provider (Intake sets it)
 
     def send(self, name, to, cc=(), in_reply_to=None, **ctx):
         """Send notice `name`; returns its Message-ID."""
         if in_reply_to:  # a resend's key "<id> (reenvio ...)": the header names the message itself
             in_reply_to = in_reply_to.split(" (", 1)[0]
         message = notice(name, sender=self.sender, to=to, cc=cc, reply_to=self.reply_to, in_reply_to=in_reply_to,
-                         template_dir=self.template_dir, **ctx)
+                         template_dir=self.template_dir, providers=self.providers, **ctx)
         send(message, self.host, self.port)
         return str(message["Message-ID"])
 
@@ -123,11 +119,20 @@ class Intake:
     on_certificate_received: object = None
     institutional_domains: tuple = DEFAULT_INSTITUTIONAL_DOMAINS
     ranks: tuple = DEFAULT_RANKS
-    providers: dict = field(default_factory=lambda: {k: dict(v) for k, v in DEFAULT_PROVIDERS.items()})
+    # The provider registry (providers.Registry, or the inventory's procedure_providers): each provider's kind
+    # (trust anchor or client identity), sender domains, folio prefix and names.
+    providers: object = None
     # How a sender is authenticated (mail_auth.authenticate's options): trusted_authserv_ids, mode, nameservers.
     # With no trusted receiving server and mode "header", nothing is authenticated: every mail is quarantined.
     sender_auth: dict = field(default_factory=dict)
     outcomes: list = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.providers is None:
+            raise ValueError("the intake needs the provider registry (procedure_providers)")
+        self.providers = registry(self.providers)
+        if self.mailer is not None and self.mailer.providers is None:
+            self.mailer.providers = self.providers
 
     # --- the run ---------------------------------------------------------------------------------------------
     def run(self, mailbox, quarantine_dir=None, release=(), operator=None, **parse_options):
@@ -138,10 +143,10 @@ class Intake:
         for ticket in self.store.find():
             for note in ticket["observations"]:
                 if note["note"].startswith(PROCESSED):
-                    key, _, digest = note["note"][len(PROCESSED):].partition(CONTENT)
+                    key, _sep, digest = note["note"][len(PROCESSED):].partition(CONTENT)
                     self._processed.setdefault(key, set()).add(digest.rstrip("]") or None)  # None: before digests
                 self._sent_ids.update(SENT_ID_RE.findall(note["note"]))
-        parse_options.setdefault("provider_domains", self.provider_domains())
+        parse_options.setdefault("providers", self.providers)
         parse_options.setdefault("own_senders", [email.utils.parseaddr(self.mailer.sender)[1]] if self.mailer else [])
         parse_options.setdefault("own_message_ids", self._sent_ids)  # grows as this run sends
         self._released = {}
@@ -194,14 +199,13 @@ class Intake:
         sent, nothing on the server is flagged or moved."""
         if self.mailer:
             parse_options.setdefault("own_senders", [email.utils.parseaddr(self.mailer.sender)[1]])
+        parse_options.setdefault("providers", self.providers)
         if hasattr(maildir, "messages"):
-            parse_options.setdefault("provider_domains", self.provider_domains())
             return imap_preview(maildir, **parse_options)
         parse_options.pop("max_message_bytes", None)
         new = Path(maildir) / "new"
         names = sorted(n for n in os.listdir(new) if not n.startswith(".")) if new.is_dir() else []
         out = []
-        parse_options.setdefault("provider_domains", self.provider_domains())
         for name in names:
             parsed = parse_message((new / name).read_bytes(), **parse_options)
             outcome = ("would_file" if parsed.kind in FILED_KINDS else
@@ -243,7 +247,7 @@ class Intake:
             original = facts.get("original_message_id")
             ticket = self._ticket_of_notice(original) or self._ticket_referenced(parsed)
             who = "; ".join(" ".join(x for x in (r["recipient"], r["action"] or "", r["status"] or "",
-                                                  r["diagnostic"] or "") if x) for r in facts.get("recipients", []))
+                                                 r["diagnostic"] or "") if x) for r in facts.get("recipients", []))
             recipients = facts.get("recipients") or []
             failed = not recipients or any((r["action"] or "failed") == "failed" for r in recipients)
             what = "no se entregó" if failed else "tiene un aviso de entrega"
@@ -294,7 +298,9 @@ class Intake:
         claimed = request.requester_email
         # Who asks is the authenticated From:, never the "Correo:" line of the body (a claim).
         request.requester_email = verdict.from_address
-        service = request.service if request.service in self.providers else PROVISIONAL_SERVICE
+        # A ticket needs a provider: one the request does not name is filed under the registry's default until the
+        # requester's reply corrects it (evaluate() names the defect).
+        service = request.service if request.service in self.providers else self.providers.default().name
         fields = request.ticket_fields()
         created = self.store.create(service, actor=self.actor, requester=fields["requester"],
                                     forwarded_by=fields["forwarded_by"], source="mail",
@@ -339,7 +345,7 @@ class Intake:
         """Take the ticket as far as the request allows; each step resumes where a killed run stopped."""
         if ticket["state"] == "received":
             request = request or ServiceRequest.from_ticket(ticket)
-            found = evaluate(request, self.catalog, self.institutional_domains, self.ranks)
+            found = evaluate(request, self.catalog, self.institutional_domains, self.ranks, providers=self.providers)
             if found:
                 ticket = self.store.transition(
                     ticket["id"], "observations", actor=self.actor,
@@ -398,11 +404,11 @@ class Intake:
                                              now=now).ticket
             numbered = oficio_assigned(ticket)
         number, at = numbered
-        doc = oficio_issue(conf, ticket, number, at, self.mailer.template_dir)
+        doc = oficio_issue(conf, ticket, number, at, self.mailer.template_dir, self.providers)
         base = Path(self.oficios_dir) / ticket["folio"]
         for suffix, content in ((".txt", doc["text"].encode("utf-8")), (".html", doc["html"].encode("utf-8")),
                                 (".pdf", doc["pdf"])):
-            _write_atomic(base.with_suffix(suffix), content)
+            _write_file(base.with_suffix(suffix), content)
         outcome.update(oficio=str(base.with_suffix(".txt")), oficio_pdf=str(base.with_suffix(".pdf")),
                        oficio_numero=number)
         key = _notice_key("oficio_respuesta", parsed.message_id)
@@ -434,14 +440,14 @@ class Intake:
             facts = _delivery_facts(parsed)
             facts.pop("fingerprints")
             letter = (normalise_fingerprint(parsed.fingerprint or "") or "").upper() or None
-            self._record_letter(forwarded, self.providers[forwarded].get("kind", "trust"), facts, letter, parsed,
+            self._record_letter(forwarded, self.providers.get(forwarded).kind, facts, letter, parsed,
                                 authenticated=False)
             raise QuarantineMessage(
-                f"entrega de {forwarded.upper()} reenviada por {parsed.sender or '(sin From:)'} "
+                f"entrega de {self._shown(forwarded)} reenviada por {parsed.sender or '(sin From:)'} "
                 f"({'reenvío autenticado' if verdict.authenticated else 'reenvío no autenticado'}): el remitente "
                 f"original ({parsed.forwarded['from']}) es solo lo que dice el reenvío y no se puede autenticar; su "
-                f"huella queda registrada como afirmación. Pida que {forwarded.upper()} la envíe directamente al buzón"
-                f" de la Mesa o, si es genuina, registre la huella confirmada por otro canal (ansible-playbook "
+                f"huella queda registrada como afirmación. Pida que {self._shown(forwarded)} la envíe directamente "
+                f"al buzón de la Mesa o, si es genuina, registre la huella confirmada por otro canal (ansible-playbook "
                 f"playbooks/anchor.yml -e provider={forwarded} -e fingerprint=<huella> -e operator=<usted> -e "
                 f"channel=telefono) y libere el correo (ansible-playbook playbooks/intake.yml "
                 f"-e release='{parsed.message_id}' -e operator=<usted>)")
@@ -449,16 +455,16 @@ class Intake:
         if provider is None:
             raise QuarantineMessage(
                 f"entrega de certificados desde {parsed.sender or '(sin From:)'}: el dominio no es de ningún proveedor "
-                f"configurado ({', '.join(d for p in self.providers.values() for d in p['sender_domains'])})")
+                f"configurado ({', '.join(self.providers.domains())})")
         verdict = self._authenticated(parsed, outcome)
         facts = _delivery_facts(parsed)
         fingerprints = facts.pop("fingerprints")
         letter = (normalise_fingerprint(parsed.fingerprint or "") or "").upper() or None
-        kind = self.providers[provider].get("kind", "trust")
+        kind = self.providers.get(provider).kind
         if not verdict.authenticated:
             self._record_letter(provider, kind, facts, letter, parsed, authenticated=False)
             raise QuarantineMessage(
-                f"entrega de {provider.upper()} no autenticada ({verdict.detail}): no se acepta y su huella queda "
+                f"entrega de {self._shown(provider)} no autenticada ({verdict.detail}): no se acepta y su huella queda "
                 "registrada solo como afirmación. Si es genuina: registre la huella confirmada por otro canal "
                 f"(ansible-playbook playbooks/anchor.yml -e provider={provider} -e fingerprint=<huella> "
                 "-e operator=<usted> -e channel=telefono) y libere el correo (ansible-playbook playbooks/intake.yml "
@@ -483,12 +489,12 @@ class Intake:
             manifest.update(facts, folio=ticket["folio"], service=provider, kind=kind, message_id=parsed.message_id,
                             sender=parsed.sender, authenticated=verdict.as_dict(), files=paths,
                             letter_fingerprint=letter)
-            _write_atomic(dest / MANIFEST, json.dumps(manifest, indent=2).encode("utf-8"))
+            _write_file(dest / MANIFEST, json.dumps(manifest, indent=2).encode("utf-8"))
             how = (f"liberada de cuarentena por {parsed.released_by}" if parsed.released_by
                    else f"autenticada: {verdict.method}")
             ticket = self.store.transition(
                 ticket["id"], "certificate_received", actor=self.actor,
-                reason=f"entrega de {provider.upper()} por correo ({parsed.sender}, {how})",
+                reason=f"entrega de {self._shown(provider)} por correo ({parsed.sender}, {how})",
                 note=f"{received_note}: certificado={manifest['certificate'] or manifest['pkcs12']}; "
                      f"huella SHA-256 del oficio={letter or 'no declarada'}; archivos={', '.join(paths)}").ticket
             outcome.update(delivery_dir=str(dest), manifest=str(dest / MANIFEST), files=paths,
@@ -508,8 +514,8 @@ class Intake:
             except TicketNotFound:
                 raise QuarantineMessage(f"el folio {parsed.folio} no corresponde a ningún ticket") from None
             if ticket["service"] != provider:
-                raise QuarantineMessage(f"el folio {parsed.folio} es de {ticket['service'].upper()}, pero la entrega "
-                                        f"viene de {provider.upper()} ({parsed.sender})")
+                raise QuarantineMessage(f"el folio {parsed.folio} es de {self._shown(ticket['service'])}, pero la "
+                                        f"entrega viene de {self._shown(provider)} ({parsed.sender})")
             if ticket["state"] not in AWAITING_CERTIFICATE and not _has_note(ticket, received_note):
                 self._refuse(ticket, parsed, f"el ticket {ticket['folio']} está en '{ticket['state']}' y no espera "
                                              "una entrega de certificado")
@@ -520,9 +526,10 @@ class Intake:
             return tickets
         created = self.store.create(provider, actor=self.actor, source="provider", message_id=parsed.message_id,
                                     received_at=parsed.received_at,
-                                    requester={"name": parsed.sender_name or provider.upper(), "email": parsed.sender},
-                                    reason=f"entrega de {provider.upper()} sin folio y sin ticket en espera: ticket "
-                                           "abierto por el proveedor")
+                                    requester={"name": parsed.sender_name or self._shown(provider),
+                                               "email": parsed.sender},
+                                    reason=f"entrega de {self._shown(provider)} sin folio y sin ticket en espera: "
+                                           "ticket abierto por el proveedor")
         ticket = created.ticket
         outcome["opened"] = created.changed
         if ticket["state"] == "received":
@@ -530,8 +537,8 @@ class Intake:
                                            reason="entrega del proveedor sin solicitud previa").ticket
         if ticket["state"] == "folio_issued":
             ticket = self.store.transition(ticket["id"], "requester_validated", actor=self.actor,
-                                           reason=f"remitente autenticado del proveedor {provider.upper()}; no hay "
-                                                  "solicitante que validar").ticket
+                                           reason=f"remitente autenticado del proveedor {self._shown(provider)}; "
+                                                  "no hay solicitante que validar").ticket
         return [ticket]
 
     def _quoted_ticket(self, folio):
@@ -569,14 +576,14 @@ class Intake:
         raise QuarantineMessage(reason)
 
     # --- helpers ------------------------------------------------------------------------------------------------
-    def provider_domains(self):
-        """{sender domain: provider} for parse_message (which mails are deliveries)."""
-        return {d.lower(): name for name, spec in self.providers.items() for d in spec.get("sender_domains", ())}
-
     def provider_of(self, sender):
+        """The provider whose sender domains hold the sender's domain, or None."""
         domain = (sender or "").rpartition("@")[2].lower()
-        return next((name for name, spec in self.providers.items()
-                     if domain and domain_in(domain, spec.get("sender_domains", ()))), None)
+        return next((p.name for p in self.providers if domain and domain_in(domain, p.sender_domains)), None)
+
+    def _shown(self, name):
+        """A provider as people read it (its display name)."""
+        return self.providers.get(name).display_name if name in self.providers else str(name).upper()
 
     def _authenticated(self, parsed, outcome):
         """Who sent it, decided by the trusted receiving server / DKIM, or by the operator who released it."""
@@ -655,7 +662,8 @@ def _pick_files(paths, kind):
             "pkcs12": pkcs12 if not certificate else None}
 
 
-def _write_atomic(path, data, mode=0o644):
+def _write_file(path, data):
+    """One atomic write (cert_files.write_atomic) into a directory created private when missing."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    write_atomic(str(path), data, mode)
+    write_atomic(str(path), data, 0o644)

@@ -31,26 +31,31 @@ Clock rules (counted the way Mexican administrative terms are: from the business
   `due_soon_business_days` business days' worth of business hours are left, else on_time.
 """
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import holidays
-from dateutil.easter import easter  # a dependency of holidays
+from ansible.module_utils.providers import CLOCKS, DEFAULT_SLA_DAYS, ProviderError, registry
 
-SERVICES = ("renapo", "sat")
-CLOCKS = ("first_contact", "attention")
-# procedimiento-renapo.md, "Tiempo de atención": first contact 5 business days; attention 1 (RENAPO and SAT).
-DEFAULT_DAYS = {service: {"first_contact": 5, "attention": 1} for service in SERVICES}
+try:  # a module without holidays fails with missing_required_lib("holidays"), not an import traceback
+    import holidays
+    from dateutil.easter import easter  # a dependency of holidays
+except ImportError:
+    import traceback
+    HOLIDAYS_IMPORT_ERROR = traceback.format_exc()
+else:
+    HOLIDAYS_IMPORT_ERROR = None
+
 ON_TIME, DUE_SOON, BREACHED = "on_time", "due_soon", "breached"
 DEFAULT_TIMEZONE = "America/Mexico_City"
 DEFAULT_OPENS, DEFAULT_CLOSES = time(9), time(18)
 DEFAULT_WEEKDAYS = frozenset(range(5))  # Python weekdays: Monday = 0
-WEEKDAY_NAMES = {"mon": 0, "tue": 1, "wed": 2, "thu": 3, "fri": 4, "sat": 5, "sun": 6,
+# English and Spanish day names (Spanish also without accents); Python weekdays, Monday = 0.
+WEEKDAY_NAMES = {**{name: n for n, name in enumerate("mon tue wed thu fri sat sun".split())},
                  "lun": 0, "mar": 1, "mie": 2, "mié": 2, "jue": 3, "vie": 4, "sab": 5, "sáb": 5, "dom": 6}
 
 # One calendar object: `holidays` fills each year lazily on first lookup.
-_MX = holidays.country_holidays("MX")
+_MX = None if HOLIDAYS_IMPORT_ERROR else holidays.country_holidays("MX")
 
 
 def _load_zone(name):
@@ -216,10 +221,14 @@ def parse_semana_santa(value):
 
 @dataclass(frozen=True)
 class SlaPolicy:
-    """Business days per service and clock, the calendar (DOF days, Semana Santa, weekdays, business hours) and the
-    `due_soon` window. The time zone is the procedure's (`set_timezone`)."""
+    """Business days per provider and clock, the calendar (DOF days, Semana Santa, weekdays, business hours) and the
+    `due_soon` window. The time zone is the procedure's (`set_timezone`).
 
-    days: dict = field(default_factory=lambda: {s: dict(c) for s, c in DEFAULT_DAYS.items()})
+    The days come from the provider registry (each provider's `sla_days`, providers.py), with module overrides on
+    top; a policy built without a registry has the calendar only, and asking it for a due moment is refused (a
+    clock needs its provider's days). `with_providers()` gives the same policy bound to a registry."""
+
+    days: dict = field(default_factory=dict)  # {provider: {clock: business days}}
     non_working_days: frozenset = frozenset()
     due_soon_business_days: int = 1
     opens: time = DEFAULT_OPENS
@@ -229,20 +238,24 @@ class SlaPolicy:
     semana_santa: bool = True
     semana_santa_years: dict = field(default_factory=dict)  # per-year override of `semana_santa`
     reopen_business_days: int = 10  # a closed ticket may be reopened until close of business of this business day
+    providers: object = field(default=None, compare=False)  # the providers.Registry the days come from
 
     @classmethod
     def from_options(cls, days=None, non_working_days=(), due_soon_business_days=1, business_hours=None,
-                     business_weekdays=None, semana_santa=True, reopen_business_days=10):
-        """Build from module options: `days` overrides DEFAULT_DAYS per service, e.g. {'sat': {'attention': 2}};
+                     business_weekdays=None, semana_santa=True, reopen_business_days=10, providers=None):
+        """Build from module options: `providers` is the registry (procedure_providers) whose `sla_days` give each
+        provider's days; `days` overrides them per provider, e.g. {'<provider>': {'attention': 2}};
         `non_working_days` is a list of dates or {year: [dates]}; `business_hours` '09:00-18:00';
         `business_weekdays` ISO numbers or names; `semana_santa` a bool or {year: bool}; `reopen_business_days`
-        the window in which a closed ticket may be reopened."""
-        merged = {s: dict(c) for s, c in DEFAULT_DAYS.items()}
+        the window in which a closed ticket may be reopened. Raises ValueError (ProviderError for the registry)."""
+        known = registry(providers) if providers is not None else None
+        merged = provider_days(known)
         for service, clocks in (days or {}).items():
-            if service not in SERVICES:
-                raise ValueError(f"unknown service {service!r} in SLA days; services are {', '.join(SERVICES)}")
+            if known is None:
+                raise ValueError(f"SLA days for {service!r} need the provider registry (providers) they override")
+            known.get(service)  # ProviderError naming the registry's providers
             for clock, value in (clocks or {}).items():
-                if clock not in CLOCKS or not isinstance(value, int) or value < 0:
+                if clock not in CLOCKS or isinstance(value, bool) or not isinstance(value, int) or value < 0:
                     raise ValueError(f"SLA days for {service}: {clock!r} must be one of {', '.join(CLOCKS)} "
                                      f"with a whole number of days >= 0, got {value!r}")
                 merged[service][clock] = value
@@ -257,7 +270,28 @@ class SlaPolicy:
             raise ValueError(f"due-soon window must be a whole number of business days >= 0, "
                              f"got {due_soon_business_days!r}")
         return cls(merged, dof_days, int(due_soon_business_days), opens, closes, parse_weekdays(business_weekdays),
-                   dof_years, rule, rule_years, reopen_business_days)
+                   dof_years, rule, rule_years, reopen_business_days, known)
+
+    def with_providers(self, providers):
+        """This policy bound to a registry: its providers' days, this policy's overrides kept. A policy already
+        bound keeps its own registry."""
+        if self.providers is not None:
+            return self
+        known = registry(providers)
+        days = provider_days(known)
+        for service, clocks in self.days.items():
+            days.setdefault(service, dict(DEFAULT_SLA_DAYS)).update(clocks)
+        return replace(self, days=days, providers=known)
+
+    def days_for(self, service):
+        """{clock: business days} of a provider; ValueError when the policy has no registry or lacks the provider."""
+        if service in self.days:
+            return self.days[service]
+        if self.providers is None:
+            raise ValueError(f"no SLA days for provider {service!r}: the SLA policy was built without the provider "
+                             "registry (procedure_providers)")
+        self.providers.get(service)  # ProviderError naming the registry's providers
+        raise ProviderError(f"no SLA days for provider {service!r}")
 
     # --- calendar -------------------------------------------------------------------------------------------
     @property
@@ -303,7 +337,7 @@ class SlaPolicy:
     def due_after(self, arrival, n):
         """Close of business of the n-th business day after the day the clock starts (see the module docstring)."""
         day = self.clock_start(arrival).date()
-        for _ in range(n):
+        for _business_day in range(n):
             day = self.next_business_day(day)
         return self.closing(day)
 
@@ -323,7 +357,7 @@ class SlaPolicy:
         """Business days d with start < d <= end, on procedure-local dates; negative when end is before start."""
         first, last = to_date(start), to_date(end)
         if last < first:
-            return -self.business_days_between(end, start)
+            return -self.business_days_between(end, start)  # pylint: disable=arguments-out-of-order  # on purpose
         return sum(self.is_business_day(first + timedelta(days=i)) for i in range(1, (last - first).days + 1))
 
     @property
@@ -333,7 +367,7 @@ class SlaPolicy:
     # --- clocks ---------------------------------------------------------------------------------------------
     def due(self, service, clock, start):
         """Due moment of `clock` for a request of `service` whose clock is started by `start` (the arrival)."""
-        return self.due_after(start, self.days[service][clock])
+        return self.due_after(start, self.days_for(service)[clock])
 
     def clock(self, due, now, met_at=None):
         """Status of one clock: None before it starts, else on_time / due_soon / breached at `now`, with the
@@ -389,6 +423,11 @@ class SlaPolicy:
                 "ninguno)."]
 
 
+def provider_days(known):
+    """{provider: {clock: business days}} from a registry (each provider's sla_days); {} without one."""
+    return {p.name: dict(p.sla_days) for p in known} if known is not None else {}
+
+
 def is_business_day(day, extra=()):
     """Business day on the default calendar plus the `extra` non-working days."""
     return SlaPolicy(non_working_days=parse_days(extra)).is_business_day(day)
@@ -400,7 +439,7 @@ def add_business_days(start, n, extra=()):
     policy = SlaPolicy(non_working_days=parse_days(extra))
     current = start if not isinstance(start, datetime) else to_datetime(start)
     day = to_date(current)
-    for _ in range(abs(n)):
+    for _business_day in range(abs(n)):
         day = policy.next_business_day(day, 1 if n >= 0 else -1)
     if isinstance(current, datetime):
         return datetime.combine(day, current.time(), procedure_zone())
@@ -427,6 +466,7 @@ MODULE_OPTIONS = {
     "business_hours": {"type": "str", "default": "09:00-18:00"},
     "semana_santa": {"type": "raw", "default": True},
     "sla_days": {"type": "dict"},
+    "providers": {"type": "dict", "required": True},
 }
 
 
@@ -439,4 +479,5 @@ def policy_from_params(params, **extra):
         days = [d for d in (x.strip() for x in days.strip("[]").split(",")) if d.strip("'\"")]
         days = [d.strip("'\"") for d in days]
     return SlaPolicy.from_options(params.get("sla_days"), days or (), business_hours=params.get("business_hours"),
-                                  semana_santa=params.get("semana_santa", True), **extra)
+                                  semana_santa=params.get("semana_santa", True), providers=params.get("providers"),
+                                  **extra)

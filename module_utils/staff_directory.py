@@ -38,8 +38,15 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-from ansible.module_utils.mail_intake import normalise
+from ansible.module_utils.providers import fold
+
+try:  # a module without PyYAML (ansible-core's own dependency) fails with missing_required_lib("PyYAML")
+    import yaml
+except ImportError:
+    import traceback
+    PYYAML_IMPORT_ERROR = traceback.format_exc()
+else:
+    PYYAML_IMPORT_ERROR = None
 
 TRUE_WORDS = {"1", "true", "yes", "si", "sí", "activo", "activa", "y", "s"}
 
@@ -66,7 +73,7 @@ class Validation:
 
 def _same_person(a: str, b: str) -> bool:
     """Names match when one holds every word of the other (a second surname may be omitted), two words at least."""
-    wa, wb = set(normalise(a).split()), set(normalise(b).split())
+    wa, wb = set(fold(a).split()), set(fold(b).split())
     return len(wa & wb) >= min(2, len(wa), len(wb)) and (wa <= wb or wb <= wa)
 
 
@@ -114,7 +121,7 @@ def _member(entry, where: str) -> StaffMember:
         raise DirectoryError(f"{where}: every entry needs at least 'name' and 'email'")
     active = entry.get("active", True)
     if isinstance(active, str):
-        active = normalise(active) in TRUE_WORDS
+        active = fold(active) in TRUE_WORDS
     return StaffMember(str(entry["name"]).strip(), str(entry["email"]).strip().lower(),
                        entry.get("unit") or None, entry.get("rank") or None, bool(active))
 

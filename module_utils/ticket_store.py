@@ -30,6 +30,13 @@ one list of what may follow; every transition is audited.
 Notices sent about a ticket are recorded on it (`notices`, keyed, with `record_notice` / `transition(notice=)`), so
 a rerun of the sending playbook never sends one twice.
 
+Providers (schema v5): the `providers` table holds every provider the store has been told of (name, kind,
+registered_at); tickets.service, trust_anchors.provider and fleet_locks.provider reference it, so the database
+itself refuses a row for a provider nobody registered. The store learns the inventory's registry
+(providers.Registry, `procedure_providers`) when given it (`open_store(..., providers=)` or `register_providers()`,
+an idempotent upsert); it refuses to forget a provider that still has tickets, anchors, evidence or a lock. Writing a
+ticket needs the registry (its SLA days and folio prefix come from it).
+
 The store also keeps, per provider (DESIGN.md §2, §5): the approved-anchor registry (`trust_anchors`, the only source
 of what hosts trust), the evidence for each fingerprint (`anchor_evidence`, append-only, keyed by provider and
 fingerprint so an operator can record a fingerprint before the certificate arrives), an append-only
@@ -68,18 +75,24 @@ from ansible.module_utils.anchor_registry import (
     ANCHOR_STATES,
     EVIDENCE_KINDS,
     PolicyError,
-    canonical_fingerprint,
     evaluate,
     is_expired,
     refusal_message,
 )
-from ansible.module_utils.cert_validation import issued_by, name_of, sha256_fp
-from ansible.module_utils.sla import SERVICES, SlaPolicy, iso, now_local, to_datetime
+from ansible.module_utils.cert_validation import issued_by, name_of
+from ansible.module_utils.pki_format import fingerprint_text, sha256_fingerprint
+from ansible.module_utils.providers import KINDS, ProviderError, registry
+from ansible.module_utils.sla import SlaPolicy, iso, now_local, to_datetime
 from ansible.module_utils.x509_load import LoadError, parse_certificates
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
-# `provider`: a ticket opened by an authenticated provider delivery that quotes no folio (RENAPO mails every user).
+try:  # without cryptography the modules fail with missing_required_lib (x509_load.CRYPTOGRAPHY_IMPORT_ERROR)
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+except ImportError:
+    pass
+
+# `provider`: a ticket opened by an authenticated provider delivery that quotes no folio (a provider mails every
+# user of its service).
 SOURCES = ("mail", "monitor", "manual", "provider")
 # Final states: finished, withdrawn by the Mesa, folded into another ticket. Only `closed` may be reopened.
 TERMINAL = ("closed", "cancelled", "duplicate")
@@ -118,6 +131,7 @@ NEEDS_REASON = {"cancelled": "cancelling a ticket", "reopened": "reopening a tic
 def allowed_next(state, source="manual"):
     """The states a ticket of `source` in `state` may move to."""
     return (MONITOR_TRANSITIONS if source == "monitor" else TRANSITIONS).get(state, ())
+
 
 Result = namedtuple("Result", "ticket changed before")
 
@@ -278,8 +292,10 @@ def reject_secrets(fields, where="ticket"):
                                       "not repeated here)")
 
 
-def folio(service, year, number):
-    return f"DGTIC-{service.upper()}-{year}-{number:06d}"
+def _reference_tables():
+    """(table, column) of every row that names a provider: a provider with any of them cannot be forgotten."""
+    return (("tickets", "service"), ("trust_anchors", "provider"), ("anchor_evidence", "provider"),
+            ("registry_audit", "provider"), ("fleet_locks", "provider"))
 
 
 def _union(current, extra):
@@ -293,11 +309,90 @@ class TicketStore:
     for_update = ""
     migrations = ()
 
-    def __init__(self, policy=None, audit_key=None):
+    def __init__(self, policy=None, audit_key=None, providers=None):
         self.policy = policy or SlaPolicy()
         # The HMAC key of the audit chain (bytes), or None: then entries are hash-chained only.
         self.audit_key = audit_key if audit_key is not None else audit_key_from_env()
         self._joined = None  # the query of an open `transaction()`, which every write then joins
+        self.registry = None  # the providers.Registry the store was given (None: it only reads)
+        self._registered = False  # the registry is in the providers table (else the next write puts it there)
+        if providers is not None:
+            self._bind(providers)
+
+    # --- the provider registry -------------------------------------------------------------------------------
+    def _bind(self, providers):
+        try:
+            self.registry = registry(providers)
+        except ProviderError as e:
+            raise TicketStoreError(f"provider registry: {e}") from None
+        self.policy = self.policy.with_providers(self.registry)
+        self._registered = False
+
+    def register_providers(self, providers, dry_run=False):
+        """Learn the inventory's registry: upsert every provider (name, kind) into the providers table and drop the
+        ones the registry no longer has, unless a ticket, anchor, evidence or lock still names them (refused,
+        naming them). Idempotent; returns {added, updated, removed} (lists of names)."""
+        self._bind(providers)
+        self._registered = True  # this write registers it (not the lazy registration of _chained_tx)
+        try:
+            with self._write(dry_run) as query:
+                result = self._sync_providers(query)
+        except BaseException:
+            self._registered = False
+            raise
+        self._registered = not dry_run
+        return result
+
+    def registered_providers(self):
+        """{name: {kind, registered_at}} of the providers table."""
+        return {r["name"]: {"kind": r["kind"], "registered_at": r["registered_at"]}
+                for r in self._query("SELECT * FROM providers ORDER BY name")}
+
+    def _sync_providers(self, query):
+        """The registry into the providers table, inside the caller's transaction."""
+        if len(self.migrations) < _PROVIDERS_VERSION:
+            return {"added": [], "updated": [], "removed": []}  # a store held at an older schema (tests)
+        self._serialize(query, "providers")
+        rows = {r["name"]: r for r in query("SELECT * FROM providers")}
+        wanted = {p.name: p.kind for p in self.registry}
+        gone = [name for name in rows if name not in wanted]
+        used = {}
+        for name in gone:
+            for table, column in _reference_tables():
+                n = query(f"SELECT COUNT(*) AS n FROM {table} WHERE {column} = ?", (name,))[0]["n"]  # noqa: S608
+                if n:
+                    used.setdefault(name, []).append(f"{n} in {table}")
+        if used:
+            raise TicketStoreError(
+                "the provider registry (procedure_providers) no longer has "
+                + "; ".join(f"{name!r} ({', '.join(where)})" for name, where in used.items())
+                + ": a provider the store holds rows for cannot be removed; put it back in the inventory (its "
+                f"tickets keep their history). The registry has {', '.join(wanted)}")
+        added, updated, now = [], [], iso(now_local())
+        for name, kind in wanted.items():
+            if name not in rows:
+                query("INSERT INTO providers (name, kind, registered_at) VALUES (?, ?, ?)", (name, kind, now))
+                added.append(name)
+            elif rows[name]["kind"] != kind:
+                query("UPDATE providers SET kind = ? WHERE name = ?", (kind, name))
+                updated.append(name)
+        for name in gone:
+            query("DELETE FROM providers WHERE name = ?", (name,))
+        return {"added": added, "updated": updated, "removed": gone}
+
+    def _require_registry(self, what):
+        if self.registry is None:
+            raise TicketStoreError(f"{what} needs the provider registry: open the store with "
+                                   "providers=<procedure_providers> (modules: the `providers` option)")
+        return self.registry
+
+    def _service(self, service, what="a ticket"):
+        """A provider of the registry, or TicketStoreError naming the registry's providers."""
+        known = self._require_registry(what)
+        if service not in known:
+            raise TicketStoreError(f"unknown provider {service!r} for {what}; the provider registry "
+                                   f"(procedure_providers) has {', '.join(known.names())}")
+        return service
 
     # --- backend hooks --------------------------------------------------------------------------------------
     def _tx(self, dry_run=False):
@@ -315,6 +410,7 @@ class TicketStore:
         """Group several writes in one transaction (rolled back when dry_run: check mode previews a whole task)."""
         if self._joined is not None:
             raise TicketStoreError("store transactions do not nest")
+        # pylint: disable-next=contextmanager-generator-missing-cleanup  # @contextmanager throws into the yield
         with self._chained_tx(dry_run) as query:
             self._joined = query
             try:
@@ -328,6 +424,7 @@ class TicketStore:
         if self._joined is not None:
             yield self._joined
         else:
+            # pylint: disable-next=contextmanager-generator-missing-cleanup  # @contextmanager throws into the yield
             with self._chained_tx(dry_run) as query:
                 yield query
 
@@ -338,7 +435,13 @@ class TicketStore:
         SQLite: BEGIN IMMEDIATE already queues writers)."""
         with self._tx(dry_run) as query:
             self._serialize(query, "audit_chain")
+            synced = False
+            if self.registry is not None and not self._registered:
+                self._sync_providers(query)  # in the write's transaction: a dry run leaves no trace of it either
+                synced = not dry_run
             yield query
+        if synced:
+            self._registered = True
 
     def _check_migration(self, query):
         """Backend hook run after the migrations, before they commit."""
@@ -407,8 +510,7 @@ class TicketStore:
         """Open a ticket in `received`; an existing `message_id` returns that ticket unchanged. With `event_key`
         (one event, e.g. a certificate about to expire), the event's open ticket is returned instead of opening
         another, with `hosts` and `note` merged into it (changed when they add something)."""
-        if service not in SERVICES:
-            raise TicketStoreError(f"unknown service {service!r}; services are {', '.join(SERVICES)}")
+        self._service(service)
         if source not in SOURCES:
             raise TicketStoreError(f"unknown source {source!r}; sources are {', '.join(SOURCES)}")
         requester, forwarded_by = dict(requester or {}), dict(forwarded_by or {})
@@ -551,8 +653,8 @@ class TicketStore:
         if changes and row["state"] not in ("received", "observations"):
             raise TicketConflict(f"ticket {self._name(row)} is '{row['state']}': its request data can only be "
                                  "corrected in 'received' or 'observations'")
-        if changes.get("service", "renapo") not in SERVICES:
-            raise TicketStoreError(f"unknown service {changes['service']!r}; services are {', '.join(SERVICES)}")
+        if "service" in changes:
+            self._service(changes["service"], f"ticket {self._name(row)}")
         return changes
 
     def _notice_changes(self, row, notice, actor, now):
@@ -664,7 +766,7 @@ class TicketStore:
         number = query("INSERT INTO folio_counters (service, year, last) VALUES (?, ?, 1)"
                        " ON CONFLICT (service, year) DO UPDATE SET last = folio_counters.last + 1 RETURNING last",
                        (service, year))[0]["last"]
-        return folio(service, year, number)
+        return self._require_registry("a folio").get(service).folio(year, number)
 
     def next_oficio_number(self, unit, year, dry_run=False):
         """The next consecutive number of `unit`'s oficios in `year` (1, 2, ...), gap-free like the folio: it is kept
@@ -730,7 +832,7 @@ class TicketStore:
         with optional evidence ([{kind, detail, message_id?}]). Returns the anchor plus `changed`."""
         provider = self._provider(provider)
         cert = self._anchor_certificate(pem)
-        fingerprint = canonical_fingerprint(sha256_fp(cert))
+        fingerprint = sha256_fingerprint(cert.public_bytes(serialization.Encoding.DER))
         pem_text = cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
         evidence = [self._evidence_item(item) for item in evidence or ()]
         reject_secrets({"provider": provider, "actor": actor, "ticket": ticket, "evidence": evidence}, "anchor")
@@ -834,7 +936,8 @@ class TicketStore:
         provider = self._provider(provider)
         if not (reason or "").strip():
             raise AnchorRegistryError("seeding the trust anchor registry needs a reason (recorded in the audit)")
-        certs = list({sha256_fp(c): c for c in (self._anchor_certificate(p) for p in pems or ())}.values())
+        certs = list({c.fingerprint(hashes.SHA256()): c for c in (self._anchor_certificate(p) for p in pems or ())}
+                     .values())
         if not certs:
             raise AnchorRegistryError(f"nothing to seed the {provider} registry with: no certificate given")
         reject_secrets({"actor": actor, "reason": reason}, "anchor")
@@ -849,7 +952,7 @@ class TicketStore:
                     "approved) instead")
             seeded = []
             for cert in certs:
-                fingerprint = canonical_fingerprint(sha256_fp(cert))
+                fingerprint = sha256_fingerprint(cert.public_bytes(serialization.Encoding.DER))
                 not_after = iso(cert.not_valid_after_utc)
                 expired = is_expired(cert.not_valid_after_utc, now)
                 state = "retired" if expired else "approved"
@@ -985,10 +1088,19 @@ class TicketStore:
                 "expired": is_expired(rows[0]["expires_at"], now)}
 
     # --- registry helpers -------------------------------------------------------------------------------------
-    @staticmethod
-    def _provider(provider):
-        if provider not in SERVICES:
-            raise AnchorRegistryError(f"unknown provider {provider!r}; providers are {', '.join(SERVICES)}")
+    def _provider(self, provider):
+        """A provider the store knows (the registry it was given, else the providers table); raises
+        AnchorRegistryError naming the known ones."""
+        if self.registry is not None:
+            known = {p.name: p.kind for p in self.registry}
+            source = "the provider registry (procedure_providers)"
+        else:
+            known = {r["name"]: r["kind"] for r in self._query("SELECT name, kind FROM providers ORDER BY name")} \
+                if len(self.migrations) >= _PROVIDERS_VERSION else {}
+            source = "the store's registered providers"
+        if provider not in known:
+            raise AnchorRegistryError(f"unknown provider {provider!r}; {source} has "
+                                      f"{', '.join(known) or 'none (open the store with providers=)'}")
         return provider
 
     @staticmethod
@@ -1001,7 +1113,7 @@ class TicketStore:
     @staticmethod
     def _fingerprint(fingerprint):
         try:
-            return canonical_fingerprint(fingerprint)
+            return fingerprint_text(fingerprint)
         except ValueError as e:
             raise AnchorRegistryError(str(e)) from None
 
@@ -1108,7 +1220,6 @@ class TicketStore:
                     (iso(now), actor, provider, fingerprint, action, from_state, to_state, detail))[0]
         self._chain(query, "registry_audit", row)
 
-
     # --- tamper-evident audit chain ------------------------------------------------------------------------------
     def _chain(self, query, table, row):
         """Chain an audit entry just inserted (same transaction): sha256 over the previous link's hash and the entry's
@@ -1148,8 +1259,8 @@ class TicketStore:
             rows = self._query(f"SELECT e.id FROM {table} e LEFT JOIN audit_chain c ON c.tbl = ? AND "  # noqa: S608
                                "c.entry_id = e.id WHERE c.id IS NULL ORDER BY e.id LIMIT 1", (table,))
             if rows:
-                return {"table": table, "id": rows[0]["id"], "problem": "entry has no chain link (inserted outside "
-                                                                      "the store's API)"}
+                return {"table": table, "id": rows[0]["id"],
+                        "problem": "entry has no chain link (inserted outside the store's API)"}
         if not check_states:
             return None
         for row in self._query("SELECT t.id, t.state, (SELECT a.to_state FROM audit_log a WHERE a.ticket_id = t.id"
@@ -1182,6 +1293,7 @@ class TicketStore:
 
 
 _CHAIN_VERSION = 4  # the schema version that adds audit_chain
+_PROVIDERS_VERSION = 5  # the schema version that adds the providers table
 # The audit tables the chain covers and, for each, the columns its hash covers (in this order).
 _CHAINED = {
     "audit_log": ("id", "ticket_id", "at", "actor", "from_state", "to_state", "reason", "serial", "hosts"),
@@ -1236,10 +1348,13 @@ def _locked_message(provider, row):
 
 # The tables, written once for both backends (TEXT timestamps and JSON, INTEGER flags, so rows read back
 # identically); each backend fills in its id types and adds its own append-only triggers.
+# Version 1 as shipped also checked the service against a closed list of two; version 2 rebuilt the table without
+# that check, so it is left out here (a store created today passes through v1 to v5 in one transaction, and a v1
+# store in the field loses it in v2 all the same). Version 5 makes the column reference the providers table.
 _TICKETS_V1 = """
     CREATE TABLE tickets (
         id {ticket_id},
-        service TEXT NOT NULL CHECK (service IN ('renapo', 'sat')),
+        service TEXT NOT NULL,
         state TEXT NOT NULL,
         requester_name TEXT, requester_email TEXT, requester_unit TEXT, requester_system TEXT,
         forwarded_by_name TEXT, forwarded_by_rank TEXT,
@@ -1286,18 +1401,15 @@ _TABLES = _TICKETS_V1 + """
 """
 
 
-
 def _replace_once(text, old, new):
     assert text.count(old) == 1, old  # a schema edit that silently matched nothing would ship the old CHECK
     return text.replace(old, new)
 
 
-# Version 2: tickets take source 'provider' and any service the code knows (SERVICES is the one list, checked in
-# code); the approved-anchor registry, its evidence and audit (append-only), and the per-provider fleet lock.
+# Version 2: tickets take source 'provider' and any service (checked in code until v5); the approved-anchor registry,
+# its evidence and audit (append-only), and the per-provider fleet lock.
 _SOURCE_CHECK_V2 = "CHECK (source IN (%s))" % ", ".join(f"'{s}'" for s in SOURCES)
-_TICKETS_V2 = _replace_once(_replace_once(
-    _TICKETS_V1, " CHECK (service IN ('renapo', 'sat'))", ""),
-    "CHECK (source IN ('mail', 'monitor', 'manual'))", _SOURCE_CHECK_V2)
+_TICKETS_V2 = _replace_once(_TICKETS_V1, "CHECK (source IN ('mail', 'monitor', 'manual'))", _SOURCE_CHECK_V2)
 _REGISTRY_TABLES = """
     CREATE TABLE trust_anchors (
         id {id},
@@ -1454,13 +1566,67 @@ def _sqlite_v4(store, query):
 SQLITE_MIGRATIONS.append(_sqlite_v4)
 
 
+# Version 5: the providers table replaces the closed set of services the code used to check. It starts with every
+# provider the rows already name (kind unknown until the registry is registered, which the store does on its next
+# write when given one); then tickets.service, trust_anchors.provider and fleet_locks.provider reference it. No row
+# changes: ids, audit entries and the audit chain stay exactly as they were.
+_PROVIDERS_TABLE = """
+    CREATE TABLE providers (
+        name TEXT PRIMARY KEY,
+        kind TEXT CHECK (kind IS NULL OR kind IN (%s)),
+        registered_at TEXT NOT NULL
+    );
+""" % ", ".join(f"'{k}'" for k in KINDS)
+_REFERENCING = (("tickets", "service"), ("trust_anchors", "provider"), ("fleet_locks", "provider"))
+
+
+def _seed_providers(store, query):
+    store._run_script(query, _PROVIDERS_TABLE)
+    names = set()
+    for table, column in _reference_tables():
+        names.update(r["name"] for r in query(f"SELECT DISTINCT {column} AS name FROM {table}"))  # noqa: S608
+    for name in sorted(names):
+        query("INSERT INTO providers (name, kind, registered_at) VALUES (?, NULL, ?)", (name, iso(now_local())))
+
+
+def _sqlite_reference(query, table, column):
+    """Rebuild `table` with `column` REFERENCES providers (name) (SQLite cannot add a constraint): its own CREATE
+    statement edited, rows copied with their ids, its indexes and triggers re-created, its AUTOINCREMENT counter
+    kept. Foreign keys are off for the migration and checked before it commits (SqliteTicketStore)."""
+    sql = query("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,))[0]["sql"]
+    extras = [r["sql"] for r in query("SELECT sql FROM sqlite_master WHERE tbl_name = ? AND type IN ('index', "
+                                      "'trigger') AND sql IS NOT NULL ORDER BY rowid", (table,))]
+    new, found = re.subn(rf"(\b{column} TEXT [^,\n]*?)(\s*,|\s*\n)", r"\1 REFERENCES providers (name)\2", sql,
+                         count=1)
+    renamed, named = re.subn(rf'^CREATE TABLE\s+"?{table}"?\s*\(', f"CREATE TABLE {table}_v5 (", new)
+    if found != 1 or named != 1:
+        raise TicketStoreError(f"schema migration 5: cannot find {table}.{column} in {sql!r}")
+    query(renamed)
+    query(f"INSERT INTO {table}_v5 SELECT * FROM {table}")  # noqa: S608 - constant names
+    query("DELETE FROM sqlite_sequence WHERE name = ?", (f"{table}_v5",))
+    query("UPDATE sqlite_sequence SET name = ? WHERE name = ?", (f"{table}_v5", table))
+    query(f"DROP TABLE {table}")
+    query(f"ALTER TABLE {table}_v5 RENAME TO {table}")
+    for statement in extras:
+        query(statement)
+
+
+def _sqlite_v5(store, query):
+    _seed_providers(store, query)
+    for table, column in _REFERENCING:
+        _sqlite_reference(query, table, column)
+
+
+SQLITE_MIGRATIONS.append(_sqlite_v5)
+
+
 class SqliteTicketStore(TicketStore):
     """One SQLite file: WAL, synchronous=FULL (a committed ticket survives power loss), BEGIN IMMEDIATE."""
 
     migrations = SQLITE_MIGRATIONS
 
-    def __init__(self, path, policy=None, busy_timeout=30.0, audit_key=None):
-        super().__init__(policy, audit_key)
+    def __init__(self, path, policy=None, busy_timeout=30.0, audit_key=None, providers=None, create=True):
+        super().__init__(policy, audit_key, providers)
         self.path = path
         try:
             self._conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
@@ -1470,6 +1636,8 @@ class SqliteTicketStore(TicketStore):
             self._conn.execute("PRAGMA synchronous = FULL")
             self._conn.execute("PRAGMA foreign_keys = ON")
             self._migrate()
+            if self.registry is not None and create:
+                self.register_providers(self.registry)
         except sqlite3.Error as e:
             raise TicketStoreError(f"cannot open the ticket store {path}: {e}") from e
 
@@ -1587,6 +1755,16 @@ def _postgres_v4(store, query):
 POSTGRESQL_MIGRATIONS.append(_postgres_v4)
 
 
+def _postgres_v5(store, query):
+    _seed_providers(store, query)
+    for table, column in _REFERENCING:
+        query(f"ALTER TABLE {table} ADD CONSTRAINT {table}_{column}_provider FOREIGN KEY ({column})"
+              " REFERENCES providers (name)")
+
+
+POSTGRESQL_MIGRATIONS.append(_postgres_v5)
+
+
 class PostgresTicketStore(TicketStore):
     """A PostgreSQL database (psycopg 3), READ COMMITTED: the ticket row lock and the counter upsert serialise
     exactly the writers that touch the same ticket or folio series; everything else runs in parallel."""
@@ -1594,8 +1772,8 @@ class PostgresTicketStore(TicketStore):
     for_update = " FOR UPDATE"
     migrations = POSTGRESQL_MIGRATIONS
 
-    def __init__(self, dsn, policy=None, create=True, connect_timeout=10, audit_key=None):
-        super().__init__(policy, audit_key)
+    def __init__(self, dsn, policy=None, create=True, connect_timeout=10, audit_key=None, providers=None):
+        super().__init__(policy, audit_key, providers)
         self.dsn, self._secrets = redact(dsn), dsn_secrets(dsn)
         try:
             import psycopg
@@ -1614,6 +1792,8 @@ class PostgresTicketStore(TicketStore):
                 # Check mode / info on a database without the schema: build it in a transaction never committed.
                 self._outer.enter_context(self._conn.transaction(force_rollback=True))
             self._migrate()
+            if self.registry is not None and create:
+                self.register_providers(self.registry)
         except BaseException:
             self.close()
             raise
@@ -1667,17 +1847,21 @@ def _scrub(text, secrets):
     return text
 
 
-def open_store(dsn, policy=None, create=True, audit_key=None):
+def open_store(dsn, policy=None, create=True, audit_key=None, providers=None):
     """The store a DSN names: `sqlite:///path`, a plain path, or `postgresql://...` / `postgres://...`.
+
+    `providers`: the provider registry (procedure_providers, or a providers.Registry). Given it, the store registers
+    it (on open, or with create=False on its first write, inside that write's transaction) and can write tickets;
+    without it the store reads, and records anchors and locks only for providers registered before.
 
     With create=False nothing is created: a SQLite file that does not exist yet opens as an empty in-memory store,
     and a PostgreSQL database without the schema gets it inside a transaction that is rolled back on close, so check
     mode and info queries leave no trace.
     """
     if dsn.startswith(POSTGRES_SCHEMES):
-        return PostgresTicketStore(dsn, policy, create=create, audit_key=audit_key)
+        return PostgresTicketStore(dsn, policy, create=create, audit_key=audit_key, providers=providers)
     # SQLAlchemy's convention: sqlite:///relative.db, sqlite:////absolute/path.db
     path = dsn[len("sqlite:///"):] if dsn.startswith("sqlite:///") else dsn
     if not create and path != ":memory:" and not os.path.exists(path):
         path = ":memory:"
-    return SqliteTicketStore(path, policy, audit_key=audit_key)
+    return SqliteTicketStore(path, policy, audit_key=audit_key, providers=providers, create=create)

@@ -4,7 +4,8 @@ the evidence behind the anchor it delivered, the work notes and the timeline.
 Pure: it formats what `service_ticket_info` (ticket with `sla` and `audit`) and `trust_anchor_info` (registry
 entries) return; library/ticket_view.py is the thin module around it. The requester's observations are recomputed
 from the ticket's request data with observations.evaluate (the store keeps only their codes in the audit reason),
-so the words are exactly those the observations notice carried.
+so the words are exactly those the observations notice carried. Providers are named as the registry
+(providers.py, `procedure_providers`) names them for people: their display name.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from zoneinfo import ZoneInfo
 
 from ansible.module_utils.mail_intake import ServiceRequest
 from ansible.module_utils.observations import evaluate
+from ansible.module_utils.providers import registry
 
 DEFAULT_TIMEZONE = "America/Mexico_City"
 
@@ -88,11 +90,16 @@ def sla_lines(sla: dict | None, timezone: str = DEFAULT_TIMEZONE) -> list[str]:
     return lines
 
 
-def requester_observations(ticket: dict, catalog: dict | None) -> list[str]:
+def requester_observations(ticket: dict, catalog: dict | None, providers) -> list[str]:
     """The observations in words while the ticket waits for the requester's answer; [] otherwise."""
     if ticket.get("state") != "observations":
         return []
-    return [o.message_es for o in evaluate(ServiceRequest.from_ticket(ticket), catalog or {})]
+    return [o.message_es for o in evaluate(ServiceRequest.from_ticket(ticket), catalog or {}, providers=providers)]
+
+
+def provider_words(name, providers) -> str:
+    """A provider's display name (its registry name when the registry does not hold it: an old ticket's)."""
+    return providers.get(name).display_name if name in providers else str(name or "?")
 
 
 def observation_history(audit: list[dict]) -> list[str]:
@@ -119,8 +126,8 @@ def ticket_anchors(ticket: dict, anchors: list[dict]) -> list[dict]:
             or (a.get("fingerprint") or "").upper() in named]
 
 
-def anchor_lines(entry: dict, timezone: str = DEFAULT_TIMEZONE) -> list[str]:
-    lines = [f"{entry.get('provider', '').upper()} {entry.get('fingerprint')} ({entry.get('subject')}): "
+def anchor_lines(entry: dict, providers, timezone: str = DEFAULT_TIMEZONE) -> list[str]:
+    lines = [f"{provider_words(entry.get('provider'), providers)} {entry.get('fingerprint')} ({entry.get('subject')}): "
              f"{ANCHOR_STATE_WORDS.get(entry.get('state'), entry.get('state'))}"
              + (f" por {entry['approved_by']} el {local_time(entry.get('approved_at'), timezone)}"
                 if entry.get("approved_by") else "")]
@@ -145,18 +152,19 @@ def timeline_lines(audit: list[dict], timezone: str = DEFAULT_TIMEZONE) -> list[
 
 
 def render(ticket: dict, anchors: list[dict] | None = None, catalog: dict | None = None,
-           timezone: str = DEFAULT_TIMEZONE) -> dict:
+           timezone: str = DEFAULT_TIMEZONE, *, providers) -> dict:
     """The ticket as a person reads it: `lines` (printable, Spanish) and the parts apart (`observations` for the
-    requester, `work_notes`, `anchors`, `timeline`)."""
+    requester, `work_notes`, `anchors`, `timeline`). `providers`: the provider registry."""
+    providers = registry(providers)
     requester = ticket.get("requester") or {}
     forwarded = ticket.get("forwarded_by") or {}
-    observations = requester_observations(ticket, catalog)
+    observations = requester_observations(ticket, catalog, providers)
     history = observation_history(ticket.get("audit"))
     notes = [f"{local_time(n.get('at'), timezone)} {n.get('note')}" for n in ticket.get("observations") or []]
     mine = ticket_anchors(ticket, anchors or [])
     timeline = timeline_lines(ticket.get("audit"), timezone)
     lines = [f"Ticket {ticket.get('id')} — folio {ticket.get('folio') or '(sin folio)'} — "
-             f"servicio {str(ticket.get('service') or '?').upper()}",
+             f"servicio {provider_words(ticket.get('service'), providers)}",
              f"Estado: {state_words(ticket.get('state'))}"]
     if ticket.get("cause"):
         lines.append(f"Causa: {ticket['cause']}")
@@ -177,7 +185,7 @@ def render(ticket: dict, anchors: list[dict] | None = None, catalog: dict | None
         lines.append(f"Serie instalada: {ticket['deployed_serial']}")
     lines.append("Ancla de confianza y su evidencia:" + ("" if mine else " ninguna registrada para este ticket"))
     for entry in mine:
-        lines += [f"  {s}" for s in anchor_lines(entry, timezone)]
+        lines += [f"  {s}" for s in anchor_lines(entry, providers, timezone)]
     lines.append("Notas de trabajo:" + ("" if notes else " ninguna"))
     lines += [f"  {n}" for n in notes]
     lines.append("Historial:")

@@ -17,12 +17,13 @@ from ansible.module_utils.ticket_store import (
     SecretMaterialError,
     SqliteTicketStore,
     TicketStoreError,
-    open_store,
 )
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from tests.unit.stores import LAB, open_lab
 
 pytest_plugins = ["tests.pg"]  # pg_server (session), pg_schema, store_dsn (sqlite | postgresql)
 
@@ -107,7 +108,7 @@ def db(store_dsn):
 
 @pytest.fixture
 def store(db):
-    with open_store(db) as s:
+    with open_lab(db) as s:
         yield s
 
 
@@ -359,7 +360,7 @@ def test_fleet_lock_expired_is_taken_over_and_force_release_is_audited(store):
 
 def _race(dsn, holder, barrier, results):
     try:
-        with open_store(dsn) as s:
+        with open_lab(dsn) as s:
             barrier.wait(timeout=30)
             s.fleet_lock("renapo", holder, ttl=600)
         results.put((holder, "won"))
@@ -370,7 +371,7 @@ def _race(dsn, holder, barrier, results):
 
 
 def test_processes_racing_for_the_lock_exactly_one_wins(db):
-    open_store(db).close()  # the schema exists before the race: the race is for the lock, not the migration
+    open_lab(db).close()  # the schema exists before the race: the race is for the lock, not the migration
     ctx = multiprocessing.get_context("fork")
     for round_ in range(3):
         barrier, results = ctx.Barrier(4), ctx.Queue()
@@ -386,7 +387,7 @@ def test_processes_racing_for_the_lock_exactly_one_wins(db):
         for holder, outcome in outcomes.items():
             if holder != winners[0]:
                 assert outcome.startswith(f"refused: the fleet lock of renapo is held by {winners[0]} since ")
-        with open_store(db) as s:
+        with open_lab(db) as s:
             assert s.fleet_lock_info("renapo")["holder"] == winners[0]
             s.fleet_unlock("renapo", winners[0])
 
@@ -395,8 +396,8 @@ def test_processes_racing_for_the_lock_exactly_one_wins(db):
 def open_v1(dsn):
     """A store that stops at schema version 1, as the product shipped it before the registry."""
     if is_pg(dsn):
-        return type("V1", (PostgresTicketStore,), {"migrations": POSTGRESQL_MIGRATIONS[:1]})(dsn)
-    return type("V1", (SqliteTicketStore,), {"migrations": SQLITE_MIGRATIONS[:1]})(dsn)
+        return type("V1", (PostgresTicketStore,), {"migrations": POSTGRESQL_MIGRATIONS[:1]})(dsn, providers=LAB)
+    return type("V1", (SqliteTicketStore,), {"migrations": SQLITE_MIGRATIONS[:1]})(dsn, providers=LAB)
 
 
 def test_upgrade_from_version_1_keeps_every_ticket_and_audit_row(db, pki):
@@ -412,7 +413,7 @@ def test_upgrade_from_version_1_keeps_every_ticket_and_audit_row(db, pki):
         with pytest.raises((TicketStoreError, sqlite3.IntegrityError)):  # v1 refuses the new source
             old._query("INSERT INTO tickets (service, state, source, received_at, first_contact_due, created_at,"
                        " updated_at) VALUES ('renapo', 'received', 'provider', 'x', 'x', 'x', 'x')")
-    with open_store(db) as new:
+    with open_lab(db) as new:
         assert new.schema_version >= 2  # later migrations apply on top
         assert [new.get(i) for i in ids] == tickets
         assert new._query("SELECT * FROM audit_log ORDER BY id") == audit
@@ -423,8 +424,9 @@ def test_upgrade_from_version_1_keeps_every_ticket_and_audit_row(db, pki):
         assert [a["to_state"] for a in new.audit(ids[2])] == ["received", "observations", "received"]
         anchor = new.anchor_record("renapo", pem(pki["new"]), actor="intake", ticket=tickets[0]["folio"])
         assert anchor["ticket"] == tickets[0]["folio"]
-        # The service list lives in code now (SERVICES); the database keeps its references and append-only log.
-        new._query("UPDATE tickets SET service = 'imss' WHERE id = ?", (opened["id"],))
+        # The provider list is the registry's, in the providers table (v5): the database refuses any other.
+        with pytest.raises((TicketStoreError, sqlite3.IntegrityError)):
+            new._query("UPDATE tickets SET service = 'imss' WHERE id = ?", (opened["id"],))
         with pytest.raises((TicketStoreError, sqlite3.IntegrityError)):
             new._query("INSERT INTO audit_log (ticket_id, at, actor, to_state) VALUES (999, 'x', 'x', 'received')")
         with pytest.raises((TicketStoreError, sqlite3.IntegrityError), match="append-only"):
@@ -432,5 +434,5 @@ def test_upgrade_from_version_1_keeps_every_ticket_and_audit_row(db, pki):
         if not is_pg(db):
             assert new._query("PRAGMA foreign_keys")[0]["foreign_keys"] == 1
             assert new._query("PRAGMA integrity_check")[0]["integrity_check"] == "ok"
-    with open_store(db) as again:  # reopening applies nothing twice
+    with open_lab(db) as again:  # reopening applies nothing twice
         assert again.schema_version >= 2 and len(again.find()) == 4

@@ -19,13 +19,14 @@ from ansible.module_utils.ticket_store import (
     SqliteTicketStore,
     TicketStoreError,
     chain_hash,
-    open_store,
 )
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
+
+from tests.unit.stores import LAB, open_lab
 
 pytest_plugins = ["tests.pg"]
 
@@ -71,7 +72,7 @@ def db(store_dsn):
 
 @pytest.fixture
 def store(db):
-    with open_store(db) as s:
+    with open_lab(db) as s:
         yield s
 
 
@@ -91,7 +92,7 @@ def test_every_audit_entry_is_chained_and_verifies(store):
 def test_sqlite_refuses_replace_on_audit_tables_and_tickets(db):
     if is_pg(db):
         pytest.skip("REPLACE is SQLite's")
-    with open_store(db) as store:
+    with open_lab(db) as store:
         first, _ = populate(store)
         audit = store._query("SELECT * FROM audit_log ORDER BY id")
     conn = sqlite3.connect(db)  # as the sqlite3 CLI would
@@ -111,7 +112,7 @@ def test_sqlite_refuses_replace_on_audit_tables_and_tickets(db):
         with pytest.raises(sqlite3.DatabaseError, match="never replaced|only through the ticket store|append-only"):
             conn.execute(sql)
     conn.close()
-    with open_store(db) as store:
+    with open_lab(db) as store:
         assert store._query("SELECT * FROM audit_log ORDER BY id") == audit
         assert store.get(first)["state"] == "deploying" and store.verify_audit() is None
 
@@ -119,7 +120,7 @@ def test_sqlite_refuses_replace_on_audit_tables_and_tickets(db):
 def test_sqlite_direct_state_write_with_a_forged_audit_row_is_refused_or_evident(db):
     if is_pg(db):
         pytest.skip("the trigger is SQLite's")
-    with open_store(db) as store:
+    with open_lab(db) as store:
         first, _ = populate(store)
     conn = sqlite3.connect(db)
     # an audit row inserted by hand has no chain link: the state write is refused
@@ -129,7 +130,7 @@ def test_sqlite_direct_state_write_with_a_forged_audit_row_is_refused_or_evident
         conn.execute(f"UPDATE tickets SET state = 'deployed' WHERE id = {first}")
     conn.commit()
     conn.close()
-    with open_store(db) as store:
+    with open_lab(db) as store:
         forged = store._query("SELECT MAX(id) AS id FROM audit_log")[0]["id"]
         assert store.verify_audit() == {"table": "audit_log", "id": forged,
                                         "problem": "entry has no chain link (inserted outside the store's API)"}
@@ -139,7 +140,7 @@ def test_sqlite_file_rewritten_wholesale_is_evident(db):
     """The documented limit: whoever can open the file can drop the triggers. The chain still shows it."""
     if is_pg(db):
         pytest.skip("SQLite file")
-    with open_store(db) as store:
+    with open_lab(db) as store:
         first, _ = populate(store)
     conn = sqlite3.connect(db)
     triggers = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")]
@@ -150,7 +151,7 @@ def test_sqlite_file_rewritten_wholesale_is_evident(db):
                  " WHERE id = 2")
     conn.commit()
     conn.close()
-    with open_store(db) as store:
+    with open_lab(db) as store:
         broken = store.verify_audit()
         assert (broken["table"], broken["id"]) == ("audit_log", 2) and "hash does not match" in broken["problem"]
 
@@ -158,14 +159,14 @@ def test_sqlite_file_rewritten_wholesale_is_evident(db):
 def test_sqlite_direct_state_write_without_triggers_is_named(db):
     if is_pg(db):
         pytest.skip("SQLite file")
-    with open_store(db) as store:
+    with open_lab(db) as store:
         first, second = populate(store)
     conn = sqlite3.connect(db)
     conn.execute("DROP TRIGGER tickets_state_audited")
     conn.execute(f"UPDATE tickets SET state = 'closed' WHERE id = {second}")
     conn.commit()
     conn.close()
-    with open_store(db) as store:
+    with open_lab(db) as store:
         assert store.verify_audit() == {
             "table": "tickets", "id": second,
             "problem": "state is 'closed' but its last audit entry says 'received': changed outside the store's API"}
@@ -176,7 +177,7 @@ def test_postgres_direct_state_update_is_named(db):
     if not is_pg(db):
         pytest.skip("PostgreSQL")
     import psycopg
-    with open_store(db) as store:
+    with open_lab(db) as store:
         first, _ = populate(store)
     with psycopg.connect(db, autocommit=True) as conn:  # psql as the application role, bypassing the API
         with pytest.raises(psycopg.errors.RestrictViolation, match="only through the ticket store"):
@@ -191,7 +192,7 @@ def test_postgres_direct_state_update_is_named(db):
             conn.execute("ALTER TABLE tickets DISABLE TRIGGER tickets_state_audited")
             conn.execute("UPDATE tickets SET state = 'closed' WHERE id = %s", (first,))
             conn.execute("ALTER TABLE tickets ENABLE TRIGGER tickets_state_audited")
-    with open_store(db) as store:
+    with open_lab(db) as store:
         broken = store.verify_audit()
     assert (broken["table"], broken["id"]) == ("tickets", first) and "'closed'" in broken["problem"]
 
@@ -200,14 +201,14 @@ def test_postgres_superuser_edit_of_an_audit_row_is_named(db):
     if not is_pg(db):
         pytest.skip("PostgreSQL")
     import psycopg
-    with open_store(db) as store:
+    with open_lab(db) as store:
         populate(store)
     with psycopg.connect(db, autocommit=True) as conn:  # the superuser can switch the append-only trigger off
         with conn.transaction():
             conn.execute("ALTER TABLE audit_log DISABLE TRIGGER USER")
             conn.execute("UPDATE audit_log SET actor = 'mallory' WHERE id = 2")
             conn.execute("ALTER TABLE audit_log ENABLE TRIGGER USER")
-    with open_store(db) as store:
+    with open_lab(db) as store:
         broken = store.verify_audit()
     assert (broken["table"], broken["id"]) == ("audit_log", 2) and "hash does not match" in broken["problem"]
 
@@ -215,14 +216,14 @@ def test_postgres_superuser_edit_of_an_audit_row_is_named(db):
 # --- HMAC: a chain recomputed without the key is evident ------------------------------------------------------
 def test_chain_recomputed_without_the_key_fails_the_hmac(db, tmp_path):
     key = os.urandom(32)
-    with open_store(db, audit_key=key) as store:
+    with open_lab(db, audit_key=key) as store:
         populate(store)
         assert store.verify_audit() is None
-    with open_store(db, audit_key=b"another key of 32 bytes........") as other:
+    with open_lab(db, audit_key=b"another key of 32 bytes........") as other:
         broken = other.verify_audit()
         assert broken["id"] == 1 and "HMAC" in broken["problem"]
     # the insider rewrites row 2 and recomputes every hash after it (possible without the key)
-    with open_store(db, audit_key=key) as store:
+    with open_lab(db, audit_key=key) as store:
         links = store._query("SELECT * FROM audit_chain ORDER BY id")
         rows = {(t, r["id"]): r for t in ("audit_log", "registry_audit")
                 for r in store._query(f"SELECT * FROM {t}")}  # noqa: S608 - test constant
@@ -243,9 +244,9 @@ def test_chain_recomputed_without_the_key_fails_the_hmac(db, tmp_path):
         if is_pg(db):
             store._query("ALTER TABLE audit_log ENABLE TRIGGER USER")
             store._query("ALTER TABLE audit_chain ENABLE TRIGGER USER")
-    with open_store(db, audit_key=None) as keyless:
+    with open_lab(db, audit_key=None) as keyless:
         assert keyless.verify_audit() is None  # hashes alone cannot tell: that is what the key is for
-    with open_store(db, audit_key=key) as store:
+    with open_lab(db, audit_key=key) as store:
         broken = store.verify_audit()
         assert (broken["table"], broken["id"]) == ("audit_log", 2) and "HMAC" in broken["problem"]
 
@@ -253,8 +254,8 @@ def test_chain_recomputed_without_the_key_fails_the_hmac(db, tmp_path):
 # --- migration v3 -> v4 ---------------------------------------------------------------------------------------
 def open_v3(dsn):
     if is_pg(dsn):
-        return type("V3", (PostgresTicketStore,), {"migrations": POSTGRESQL_MIGRATIONS[:3]})(dsn)
-    return type("V3", (SqliteTicketStore,), {"migrations": SQLITE_MIGRATIONS[:3]})(dsn)
+        return type("V3", (PostgresTicketStore,), {"migrations": POSTGRESQL_MIGRATIONS[:3]})(dsn, providers=LAB)
+    return type("V3", (SqliteTicketStore,), {"migrations": SQLITE_MIGRATIONS[:3]})(dsn, providers=LAB)
 
 
 def test_migration_v3_to_v4_chains_existing_rows(db):
@@ -263,8 +264,8 @@ def test_migration_v3_to_v4_chains_existing_rows(db):
         first, _ = populate(old)
         audit = old._query("SELECT * FROM audit_log ORDER BY id")
         registry = old._query("SELECT * FROM registry_audit ORDER BY id")
-    with open_store(db) as new:
-        assert new.schema_version == 4
+    with open_lab(db) as new:
+        assert new.schema_version == len(SQLITE_MIGRATIONS)  # v4, and every later one
         assert new._query("SELECT * FROM audit_log ORDER BY id") == audit
         assert new._query("SELECT * FROM registry_audit ORDER BY id") == registry
         links = new._query("SELECT tbl, entry_id FROM audit_chain ORDER BY id")
@@ -388,7 +389,7 @@ def test_audit_verify_module(tmp_path):
     keyfile = tmp_path / "audit.key"
     keyfile.write_bytes(os.urandom(32).hex().encode())
     key = keyfile.read_bytes()
-    with open_store(db, audit_key=key) as store:
+    with open_lab(db, audit_key=key) as store:
         first, second = populate(store)
         entries = store.audit_head()["entries"]
     status, result = ad_hoc("audit_verify", {"store": db, "hmac_key_file": str(keyfile)})

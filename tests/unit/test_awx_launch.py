@@ -7,9 +7,9 @@ import json
 import pytest
 from ansible.module_utils.awx_launch import AwxLauncher, renew_command
 from ansible.module_utils.procedure import RENEW_LAUNCHED, Intake
-from ansible.module_utils.ticket_store import open_store
 
 from tests.awx_server import AwxServer
+from tests.unit.stores import LAB, open_lab
 
 TOKEN = "awx-pat-3f9c2b7e1d"  # a throw-away value; the point is that it never shows up anywhere
 RENEW = "Renovación de certificado (renew)"
@@ -74,10 +74,10 @@ def _ticket_with_certificate(store):
 
 
 def test_intake_hook_launches_once_per_ticket_and_notes_it(awx, tmp_path):
-    with open_store(str(tmp_path / "tickets.db")) as store:
+    with open_lab(str(tmp_path / "tickets.db")) as store:
         ticket = _ticket_with_certificate(store)
         intake = Intake(store, None, {}, None, "mesa@x", "enlace@x", str(tmp_path), str(tmp_path),
-                        on_certificate_received=AwxLauncher(awx.url, TOKEN, RENEW))
+                        on_certificate_received=AwxLauncher(awx.url, TOKEN, RENEW), providers=LAB)
         first, again = {}, {}
         ticket = intake._launch_renew(ticket, first)
         intake._launch_renew(store.get(ticket["id"]), again)  # a resumed run must not launch a second job
@@ -88,10 +88,10 @@ def test_intake_hook_launches_once_per_ticket_and_notes_it(awx, tmp_path):
 
 
 def test_intake_hook_without_awx_reports_the_command_and_notes_nothing(tmp_path):
-    with open_store(str(tmp_path / "tickets.db")) as store:
+    with open_lab(str(tmp_path / "tickets.db")) as store:
         ticket = _ticket_with_certificate(store)
         intake = Intake(store, None, {}, None, "mesa@x", "enlace@x", str(tmp_path), str(tmp_path),
-                        on_certificate_received=AwxLauncher(None, None, RENEW))
+                        on_certificate_received=AwxLauncher(None, None, RENEW), providers=LAB)
         outcome = {}
         intake._launch_renew(ticket, outcome)
         assert outcome["renew"]["command"] == renew_command(ticket["folio"]) and not outcome["renew"]["launched"]

@@ -15,14 +15,13 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from ansible.module_utils import mail_intake as intake
 from ansible.module_utils.mail_intake import (
     QuarantineMessage,
     ServiceRequest,
     extract_attachments,
     holds_private_key,
     is_transient,
-    parse_message,
-    process_maildir,
     redact,
     sanitise_filename,
 )
@@ -31,7 +30,22 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.providers import THIRD_PROVIDER, lab_providers
+
 ROOT = Path(__file__).resolve().parents[2]
+LAB = lab_providers()  # the lab inventory's registry: folios, sender domains and "Servicio:" words come from it
+
+
+def parse_message(raw, **options):
+    """mail_intake.parse_message with the lab's registry unless the test gives its own."""
+    options.setdefault("providers", LAB)
+    return intake.parse_message(raw, **options)
+
+
+def process_maildir(*args, **options):
+    options.setdefault("providers", LAB)
+    return intake.process_maildir(*args, **options)
+
 FOLIO = "DGTIC-RENAPO-2026-000123"
 FINGERPRINT = ":".join(["AB"] * 32)
 REQUEST_BODY = """Buen día, se turna la siguiente solicitud.
@@ -138,6 +152,40 @@ def test_labels_tolerate_case_accents_spacing_and_missing_fields():
 def test_service_sat_and_unrecognised_service_kept_raw():
     assert parse_message(make("s", "Solicitante: A\nServicio: SAT - opinión\n")).request.service == "sat"
     assert parse_message(make("s", "Solicitante: A\nServicio: IMSS\n")).request.service == "IMSS"
+
+
+# ---- a provider defined in inventory only (tests/providers.py THIRD_PROVIDER: INE) ---------------------------------
+WITH_INE = lab_providers(**THIRD_PROVIDER)
+
+
+def test_third_provider_request_names_it_by_name_display_name_or_alias():
+    for words in ("INE", "ine", "Servicio de verificación de credencial", "CREDENCIAL"):
+        parsed = parse_message(make("Solicitud", REQUEST_BODY.replace("Servicio: RENAPO", f"Servicio: {words}")),
+                               providers=WITH_INE)
+        assert (parsed.kind, parsed.request.service, parsed.service) == ("request", "ine", "ine"), words
+    # The lab registry without INE leaves the words as written (the observations name the defect).
+    parsed = parse_message(make("Solicitud", REQUEST_BODY.replace("Servicio: RENAPO", "Servicio: INE")))
+    assert (parsed.request.service, parsed.service) == ("INE", None)
+    # Words naming two providers name none.
+    parsed = parse_message(make("s", "Solicitante: A\nServicio: RENAPO o INE\n"), providers=WITH_INE)
+    assert parsed.request.service == "RENAPO o INE"
+
+
+def test_third_provider_folio_and_delivery_domain(cert):
+    raw = make("Renovación, folio dgtic-ine-2026-000001", "Se remite el certificado.", sender="certificados@ine.mx",
+               attachments=[("ine.pem", cert["pem"])])
+    parsed = parse_message(raw, providers=WITH_INE)
+    assert (parsed.kind, parsed.folio, parsed.service, parsed.quarantine) == (
+        "delivery", "DGTIC-INE-2026-000001", "ine", False)
+    reply = parse_message(make("Re: Folio DGTIC-INE-2026-000001 asignado", "Gracias."), providers=WITH_INE)
+    assert (reply.kind, reply.folio, reply.service) == ("reply", "DGTIC-INE-2026-000001", "ine")
+    # A subdomain of a provider's sender domain is the provider's too.
+    sub = parse_message(raw.replace(b"certificados@ine.mx", b"certificados@pki.ine.mx"), providers=WITH_INE)
+    assert (sub.kind, sub.service) == ("delivery", "ine")
+    # Without INE in the registry its folio is no folio: named as malformed in the quarantine reason.
+    unknown = parse_message(raw.replace(b"certificados@ine.mx", b"certificados@renapo.gob.mx"))
+    assert unknown.folio is None and unknown.quarantine
+    assert "folio con formato inválido: 'dgtic-ine-2026-000001'" in unknown.reason
 
 
 def test_latin1_rfc2047_and_raw_8bit_headers_never_crash():
@@ -343,7 +391,9 @@ CRASH_SCRIPT = textwrap.dedent("""
     import json, os, signal, sys
     import ansible.module_utils
     ansible.module_utils.__path__.append(sys.argv[1])
+    sys.path.insert(0, os.path.dirname(sys.argv[1]))
     from ansible.module_utils import mail_intake
+    from tests.providers import lab_providers
     inbox, quarantine, store, crash_at = sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
     seen_ids = set(open(store).read().split()) if os.path.exists(store) else set()
     if crash_at == "quarantine-unlink":
@@ -359,7 +409,8 @@ CRASH_SCRIPT = textwrap.dedent("""
         seen_ids.add(parsed.message_id)
         if crash_at == "after-commit":
             os.kill(os.getpid(), signal.SIGKILL)
-    mail_intake.process_maildir(inbox, handler, quarantine, seen=seen_ids.__contains__, max_attachment_bytes=65536)
+    mail_intake.process_maildir(inbox, handler, quarantine, seen=seen_ids.__contains__, max_attachment_bytes=65536,
+                                providers=lab_providers())
 """)
 
 

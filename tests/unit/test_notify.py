@@ -9,9 +9,24 @@ import smtplib
 import jinja2
 import pytest
 from aiosmtpd.controller import Controller
+from ansible.module_utils import notify
 from ansible.module_utils.mail_intake import html_to_text
-from ansible.module_utils.notify import NOTICES, build_message, fecha_hora, fecha_larga, notice, render, send
+from ansible.module_utils.notify import NOTICES, build_message, fecha_hora, fecha_larga, send
 from ansible.module_utils.observations import Observation
+
+from tests.providers import THIRD_PROVIDER, lab_providers
+
+LAB = lab_providers()  # the lab inventory's registry: how notices name the providers
+
+
+def notice(name, **kw):
+    kw.setdefault("providers", LAB)
+    return notify.notice(name, **kw)
+
+
+def render(name, **kw):
+    kw.setdefault("providers", LAB)
+    return notify.render(name, **kw)
 
 FOLIO = "DGTIC-RENAPO-2026-000123"
 MESA = "mesa.servicios@agricultura.gob.mx"
@@ -190,3 +205,27 @@ def test_send_to_a_closed_port_names_the_failure():
                  not_after=dt.date(2026, 12, 1), serial="01")
     with pytest.raises((ConnectionRefusedError, smtplib.SMTPException)):
         send(msg, "127.0.0.1", port, timeout=2)
+
+
+def test_a_third_provider_is_named_from_the_registry_alone(smtp_sink):
+    """INE exists only in the inventory overlay: its long name reaches the notice, no template names it."""
+    controller, box = smtp_sink
+    with_ine = lab_providers(**THIRD_PROVIDER)
+    msg = notify.notice("deployment_concluded", sender=SENDER, to=[MESA], providers=with_ine, ticket_id=7,
+                        folio="DGTIC-INE-2026-000001", service="ine", serial="0B0C", fingerprint="AB:CD",
+                        hosts=["consulta-01"])
+    send(msg, controller.hostname, controller.port)
+    (stored,) = [email.message_from_bytes(m.as_bytes(), policy=email.policy.default) for m in box]
+    text = stored.get_body(("plain",)).get_content()
+    assert "servicio INE (verificación de credencial)" in text and "DGTIC-INE-2026-000001" in text
+    _subject, text, _html = notify.render("observations", providers=with_ine, ticket_id=3, requester="Ana",
+                                          system="Padrón", service="ine", observations=[])
+    assert "Servicio: RENAPO, SAT o INE" in text and "del servicio INE (verificación de credencial)" in text
+    _subject, text, _html = notify.render("observations", providers=with_ine, ticket_id=3, requester="Ana",
+                                          system="Padrón", service="IMSS", observations=[])
+    assert "del servicio IMSS para el sistema" in text  # words no provider has stay the requester's own
+
+
+def test_a_notice_naming_a_provider_needs_the_registry():
+    with pytest.raises(jinja2.UndefinedError, match="provider registry"):
+        notify.render("rollback", ticket_id=1, folio=FOLIO, service="renapo", cause="x")

@@ -1,7 +1,15 @@
 """observations.evaluate: steps 2.1–2.2, table-driven."""
+import functools
+
 import pytest
+from ansible.module_utils import observations
 from ansible.module_utils.mail_intake import ServiceRequest, parse_message
-from ansible.module_utils.observations import evaluate, rank_sufficient
+from ansible.module_utils.observations import rank_sufficient
+
+from tests.providers import THIRD_PROVIDER, lab_providers
+
+LAB = lab_providers()
+evaluate = functools.partial(observations.evaluate, providers=LAB)  # the lab inventory's registry
 
 CATALOG = {"Padrón de Productores": ["renapo", "sat"], "SIAP Apoyos": ["renapo"]}
 CLEAN = {
@@ -89,9 +97,35 @@ def test_observation_messages_are_spanish_and_quote_the_value():
 def test_evaluates_a_parsed_request_end_to_end():
     raw = (b"From: mesa@agricultura.gob.mx\nSubject: Solicitud\nContent-Type: text/plain; charset=utf-8\n\n"
            b"Solicitante: Ana Ruiz\nCorreo: ana@gmail.com\nSistema: SIAP Apoyos\nServicio: SAT\n")
-    parsed = parse_message(raw)
+    parsed = parse_message(raw, providers=LAB)
     assert [(o.code, o.field) for o in evaluate(parsed.request, CATALOG)] == [
         ("MISSING_FIELD", "administrative_unit"), ("MISSING_FIELD", "forwarded_by"),
         ("MISSING_FIELD", "forwarded_by_rank"), ("EMAIL_NOT_INSTITUTIONAL", "requester_email"),
         ("NO_CONVENIO", "service"),
     ]
+
+
+def test_service_observations_name_the_registry_providers():
+    (missing,) = evaluate({**CLEAN, "service": None}, CATALOG)
+    assert missing.message_es == "Falta el dato: servicio: RENAPO o SAT (Servicio)."
+    (unknown,) = evaluate({**CLEAN, "service": "IMSS"}, CATALOG)
+    assert unknown.message_es == "El servicio «IMSS» no existe; indique RENAPO o SAT."
+    (convenio,) = evaluate({**CLEAN, "system": "SIAP Apoyos", "service": "sat"}, CATALOG)
+    assert convenio.message_es == "El sistema «SIAP Apoyos» no tiene convenio con SAT (opinión de cumplimiento)."
+
+
+def test_a_third_provider_defined_in_inventory_only():
+    """INE exists only in the inventory overlay: the observations list it and its long name, no code names it."""
+    with_ine = lab_providers(**THIRD_PROVIDER)
+    catalog = {**CATALOG, "Credencial Digital": ["INE"]}  # a catalog names providers as people do
+    found = observations.evaluate({**CLEAN, "service": "ine"}, catalog, providers=with_ine)
+    assert [(o.code, o.field) for o in found] == [("NO_CONVENIO", "service")]  # Padrón has no convenio with INE
+    assert observations.evaluate({**CLEAN, "system": "Credencial Digital", "service": "credencial"}, catalog,
+                                 providers=with_ine) == []
+    (convenio,) = observations.evaluate({**CLEAN, "system": "SIAP Apoyos", "service": "ine"}, catalog,
+                                        providers=with_ine)
+    assert convenio.message_es == "El sistema «SIAP Apoyos» no tiene convenio con INE (verificación de credencial)."
+    (unknown,) = observations.evaluate({**CLEAN, "service": "IMSS"}, catalog, providers=with_ine)
+    assert unknown.message_es == "El servicio «IMSS» no existe; indique RENAPO, SAT o INE."
+    # Without INE in the registry, "INE" is a service that does not exist.
+    assert codes({**CLEAN, "service": "INE"}) == [("UNKNOWN_SERVICE", "service")]

@@ -19,8 +19,10 @@ from ansible.module_utils import oficio
 from ansible.module_utils.mail_intake import ensure_maildir
 from ansible.module_utils.procedure import Intake, Mailer
 from ansible.module_utils.staff_directory import open_directory
-from ansible.module_utils.ticket_store import open_store
 from test_notify import EphemeralController, MaildirSink
+
+from tests.unit.stores import LAB as PROVIDERS
+from tests.unit.stores import open_lab
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -42,7 +44,7 @@ def lab(tmp_path):
     sink.path = tmp_path / "sink"
     controller = EphemeralController(sink, hostname="127.0.0.1", port=0)
     controller.start()
-    store = open_store(str(tmp_path / "tickets.db"))
+    store = open_lab(str(tmp_path / "tickets.db"))
     inbox = ensure_maildir(tmp_path / "mesa")
     count = iter(range(100, 10_000))
 
@@ -51,7 +53,7 @@ def lab(tmp_path):
         run = Intake(store, open_directory(str(ROOT / "lab" / "data" / "staff.yml")), CATALOG, mailer,
                      mesa_address=MESA, enlace_address=ENLACE, deliveries_dir=str(tmp_path / "entregas"),
                      oficios_dir=str(tmp_path / "oficios"), firmante=firmante,
-                     sender_auth={"trusted_authserv_ids": [AUTHSERV]})
+                     sender_auth={"trusted_authserv_ids": [AUTHSERV]}, providers=PROVIDERS)
         run.oficio = settings  # what mail_intake passes from procedure_oficio
         return run.run(inbox, tmp_path / "cuarentena")
 

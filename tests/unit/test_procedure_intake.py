@@ -11,7 +11,6 @@ import pytest
 from ansible.module_utils.mail_intake import ensure_maildir
 from ansible.module_utils.procedure import Intake, Mailer
 from ansible.module_utils.staff_directory import open_directory
-from ansible.module_utils.ticket_store import open_store
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -20,6 +19,8 @@ from test_notify import EphemeralController, MaildirSink
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 from demo_procedure import OUTSIDER, STAFF, delivery_mail, reply_mail, request_mail  # noqa: E402
+
+from tests.unit.stores import LAB, open_lab
 
 MESA, ENLACE = "mesa.servicios@agricultura.gob.mx", "enlace.soas@agricultura.gob.mx"
 AUTHSERV = "mx.agricultura.gob.mx"  # the receiving server whose verdict the intake trusts
@@ -58,7 +59,7 @@ def lab(tmp_path):
     sink.path = tmp_path / "sink"
     controller = EphemeralController(sink, hostname="127.0.0.1", port=0)
     controller.start()
-    store = open_store(str(tmp_path / "tickets.db"))
+    store = open_lab(str(tmp_path / "tickets.db"))
     inbox = ensure_maildir(tmp_path / "mesa")
 
     def intake(port=None, **run_options):
@@ -66,7 +67,7 @@ def lab(tmp_path):
         return Intake(store, open_directory(str(ROOT / "lab" / "data" / "staff.yml")), CATALOG, mailer,
                       mesa_address=MESA, enlace_address=ENLACE, deliveries_dir=str(tmp_path / "entregas"),
                       oficios_dir=str(tmp_path / "oficios"), sender_auth={"trusted_authserv_ids": [AUTHSERV]},
-                      ).run(inbox, tmp_path / "cuarentena", **run_options)
+                      providers=LAB).run(inbox, tmp_path / "cuarentena", **run_options)
 
     def deliver(msg, message_id=None, dkim="pass"):
         """As the Secretaría's receiving server delivers it: its Authentication-Results header on top."""
@@ -89,7 +90,7 @@ def lab(tmp_path):
 
 def test_clean_request_gets_folio_and_is_validated(lab):
     mid = lab.deliver(request_mail(STAFF))
-    preview = Intake(lab.store, None, CATALOG, None, MESA, ENLACE, "", "").preview(lab.inbox)
+    preview = Intake(lab.store, None, CATALOG, None, MESA, ENLACE, "", "", providers=LAB).preview(lab.inbox)
     assert [(o["kind"], o["outcome"]) for o in preview] == [("request", "would_process")] and not lab.store.find()
     [outcome] = lab.intake()
     ticket = lab.store.get(outcome["ticket"])

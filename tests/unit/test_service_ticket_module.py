@@ -6,7 +6,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from ansible.module_utils.ticket_store import open_store
+
+from tests.providers import THIRD_PROVIDER, lab_providers
+from tests.unit.stores import LAB, open_lab
 
 pytest_plugins = ["tests.pg"]  # pg_server (session), store_dsn (sqlite | postgresql)
 ROOT = Path(__file__).resolve().parents[2]
@@ -18,7 +20,8 @@ REQUEST = {"service": "renapo", "source": "mail", "message_id": "<req-1@agricult
 
 
 def ansible(module, args, *flags):
-    """Run one ad-hoc task on localhost; return (rc, result dict, full stdout)."""
+    """Run one ad-hoc task on localhost (with the lab's provider registry); return (rc, result dict, full stdout)."""
+    args = {"providers": LAB, **args}
     proc = subprocess.run([ANSIBLE, "localhost", "-m", module, "-a", json.dumps(args), *flags], cwd=ROOT,
                           env={**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")},
                           capture_output=True, text=True, timeout=120)
@@ -58,18 +61,18 @@ def test_create_transition_and_invalid_transition(db):
     assert "requester_validated, rejected, cancelled, duplicate" in refused["msg"]
     assert refused["allowed_next"] == ["requester_validated", "rejected", "cancelled", "duplicate"]
 
-    with open_store(db) as store:
+    with open_lab(db) as store:
         assert [a["to_state"] for a in store.audit(1)] == ["received", "folio_issued"]
 
 
 def test_check_mode_and_diff_write_nothing(db, request):
-    with open_store(db) as store:
+    with open_lab(db) as store:
         store.create("sat", actor="mesa", now=NOW)
     rc, preview, stdout = ansible("service_ticket", {"store": db, "ticket": "1", "state": "folio_issued",
                                                      "now": NOW}, "--check", "--diff")
     assert rc == 0 and preview["changed"] is True and preview["ticket"]["folio"] == "DGTIC-SAT-2026-000001"
     assert '-    "state": "received"' in stdout and '+    "state": "folio_issued"' in stdout
-    with open_store(db) as store:
+    with open_lab(db) as store:
         assert store.get(1)["state"] == "received" and len(store.audit(1)) == 1
 
     if db.startswith("postgresql://"):  # a database without the ticket schema stays without it
@@ -87,7 +90,7 @@ def test_check_mode_and_diff_write_nothing(db, request):
 
 
 def test_info_with_sla_status_audit_and_filters(db):
-    with open_store(db) as store:
+    with open_lab(db) as store:
         late = store.create("renapo", actor="mesa", now=NOW).ticket
         store.transition(late["id"], "folio_issued", actor="mesa", now="2026-02-10T09:00:00-06:00")
     # DOF suspension days given when the ticket opens shift its stored due date (Feb 10-11 skipped).
@@ -126,7 +129,7 @@ def test_lifecycle_cancel_duplicate_reopen_and_notices(db):
     rc, final, _ = ansible("service_ticket", {**base, "ticket": "1", "state": "reopened", "reason": "r"})
     assert rc != 0 and "none (final state)" in final["msg"] and final["allowed_next"] == []
 
-    with open_store(db) as store:  # a request closed on Friday 2026-12-18 17:00 through the rejection path
+    with open_lab(db) as store:  # a request closed on Friday 2026-12-18 17:00 through the rejection path
         ticket = store.create("sat", actor="mesa", now="2026-12-18T09:00:00-06:00").ticket
         for state in ("folio_issued", "rejected", "notified", "closed"):
             store.transition(ticket["id"], state, actor="mesa", now="2026-12-18T17:00:00-06:00")
@@ -167,6 +170,7 @@ def test_expiry_ticket_one_per_event_acknowledged_and_closed(db):
 
 
 def run_module(module, args):
+    args = {"providers": LAB, **args}
     proc = subprocess.run([ANSIBLE, "localhost", "-m", module, "-a", json.dumps(args)], cwd=ROOT,
                           env={**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "TZ": "UTC"},
                           capture_output=True, text=True, timeout=120)
@@ -219,7 +223,7 @@ def test_dof_warning_and_sla_notices_in_local_time(db):
 
 
 def test_module_refuses_key_material_and_names_the_defect(db):
-    with open_store(db) as store:
+    with open_lab(db) as store:
         store.create("renapo", actor="mesa", now=NOW)
     note = "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIFHDBOBgkqhkiG9w0BBQ0wQTApBgkqhkiG9w0BBQww\n"
     rc, refused, _ = ansible("service_ticket", {"store": db, "ticket": "1", "annotate": note})
@@ -234,14 +238,15 @@ def test_password_in_the_dsn_never_shows(pg_server, tmp_path):
     password = "Sup3r-S3cret-pw"
     dsns = {"dsn": pg_server.create_schema(password=password),  # trust auth ignores it; the modules must hide it
             "bad_dsn": pg_server.dsn(dbname="no_such_db", password=password)}
-    (tmp_path / "vars.json").write_text(json.dumps(dsns))
+    (tmp_path / "vars.json").write_text(json.dumps({**dsns, "procedure_providers": LAB}))
     (tmp_path / "play.yml").write_text("""
 - hosts: localhost
   gather_facts: false
   tasks:
-    - service_ticket: {store: "{{ dsn }}", service: renapo, actor: mesa}
-    - service_ticket_info: {store: "{{ dsn }}", ticket: "1"}
-    - service_ticket: {store: "{{ bad_dsn }}", ticket: "1", state: folio_issued}
+    - service_ticket: {store: "{{ dsn }}", providers: "{{ procedure_providers }}", service: renapo, actor: mesa}
+    - service_ticket_info: {store: "{{ dsn }}", providers: "{{ procedure_providers }}", ticket: "1"}
+    - service_ticket: {store: "{{ bad_dsn }}", providers: "{{ procedure_providers }}", ticket: "1",
+                       state: folio_issued}
       ignore_errors: true
 """)
     proc = subprocess.run([str(ROOT / ".venv" / "bin" / "ansible-playbook"), str(tmp_path / "play.yml"),
@@ -252,3 +257,23 @@ def test_password_in_the_dsn_never_shows(pg_server, tmp_path):
     assert password not in proc.stdout + proc.stderr
     assert "postgres:********@127.0.0.1" in proc.stdout  # -vvv shows the invocation, masked
     assert 'database \\"no_such_db\\" does not exist' in proc.stdout
+
+
+def test_service_is_checked_against_the_registry_and_a_third_provider_needs_no_code(db):
+    rc, refused, _ = ansible("service_ticket", {**REQUEST, "store": db, "service": "ine"})
+    assert rc != 0 and refused["msg"] == ("unknown service 'ine'; the provider registry (procedure_providers) has "
+                                          "renapo, sat")
+    with_ine = lab_providers(**THIRD_PROVIDER)
+    rc, opened, _ = ansible("service_ticket", {**REQUEST, "store": db, "service": "ine", "providers": with_ine})
+    assert rc == 0 and opened["ticket"]["service"] == "ine"
+    # INE's own SLA days (first contact 3): Friday 30 Jan 2026 10:00 -> (Mon 2 Feb holiday) Tue 3, Wed 4, Thu 5.
+    assert opened["ticket"]["first_contact_due"] == "2026-02-05T18:00:00-06:00"
+    ref = str(opened["ticket"]["id"])
+    rc, issued, _ = ansible("service_ticket", {"store": db, "providers": with_ine, "ticket": ref,
+                                               "state": "folio_issued", "actor": "mesa", "now": NOW})
+    assert rc == 0 and issued["ticket"]["folio"] == "DGTIC-INE-2026-000001"
+    rc, found, _ = ansible("service_ticket_info", {"store": db, "providers": with_ine, "service": "ine", "now": NOW})
+    assert rc == 0 and [t["folio"] for t in found["tickets"]] == ["DGTIC-INE-2026-000001"]
+    # The store remembers INE (the providers table): an inventory that drops it is refused while it has tickets.
+    rc, dropped, _ = ansible("service_ticket", {**REQUEST, "store": db, "message_id": "<other@x>"})
+    assert rc != 0 and "no longer has 'ine' (1 in tickets)" in dropped["msg"]

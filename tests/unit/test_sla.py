@@ -26,7 +26,10 @@ from ansible.module_utils.sla import (
     to_datetime,
 )
 
+from tests.providers import THIRD_PROVIDER, lab_providers
+
 CDMX = timezone(timedelta(hours=-6))
+LAB = lab_providers()  # the lab inventory's registry: renapo and sat, 5 and 1 business days
 
 
 @pytest.fixture(autouse=True)
@@ -48,7 +51,8 @@ def at(text):
 
 
 def due(policy, clock, arrival, service="renapo"):
-    return iso(policy.due(service, clock, arrival))
+    """The due moment on `policy` bound to the lab's registry (a policy built without one keeps its calendar)."""
+    return iso(policy.with_providers(LAB).due(service, clock, arrival))
 
 
 # --- time zone -------------------------------------------------------------------------------------------------
@@ -219,7 +223,7 @@ def test_clock_start(arrival, start):
 
 
 def test_zero_days_is_due_at_close_of_the_start_day():
-    policy = SlaPolicy.from_options({"sat": {"attention": 0}})
+    policy = SlaPolicy.from_options({"sat": {"attention": 0}}, providers=LAB)
     assert due(policy, "attention", at("2027-02-10T10:00"), "sat") == "2027-02-10T18:00:00-06:00"
     assert due(policy, "attention", at("2027-02-10T20:30"), "sat") == "2027-02-11T18:00:00-06:00"
 
@@ -305,15 +309,45 @@ def test_policy_defaults_and_per_service_override():
     # Friday 30 Jan 2026 10:00: (Mon 2 Feb Constitution day) 1 Tue 3, 2 Wed 4, 3 Thu 5, 4 Fri 6, 5 Mon 9.
     assert due(default, "first_contact", at("2026-01-30T10:00")) == "2026-02-09T18:00:00-06:00"
     assert due(default, "attention", at("2026-12-24T12:00"), "sat") == "2026-12-28T18:00:00-06:00"
-    custom = SlaPolicy.from_options({"sat": {"attention": 2}}, ["2026-12-28"])
+    custom = SlaPolicy.from_options({"sat": {"attention": 2}}, ["2026-12-28"], providers=LAB)
     assert due(custom, "attention", at("2026-12-24T12:00"), "sat") == "2026-12-30T18:00:00-06:00"
     assert due(custom, "attention", at("2026-12-24T12:00"), "renapo") == "2026-12-29T18:00:00-06:00"
 
 
-@pytest.mark.parametrize("days", [{"imss": {"attention": 1}}, {"sat": {"lunch": 1}}, {"sat": {"attention": -1}}])
-def test_policy_rejects_bad_settings(days):
-    with pytest.raises(ValueError, match="SLA days|unknown service"):
-        SlaPolicy.from_options(days)
+@pytest.mark.parametrize("days, message", [
+    ({"imss": {"attention": 1}}, "unknown provider 'imss'; the registry .procedure_providers. has renapo, sat"),
+    ({"sat": {"lunch": 1}}, "SLA days for sat: 'lunch'"),
+    ({"sat": {"attention": -1}}, "SLA days for sat: 'attention'"),
+    ({"sat": {"attention": True}}, "SLA days for sat: 'attention'"),
+])
+def test_policy_rejects_bad_settings(days, message):
+    with pytest.raises(ValueError, match=message):
+        SlaPolicy.from_options(days, providers=LAB)
+
+
+def test_overrides_need_the_registry_and_a_policy_without_it_computes_no_due_moment():
+    with pytest.raises(ValueError, match="need the provider registry"):
+        SlaPolicy.from_options({"sat": {"attention": 2}})
+    with pytest.raises(ValueError, match="built without the provider registry"):
+        SlaPolicy().due("renapo", "attention", at("2027-02-10T10:00"))
+    with pytest.raises(ValueError, match="unknown provider 'imss'; the registry .procedure_providers. has renapo, sat"):
+        SlaPolicy.from_options(providers=LAB).due("imss", "attention", at("2027-02-10T10:00"))
+
+
+def test_a_third_provider_defined_in_inventory_has_its_own_days():
+    """INE (tests/providers.py): first contact 3 business days, attention 2, from its registry entry alone."""
+    policy = SlaPolicy.from_options(providers=lab_providers(**THIRD_PROVIDER))
+    assert policy.days["ine"] == {"first_contact": 3, "attention": 2} and policy.days["renapo"]["first_contact"] == 5
+    # Friday 18 Dec 2026 17:00 (within hours): Mon 21, Tue 22, Wed 23 -> first contact Wed 23 18:00; attention
+    # Mon 21, Tue 22 -> Tue 22 18:00.
+    assert iso(policy.due("ine", "first_contact", at("2026-12-18T17:00"))) == "2026-12-23T18:00:00-06:00"
+    assert iso(policy.due("ine", "attention", at("2026-12-18T17:00"))) == "2026-12-22T18:00:00-06:00"
+    # Wednesday 23 Dec 2026 10:00: Thu 24, (Fri 25 Christmas), Mon 28, Tue 29 -> first contact Tue 29 18:00.
+    assert iso(policy.due("ine", "first_contact", at("2026-12-23T10:00"))) == "2026-12-29T18:00:00-06:00"
+    # A module override wins over the registry for that provider only.
+    override = SlaPolicy.from_options({"ine": {"attention": 0}}, providers=lab_providers(**THIRD_PROVIDER))
+    assert override.days["ine"] == {"first_contact": 3, "attention": 0}
+    assert iso(override.due("ine", "attention", at("2026-12-18T17:00"))) == "2026-12-18T18:00:00-06:00"
 
 
 # Received Monday 1 Feb 2027 10:00 (Constitution day): starts Tue 2 at 09:00; 1 Wed 3, 2 Thu 4, 3 Fri 5, 4 Mon 8,
@@ -329,7 +363,7 @@ def test_policy_rejects_bad_settings(days):
     ("2027-02-05T09:00", "2027-02-09T18:30", BREACHED, None),  # met late
 ])
 def test_clock_status_at_frozen_now(now, met_at, expected, left):
-    policy = SlaPolicy()
+    policy = SlaPolicy(providers=None).with_providers(LAB)
     deadline = policy.due("renapo", "first_contact", at("2027-02-01T10:00"))
     status = policy.clock(deadline, at(now), met_at and iso(at(met_at)))
     assert status["status"] == expected and status["business_hours_left"] == left

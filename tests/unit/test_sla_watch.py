@@ -6,7 +6,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from ansible.module_utils.sla import SlaPolicy
 from ansible.module_utils.sla_watch import due_notices, notice_key
-from ansible.module_utils.ticket_store import open_store
+
+from tests.unit.stores import open_lab
 
 CDMX = timezone(timedelta(hours=-6))
 # Arrival Friday 2026-12-18 17:00 (within hours; the day does not count): first contact (5 business days) falls on
@@ -21,7 +22,7 @@ def at(*args):
 
 @pytest.fixture
 def store(tmp_path):
-    with open_store(str(tmp_path / "tickets.db")) as s:
+    with open_lab(str(tmp_path / "tickets.db")) as s:
         yield s
 
 
@@ -92,7 +93,7 @@ def test_attention_clock_and_the_new_clock_of_a_new_delivery(store):
 
 def test_due_soon_window_is_configurable(tmp_path):
     # two business days: at Wed Dec 23 18:00, Thu 24 (9 h) + Mon 28 (9 h) = 18 h left -> due soon
-    with open_store(str(tmp_path / "t.db"), SlaPolicy.from_options(due_soon_business_days=2)) as s:
+    with open_lab(str(tmp_path / "t.db"), SlaPolicy.from_options(due_soon_business_days=2)) as s:
         s.create("renapo", actor="intake", received_at=ARRIVAL, now=ARRIVAL)
         [notice] = due_notices(s.find(), s.policy, at(2026, 12, 23, 18, 0))
         assert notice["status"] == "due_soon" and notice["business_hours_left"] == 18.0

@@ -35,6 +35,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
+from tests.providers import lab_providers
+
 pytest_plugins = ["tests.pg"]  # pg_server (session), pg_schema, store_dsn / module_store_dsn (sqlite | postgresql)
 
 CDMX = timezone(timedelta(hours=-6))
@@ -52,6 +54,15 @@ STEP_DATA = {"certificate_received": {"serial": "0A1B"}, "deploying": {"hosts": 
              "cancelled": {"reason": "el solicitante retiró la solicitud"},
              "reopened": {"reason": "el solicitante reporta que la consulta sigue fallando"},
              "closed": {"reason": "concluido"}}
+
+
+LAB = lab_providers()  # the lab inventory's provider registry
+
+
+def open_lab(*args, **kwargs):
+    """open_store() with the lab's provider registry (a store writes tickets only when it knows the registry)."""
+    kwargs.setdefault("providers", LAB)
+    return open_store(*args, **kwargs)
 
 
 def ids_of(rows):
@@ -97,7 +108,7 @@ def db(store_dsn):
 
 @pytest.fixture
 def store(db):
-    with open_store(db) as s:
+    with open_lab(db) as s:
         yield s
 
 
@@ -126,7 +137,7 @@ def ticket_in_each_state(module_store_dsn):
     attempts write nothing)."""
     path = module_store_dsn
     clock = Clock()
-    with open_store(path) as s:
+    with open_lab(path) as s:
         ids = {(source, state): drive(s, clock, new_ticket(s, clock, source=source)["id"], state, source)["id"]
                for source, machine in MACHINES.items() for state in machine}
     return path, ids
@@ -152,7 +163,7 @@ def test_every_allowed_transition(store, source, frm, to):
 def test_forbidden_transition_lists_allowed(ticket_in_each_state, source, frm, to):
     path, ids = ticket_in_each_state
     allowed = list(MACHINES[source][frm])
-    with open_store(path) as s:
+    with open_lab(path) as s:
         audit_before = len(s.audit(ids[source, frm]))
         with pytest.raises(InvalidTransition) as err:
             s.transition(ids[source, frm], to, actor="test", now=T0, reason="x")
@@ -172,7 +183,7 @@ def test_unknown_state_and_unknown_ticket(store):
         store.transition(ticket["id"], "done", actor="t")
     with pytest.raises(TicketNotFound, match="DGTIC-RENAPO-2026-000999"):
         store.get("dgtic-renapo-2026-000999")
-    with pytest.raises(TicketStoreError, match="unknown service"):
+    with pytest.raises(TicketStoreError, match="unknown provider .imss.* registry .* has renapo, sat"):
         store.create("imss", actor="t")
 
 
@@ -292,17 +303,17 @@ def test_audit_log_is_append_only(store, db):
 
 
 def test_schema_wal_and_reopen(db):
-    with open_store(db if is_pg(db) else f"sqlite:///{db}") as s:  # sqlite:////abs/path (SQLAlchemy style)
+    with open_lab(db if is_pg(db) else f"sqlite:///{db}") as s:  # sqlite:////abs/path (SQLAlchemy style)
         assert s.schema_version == LATEST
         s.create("sat", actor="t", now=T0)
-    with open_store(db) as s:
+    with open_lab(db) as s:
         assert s.schema_version == LATEST and len(s.find(service="sat")) == 1
         if not is_pg(db):
             assert s._query("PRAGMA journal_mode")[0]["journal_mode"] == "wal"
 
 
 def _schema_version(dsn):
-    with open_store(dsn) as s:
+    with open_lab(dsn) as s:
         return s.schema_version
 
 
@@ -310,22 +321,22 @@ def test_first_open_by_many_at_once_migrates_once(db):
     with ThreadPoolExecutor(4) as pool:
         versions = list(pool.map(_schema_version, [db] * 8))
     assert versions == [LATEST] * 8
-    with open_store(db) as s:
+    with open_lab(db) as s:
         assert s._query("SELECT COUNT(*) AS n FROM schema_version")[0]["n"] == LATEST
 
 
 def test_missing_file_opens_empty_without_creating_it(tmp_path):
     path = tmp_path / "absent.db"
-    with open_store(str(path), create=False) as s:
+    with open_lab(str(path), create=False) as s:
         assert s.find() == []
     assert not path.exists()
     with pytest.raises(TicketStoreError, match="cannot open the ticket store"):
-        open_store(str(tmp_path / "no" / "such" / "dir.db"))
+        open_lab(str(tmp_path / "no" / "such" / "dir.db"))
 
 
 def test_pg_schema_absent_reads_empty_and_creates_nothing(pg_schema):
     import psycopg
-    with open_store(pg_schema, create=False) as s:
+    with open_lab(pg_schema, create=False) as s:
         assert s.find() == [] and s.create("sat", actor="t", now=T0).changed  # check mode works on it
     with psycopg.connect(pg_schema) as raw:
         assert raw.execute("SELECT to_regclass('schema_version'), to_regclass('tickets')").fetchone() == (None, None)
@@ -336,7 +347,7 @@ def test_pg_unreachable_store_names_it_without_the_password(pg_server):
                 f"postgresql://postgres@127.0.0.1:{pg_server.port}/tickets?password=Hunter2-pw&connect_timeout=5"
                 f"&options=-csearch_path%3Dt0&sslmode=bogus"):
         with pytest.raises(TicketStoreError, match="cannot open the ticket store postgresql://") as err:
-            open_store(dsn)
+            open_lab(dsn)
         assert "Hunter2" not in str(err.value) and "********" in str(err.value)
 
 
@@ -361,7 +372,7 @@ def test_sla_due_dates_and_breach_flags(store):
 
 def test_sla_policy_of_the_store_is_used(db):
     from ansible.module_utils.sla import SlaPolicy
-    with open_store(db, SlaPolicy.from_options({"renapo": {"first_contact": 1}}, ["2026-02-03"])) as s:
+    with open_lab(db, SlaPolicy.from_options({"renapo": {"first_contact": 1}}, ["2026-02-03"], providers=LAB)) as s:
         assert s.create("renapo", actor="t", now=T0).ticket["first_contact_due"] == "2026-02-04T18:00:00-06:00"
 
 
@@ -463,7 +474,7 @@ def test_reopen_within_ten_business_days_of_the_close(store):
 
 def test_reopen_window_is_configurable(db):
     # No window: reopenable until close of business of the day it closed (Friday 2026-12-18 18:00).
-    with open_store(db, SlaPolicy.from_options(reopen_business_days=0)) as s:
+    with open_lab(db, SlaPolicy.from_options(reopen_business_days=0)) as s:
         early = closed_ticket(s, datetime(2026, 12, 18, 17, 0, tzinfo=CDMX))
         late = closed_ticket(s, datetime(2026, 12, 18, 17, 10, tzinfo=CDMX))
         s.transition(early["id"], "reopened", actor="mesa", reason="r", now=datetime(2026, 12, 18, 17, 30, tzinfo=CDMX))
@@ -545,8 +556,8 @@ def test_a_notice_is_recorded_once(store):
 def open_v2(dsn):
     """A store that stops at schema version 2, as the product shipped it before the service desk's lifecycle."""
     if is_pg(dsn):
-        return type("V2", (PostgresTicketStore,), {"migrations": POSTGRESQL_MIGRATIONS[:2]})(dsn)
-    return type("V2", (SqliteTicketStore,), {"migrations": SQLITE_MIGRATIONS[:2]})(dsn)
+        return type("V2", (PostgresTicketStore,), {"migrations": POSTGRESQL_MIGRATIONS[:2]})(dsn, providers=LAB)
+    return type("V2", (SqliteTicketStore,), {"migrations": SQLITE_MIGRATIONS[:2]})(dsn, providers=LAB)
 
 
 def test_upgrade_from_version_2_keeps_every_ticket_and_keys_the_expiry_events(db):
@@ -565,8 +576,8 @@ def test_upgrade_from_version_2_keeps_every_ticket_and_keys_the_expiry_events(db
                    " VALUES (?, ?, 'mesa', 'notified', 'closed', NULL, '[]')", (request["id"], closing))
         before = {t["id"]: t for t in old.find()}
         audit = old._query("SELECT * FROM audit_log ORDER BY id")
-    with open_store(db) as new:
-        assert new.schema_version == LATEST == 4
+    with open_lab(db) as new:
+        assert new.schema_version == LATEST == 5
         assert new._query("SELECT * FROM audit_log ORDER BY id") == audit
         lifecycle = ("closed_at", "close_reason", "duplicate_of", "event_key", "notices", "allowed_next")
         for ticket in new.find():
@@ -585,7 +596,7 @@ def test_upgrade_from_version_2_keeps_every_ticket_and_keys_the_expiry_events(db
         found = new.create("renapo", actor="monitor", source="monitor", event_key=f"expiry:renapo:{sha}",
                            hosts=["consulta-02"], now=clock())
         assert found.ticket["id"] == crossings[-1] and found.ticket["hosts"] == ["consulta-01", "consulta-02"]
-    with open_store(db) as again:  # reopening applies nothing twice
+    with open_lab(db) as again:  # reopening applies nothing twice
         assert again.schema_version == LATEST and len(again.find()) == 3
 
 
@@ -654,7 +665,7 @@ TICKETS_PER_WORKER, SHARED_UPDATES = 30, 50  # 30 x 5 transitions + 50 shared-ti
 def _worker(path, worker, shared_id, barrier, results):
     rng = random.Random(worker)
     try:
-        with open_store(path) as s:
+        with open_lab(path) as s:
             barrier.wait(timeout=30)
             ids = [s.create("renapo" if i % 2 == 0 else "sat", actor=f"w{worker}", now=T0,
                             message_id=f"<w{worker}-{i}@test>").ticket["id"] for i in range(TICKETS_PER_WORKER)]
@@ -680,7 +691,7 @@ def _worker(path, worker, shared_id, barrier, results):
 def run_writers(db, workers):
     """`workers` processes drive their own tickets and the shared one at once; assert that nothing was lost."""
     clock = Clock()
-    with open_store(db) as s:
+    with open_lab(db) as s:
         shared = drive(s, clock, new_ticket(s, clock)["id"], "deploying")
     ctx = multiprocessing.get_context("fork")
     barrier, results = ctx.Barrier(workers), ctx.Queue()
@@ -693,7 +704,7 @@ def run_writers(db, workers):
         p.join(timeout=30)
     assert outcomes == {w: "ok" for w in numbers}
 
-    with open_store(db) as s:
+    with open_lab(db) as s:
         tickets = s.find()
         assert len(tickets) == 1 + workers * TICKETS_PER_WORKER
         worker_tickets = [t for t in tickets if t["id"] != shared["id"]]

@@ -1,7 +1,18 @@
 """module_utils/ticket_view: a ticket as a person reads it, in Spanish."""
 from __future__ import annotations
 
-from ansible.module_utils.ticket_view import local_time, observation_history, render, sla_lines, ticket_anchors
+from ansible.module_utils import ticket_view
+from ansible.module_utils.ticket_view import local_time, observation_history, sla_lines, ticket_anchors
+
+from tests.providers import THIRD_PROVIDER, lab_providers
+
+LAB = lab_providers()
+
+
+def render(ticket, *args, **kwargs):
+    """ticket_view.render with the lab inventory's registry."""
+    kwargs.setdefault("providers", LAB)
+    return ticket_view.render(ticket, *args, **kwargs)
 
 CATALOG = {"Padrón de Productores": ["RENAPO", "SAT"]}
 FP = ":".join(["AB"] * 32)
@@ -74,3 +85,13 @@ def test_timeline_in_words():
                                    "solicitante) (mesa.servicios): observaciones: MISSING_FIELD")
     assert observation_history([{"to_state": "observations", "reason": "observaciones: RANK_INSUFFICIENT, X"}]) == [
         "turnada por un cargo inferior a Director de Área, X"]
+
+
+def test_a_third_provider_is_named_by_the_registry():
+    with_ine = lab_providers(**THIRD_PROVIDER)
+    view = render(ticket(service="ine", state="requester_validated", folio="DGTIC-INE-2026-000001"),
+                  providers=with_ine)
+    assert view["lines"][0] == "Ticket 1 — folio DGTIC-INE-2026-000001 — servicio INE"
+    (observation,) = [o for o in render(ticket(service="ine"), catalog=CATALOG, providers=with_ine)["observations"]
+                      if "convenio" in o]
+    assert observation.endswith("no tiene convenio con INE (verificación de credencial).")

@@ -11,8 +11,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from ansible.module_utils.ticket_store import open_store
 from test_anchor_store import fp, key_pem, make_ca, make_leaf, pem
+
+from tests.providers import THIRD_PROVIDER, lab_providers
+from tests.unit.stores import LAB, open_lab
 
 pytest_plugins = ["tests.pg"]  # pg_server (session), store_dsn (sqlite | postgresql)
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,7 +23,9 @@ ENDPOINT_ONLY = {"accept": ["endpoint"], "operators": 1}
 
 
 def ansible(module, args, *flags):
-    """Run one ad-hoc task on localhost; return (rc, result dict, full stdout and stderr)."""
+    """Run one ad-hoc task on localhost (with the lab's provider registry); return (rc, result dict, full stdout and
+    stderr)."""
+    args = {"providers": LAB, **args}
     proc = subprocess.run([ANSIBLE, "localhost", "-m", module, "-a", json.dumps(args), *flags], cwd=ROOT,
                           env={**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")},
                           capture_output=True, text=True, timeout=120)
@@ -127,7 +131,7 @@ def test_endpoint_evidence_only_with_the_right_sni(db, files, server):
         assert refused["endpoint_check"]["presented"] == ["CN=renapo-old.lab,O=Lab", "CN=RENAPO CA 2024,O=Lab"]
         assert "which does not end in this anchor" in refused["msg"]
         assert "playbooks/anchor.yml -e provider=renapo -e op=approve" in refused["msg"]
-    with open_store(db) as store:
+    with open_lab(db) as store:
         assert [e["kind"] for e in store.anchor("renapo", files["new_fp"])["evidence"]] == ["claim"]
 
     rc, approved, _ = ansible("trust_anchor", {**base, "state": "approved", "policy": ENDPOINT_ONLY,
@@ -138,7 +142,7 @@ def test_endpoint_evidence_only_with_the_right_sni(db, files, server):
     assert endpoint["kind"] == "endpoint" and endpoint["actor"] == "jdoe"
     assert endpoint["detail"].startswith(f"{server.endpoint} (SNI renapo.lab) presented a chain ending in this anchor")
     assert "renapo.lab" in server.seen and "otro.lab" in server.seen
-    with open_store(db) as store:
+    with open_lab(db) as store:
         assert [r["action"] for r in store.registry_audit("renapo")] == [
             "recorded", "evidence", "approval_refused", "approval_refused", "evidence", "approved"]
 
@@ -162,7 +166,7 @@ def test_refusal_names_the_missing_evidence_and_the_commands(db, files):
         assert result["approved"] is approved and (rc == 0) is approved
         if not approved:  # ana twice is still one operator
             assert "recorded so far by ana (1 of 2)" in result["msg"]
-    with open_store(db) as store:
+    with open_lab(db) as store:
         audit = [r["action"] for r in store.registry_audit("renapo")]
         assert audit.count("approval_refused") == 3 and audit[-1] == "approved"
 
@@ -251,12 +255,12 @@ def test_check_mode_writes_nothing(files, tmp_path):
     assert rc == 0 and info["anchors"] == [] and info["approved_pems"] == [] and info["lock"] is None
     assert not absent.exists()
     db = tmp_path / "tickets.db"
-    open_store(str(db)).close()
+    open_lab(str(db)).close()
     rc, preview, _ = ansible("trust_anchor", {**args, "store": str(db)}, "--check")
     assert rc == 0 and preview["changed"] and preview["approved"]
     rc, lock, _ = ansible("fleet_lock", {"store": str(db), "provider": "renapo", "holder": "job-1"}, "--check")
     assert rc == 0 and lock["changed"] and lock["acquired"]
-    with open_store(str(db)) as store:
+    with open_lab(str(db)) as store:
         assert store.anchors() == [] and store.registry_audit() == [] and store.fleet_lock_info("renapo") is None
 
 
@@ -280,7 +284,7 @@ def test_fleet_lock_module(db):
     assert forced["holder"] == "awx-job-41 (ana)"
     rc, free, _ = ansible("fleet_lock", {**base, "holder": "luis", "state": "absent"})
     assert rc == 0 and free["changed"] is False and free["released"] is False
-    with open_store(db) as store:
+    with open_lab(db) as store:
         assert [(r["action"], r["actor"]) for r in store.registry_audit("renapo")] == [
             ("lock_acquired", "awx-job-41 (ana)"), ("lock_extended", "awx-job-41 (ana)"),
             ("lock_forced_release", "luis")]
@@ -297,3 +301,16 @@ def test_seeding_leaves_out_an_anchor_held_by_one_host_only(files, tmp_path):
                                                   "certificates": [str(clean), str(planted)], "reason": "alta"})
     assert rc == 0 and [a["fingerprint"] for a in seeded["anchors"]] == [files["old_fp"]]
     assert "held by some of the files only" in stdout
+
+
+def test_only_the_registry_trust_providers_have_anchors(tmp_path):
+    args = {"store": str(tmp_path / "t.db"), "actor": "ana", "state": "pending", "fingerprint": ":".join(["AB"] * 32),
+            "evidence": [{"kind": "operator", "detail": "confirmada por teléfono"}]}
+    rc, refused, _ = ansible("trust_anchor", {**args, "provider": "sat"})
+    assert rc != 0 and refused["msg"] == ("provider 'sat' has no trust anchors: the trust providers of the registry "
+                                          "(procedure_providers) are renapo")
+    # A trust provider defined in inventory only: its evidence is recorded with no code change.
+    with_ine = lab_providers(**THIRD_PROVIDER)
+    rc, recorded, _ = ansible("trust_anchor", {**args, "provider": "ine", "providers": with_ine})
+    assert rc == 0 and recorded["changed"] and recorded["anchor"]["provider"] == "ine"
+    assert recorded["anchor"]["evidence"][0]["kind"] == "operator"
