@@ -22,6 +22,8 @@ ansible.module_utils.__path__.append(str(ROOT / "module_utils"))  # as the root 
 sys.path.insert(0, str(ROOT))
 open_store = importlib.import_module("ansible.module_utils.ticket_store").open_store
 pg = importlib.import_module("tests.pg")
+PROVIDERS = importlib.import_module("tests.providers").lab_providers()
+SERVICES = list(PROVIDERS)[:2]
 
 NOW = datetime(2026, 1, 30, 10, 0, tzinfo=timezone(timedelta(hours=-6)))
 WALK = [("folio_issued", {}), ("requester_validated", {}), ("certificate_received", {"serial": "0A1B"}),
@@ -32,15 +34,15 @@ WALK = [("folio_issued", {}), ("requester_validated", {}), ("certificate_receive
 def walk(dsn, worker, tickets, start=None):
     if start is not None:
         start.wait()
-    with open_store(dsn) as store:
+    with open_store(dsn, providers=PROVIDERS) as store:
         for i in range(tickets):
-            ticket_id = store.create("renapo" if i % 2 else "sat", actor=f"bench{worker}", now=NOW).ticket["id"]
+            ticket_id = store.create(SERVICES[i % 2], actor=f"bench{worker}", now=NOW).ticket["id"]
             for state, data in WALK:
                 store.transition(ticket_id, state, actor=f"bench{worker}", now=NOW, **data)
 
 
 def run(dsn, processes, tickets):
-    open_store(dsn).close()  # schema created outside the timed part
+    open_store(dsn, providers=PROVIDERS).close()  # schema created outside the timed part
     ctx = multiprocessing.get_context("fork")
     start = ctx.Event()
     procs = [ctx.Process(target=walk, args=(dsn, w, tickets, start)) for w in range(processes)]

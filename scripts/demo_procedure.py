@@ -39,12 +39,19 @@ import conftest  # noqa: E402,F401  (ansible.module_utils.<project module> impor
 sys.path.insert(0, str(ROOT / "lab"))
 import labctl  # noqa: E402
 import mailhost  # noqa: E402
+import yaml  # noqa: E402
 from ansible.module_utils.consulta import ConsultaError, consult  # noqa: E402
 from ansible.module_utils.ticket_store import open_store  # noqa: E402
 from cryptography import x509  # noqa: E402
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
 from sim import padron  # noqa: E402
+
+
+def lab_registry() -> dict:
+    """The lab inventory's provider registry (procedure_providers), as the playbooks pass it to the store."""
+    path = ROOT / "inventories" / "lab" / "group_vars" / "all" / "providers.yml"
+    return yaml.safe_load(path.read_text(encoding="utf-8"))["procedure_providers"]
 
 STAFF = {"name": "Ana López Ruiz", "email": "ana.lopez@agricultura.gob.mx",
          "unit": "Dirección General de Padrones y Registros"}
@@ -140,7 +147,7 @@ def playbook(name: str, *args: str, log: Path | None = None) -> subprocess.Compl
 
 
 def store():
-    return open_store(str(labctl.STATE / "procedure" / "tickets.db"))
+    return open_store(str(labctl.STATE / "procedure" / "tickets.db"), providers=lab_registry())
 
 
 def mail_settled(timeout: float = 20) -> bool:

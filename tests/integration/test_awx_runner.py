@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from labtools import ROOT
 
 from tests.awx_server import AwxServer
+from tests.providers import lab_providers
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import demo_procedure as procedure  # noqa: E402
@@ -238,7 +239,7 @@ def test_sliced_rollout_two_concurrent_jobs_record_every_host_once(fresh_lab, tm
 
     hosts = sorted(trust_checksums(lab))
     published = lab.pki.publish(lab.STATE)
-    with open_store(shared_store) as store:
+    with open_store(shared_store, providers=lab_providers()) as store:
         # The shared store's registry: today's anchor seeded, RENAPO's new one approved on an operator's word.
         store.anchor_seed("renapo", [lab.pki.ensure(lab.STATE)["renapo_anchor"].read_text()], actor="t",
                           reason="alta inicial")
@@ -275,7 +276,7 @@ def test_sliced_rollout_two_concurrent_jobs_record_every_host_once(fresh_lab, tm
         assert_successful(runner)
         assert "Add the hosts verified by this slice to the ticket" in task_names(runner)
     assert all(published["fingerprint_sha256"] in anchors(lab, h) for h in hosts)
-    with open_store(shared_store) as store:
+    with open_store(shared_store, providers=lab_providers()) as store:
         ticket, audit = store.get(ticket["id"]), store.audit(ticket["id"])
     assert sorted(ticket["verified_hosts"]) == hosts and len(ticket["verified_hosts"]) == len(hosts)
     assert ticket["state"] == "deploying" and sorted(ticket["hosts"]) == hosts

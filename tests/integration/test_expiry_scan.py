@@ -32,7 +32,7 @@ def monitor_tickets(lab):
     db = lab.STATE / "procedure" / "tickets.db"
     if not db.exists():
         return []
-    with open_store(str(db)) as store:
+    with open_store(str(db), providers=lab_providers()) as store:
         return [t for t in store.find() if t["source"] == "monitor"]
 
 
@@ -180,7 +180,7 @@ def test_one_ticket_for_a_certificate_two_hosts_hold_closed_once_renewed_on_both
     assert closed["close_reason"].startswith(f"certificado {old.fingerprint(hashes.SHA256()).hex(':').upper()[:11]}"
                                              " por vencer renovado en todos los servidores: renovado en "
                                              "consulta-01, consulta-02 (tienen su sucesor)")
-    with open_store(str(lab.STATE / "procedure" / "tickets.db")) as store:
+    with open_store(str(lab.STATE / "procedure" / "tickets.db"), providers=lab_providers()) as store:
         trail = [(a["from_state"], a["to_state"], a["actor"]) for a in store.audit(ticket["id"])]
     assert trail[0] == (None, "received", "monitor.vencimientos")
     assert trail[-1] == ("acknowledged", "closed", "monitor.vencimientos")
@@ -202,7 +202,8 @@ def test_unreachable_host_is_reported_not_silently_skipped(fresh_lab):
 
 def test_rogue_anchor_planted_on_one_host_is_drift_on_that_host_only(fresh_lab):
     lab = fresh_lab
-    with open_store(str(lab.STATE / "procedure" / "tickets.db")) as store:  # conftest seeded gen1, approved
+    # conftest seeded gen1, approved
+    with open_store(str(lab.STATE / "procedure" / "tickets.db"), providers=lab_providers()) as store:
         [gen1] = store.approved_anchors("renapo")
     rogue = self_signed_ca("RENAPO Lab Root G1")  # the look-alike name a forger would pick
     rogue_fp = rogue.fingerprint(hashes.SHA256()).hex(":").upper()

@@ -25,9 +25,9 @@ from cryptography.hazmat.primitives import hashes
 from labtools import ROOT, ansible_env, run
 
 sys.path.insert(0, str(ROOT / "scripts"))
-sys.path.insert(0, str(ROOT / "tests"))
 import demo_procedure as procedure  # noqa: E402
-from providers import THIRD_PROVIDER  # noqa: E402
+
+from tests.providers import THIRD_PROVIDER  # noqa: E402
 
 PLAYBOOK = str(ROOT / ".venv" / "bin" / "ansible-playbook")
 LAB_VARS = ROOT / "inventories" / "lab" / "group_vars"
