@@ -1,4 +1,6 @@
 #!/usr/bin/python
+# Copyright: (c) 2026, DGTIC Operaciones
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Ansible module: verify the ticket store's tamper-evident audit chain and name its first broken link."""
 
 DOCUMENTATION = r"""
@@ -15,15 +17,9 @@ description:
     ticket) so that a cut tail is evident too.
   - Never changes anything (opening an older store applies its schema migrations, as every store module does).
 version_added: "0.3.0"
-author: DGTIC automation team
+author: DGTIC Operaciones (@dgtic-operaciones)
+extends_documentation_fragment: [store, attributes.info]
 options:
-  store:
-    description:
-      - Ticket store. A SQLite file path or C(sqlite:///relative.db) / C(sqlite:////absolute.db), or a PostgreSQL URL
-        C(postgresql://user@host:5432/dbname) (needs psycopg 3).
-      - A password written in the URL is masked in every result and message; prefer E(PGPASSWORD).
-    type: str
-    required: true
   hmac_key_file:
     description:
       - File holding the audit HMAC key (at least 16 bytes; an AWX credential's injected file). With it every link's
@@ -36,7 +32,7 @@ options:
 notes:
   - Supports check mode (it only reads).
 seealso:
-  - module: service_ticket_info
+  - module: ansible.legacy.service_ticket_info
 """
 
 EXAMPLES = r"""
@@ -69,8 +65,10 @@ broken:
   sample: {"table": "audit_log", "id": 2, "problem": "hash does not match: the entry was edited or replaced"}
 """
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.sla import HOLIDAYS_IMPORT_ERROR
 from ansible.module_utils.ticket_store import TicketStoreError, dsn_secrets, open_store, read_audit_key
+from ansible.module_utils.x509_load import CRYPTOGRAPHY_IMPORT_ERROR
 
 
 def main():
@@ -82,6 +80,9 @@ def main():
         ),
         supports_check_mode=True,
     )
+    for lib, error in (("cryptography", CRYPTOGRAPHY_IMPORT_ERROR), ("holidays", HOLIDAYS_IMPORT_ERROR)):
+        if error:
+            module.fail_json(msg=missing_required_lib(lib), exception=error)
     p = module.params
     module.no_log_values.update(dsn_secrets(p["store"]))  # a password inside the DSN never reaches the output
     try:

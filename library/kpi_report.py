@@ -27,7 +27,8 @@ options:
   results_db:
     description:
       - The results store M(ansible.legacy.padron_consulta) writes, a SQLite file (a path or C(sqlite:///path)) or a
-        PostgreSQL URL C(postgresql://user@host:5432/db). A password in the URL is never returned or logged (prefer C(PGPASSWORD)).
+        PostgreSQL URL C(postgresql://user@host:5432/db). A password in the URL is never returned or logged (prefer
+        C(PGPASSWORD)).
     type: str
     required: true
   store:

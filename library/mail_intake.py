@@ -300,8 +300,10 @@ quarantined:
   returned: always
   type: int
   sample: 1
-skipped:
-  description: How many messages were duplicates of a processed message (same Message-ID and content).
+duplicates:
+  description:
+    - How many messages were duplicates of a processed message (same Message-ID and content), left as they were.
+    - Not called C(skipped), which Ansible reads as "the task was skipped".
   returned: always
   type: int
   sample: 0
@@ -474,6 +476,7 @@ def main():
             mailbox.close()
     counts = {k: sum(1 for o in outcomes if o["outcome"] == k) for k in ("quarantined", "skipped", "filed")}
     processed = len(outcomes) - counts["quarantined"] - counts["skipped"] - counts["filed"]
+    counts["duplicates"] = counts.pop("skipped")  # a result key "skipped" would mark the task skipped
     module.exit_json(changed=not module.check_mode and bool(outcomes), outcomes=outcomes,
                      processed=0 if module.check_mode else processed,
                      renewals=[o["renew"] for o in outcomes if "renew" in o], **counts)

@@ -392,7 +392,6 @@ class ImapMailbox:
         self._select(self.folder)
         self._remove(uid)
 
-
     # --- release from quarantine ---------------------------------------------------------------------------
     def _folder_exists(self, folder) -> bool:
         return folder in self._folders or bool(

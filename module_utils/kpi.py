@@ -107,7 +107,7 @@ def _per_run(pg: bool) -> str:
 
 _PER_RUN = _per_run(False)
 _AGE_BAND = "CASE " + " ".join(f"WHEN edad BETWEEN {lo} AND {hi} THEN {i}"
-                               for i, (_, lo, hi) in enumerate(AGE_BANDS)) + " END"
+                               for i, (_label, lo, hi) in enumerate(AGE_BANDS)) + " END"
 
 
 class KpiError(Exception):
@@ -227,7 +227,7 @@ def _breakdown(db, run_id: str, min_sample: int, pg: bool = False) -> dict:
                                                    "category = 'duplicate'"))
         + ", SUM(revisado) FROM results WHERE run_id = ?", (run_id,)).fetchone()
     found = sum(r[3] for r in rows)
-    status, bands, states = {}, [[0, 0] for _ in AGE_BANDS], {code: [0, 0] for code in ENTIDADES}
+    status, bands, states = {}, [[0, 0] for _band in AGE_BANDS], {code: [0, 0] for code in ENTIDADES}
     for code, band, entidad, n, bd in rows:
         if code:
             status[code] = status.get(code, 0) + n
@@ -245,7 +245,7 @@ def _breakdown(db, run_id: str, min_sample: int, pg: bool = False) -> dict:
         "bajas_por_estatus": [{"estatus": c, "registros": n, "pct": pct(n, found), "defuncion": c == "BD"}
                               for c, n in bajas],
         "mortalidad_por_edad": [{"rango": label, **_rate(bd, n, min_sample)}
-                                for (label, _, _), (n, bd) in zip(AGE_BANDS, bands, strict=True)],
+                                for (label, _lo, _hi), (n, bd) in zip(AGE_BANDS, bands, strict=True)],
         "mortalidad_por_entidad": [{"entidad": e, "nombre": ENTIDADES.get(e, "Entidad no válida"),
                                     **_rate(bd, n, min_sample)} for e, (n, bd) in states.items()],
         "inconsistencias_por_causa": {c: _kpi(n or 0, reviewed) for c, n in zip(CAUSES, causes[:-1], strict=True)},
@@ -368,6 +368,7 @@ def _days_text(per_provider: dict, names: dict, clock: str) -> str:
     groups = {}
     for service, days in per_provider.items():
         groups.setdefault(days[clock], []).append(names.get(service, service))
+
     def unit(n):
         return f"{n} día hábil" if n == 1 else f"{n} días hábiles"
 

@@ -109,10 +109,10 @@ def bar_chart(items: list[tuple[str, float | None]], title: str, unit: str = "%"
     if not items:
         return _empty(width, title)
     row_h, top = 24, 10
-    texts = [_value(v, unit) + (f" ({note[i]})" if note else "") for i, (_, v) in enumerate(items)]
-    label_w = 7 * max(len(label) for label, _ in items) + 14  # about 7 px per character at 12 px
+    texts = [_value(v, unit) + (f" ({note[i]})" if note else "") for i, (_label, v) in enumerate(items)]
+    label_w = 7 * max(len(label) for label, _v in items) + 14  # about 7 px per character at 12 px
     bar_w = max(width - label_w - 7 * max(len(t) for t in texts) - 14, 60)
-    span = max((v or 0 for _, v in items), default=0) or 1
+    span = max((v or 0 for _label, v in items), default=0) or 1
     body = []
     for i, (label, value) in enumerate(items):
         y = top + i * row_h
@@ -131,7 +131,7 @@ def line_chart(points: list[tuple[str, float | None]], title: str, unit: str = "
     if not points:
         return _empty(width, title)
     left, right, top, bottom, inset = 48, 20, 22, 40, 36
-    top_value = max(v for _, v in points) * 1.12 or 1
+    top_value = max(v for _label, v in points) * 1.12 or 1
     magnitude = 10 ** math.floor(math.log10(top_value))
     scale = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= top_value)
     if unit == "%" and top_value <= 112:
@@ -149,7 +149,7 @@ def line_chart(points: list[tuple[str, float | None]], title: str, unit: str = "
         y = round(top + plot_h * (1 - k / 4), 1)
         body.append(f'<line x1="{left}" y1="{y}" x2="{width - right}" y2="{y}" stroke="#ddd"/>'
                     f'<text x="{left - 6}" y="{y + 4}" text-anchor="end" fill="#666">{escape(numero(v))}</text>')
-    coords = [xy(i, v) for i, (_, v) in enumerate(points)]
+    coords = [xy(i, v) for i, (_label, v) in enumerate(points)]
     body.append(f'<polyline points="{" ".join(f"{x},{y}" for x, y in coords)}" fill="none" stroke="{color}" '
                 'stroke-width="2.5"/>')
     step = max(1, len(points) // 8)  # at most ~8 axis labels
@@ -204,7 +204,7 @@ def charts(kpis: dict) -> dict:
     out["cumplimiento_sla"] = bar_chart([(label, v["cumplimiento"]) for label, v in sla],
                                         "Cumplimiento de SLA por servicio", color="#13322b",
                                         note=[f"{numero(v['a_tiempo'])} a tiempo, {numero(v['vencidos'])} vencidos"
-                                              for _, v in sla])
+                                              for _label, v in sla])
     opinion = (kpis.get("opinion") or {}).get("indicadores", {})
     titles = labels(OPINION_TITLES, kpis)
     out["opinion"] = bar_chart([(titles[k], v["valor"]) for k, v in opinion.items()],

@@ -404,7 +404,8 @@ def _by_dkim(raw: bytes, from_domain: str, nameservers, timeout: float) -> tuple
                 reason = lookup.outcome.get(key_name, "ok")
                 reason = "signature does not verify" if reason == "ok" else reason
         except dkim.DKIMException as exc:
-            reason = _clean(re.sub(r"b'([^']*)'", r"\1", str(exc).split(" (")[0]), 80)  # dkimpy shows bytes reprs
+            # dkimpy shows bytes reprs
+            reason = _clean(re.sub(r"b'([^']*)'", r"\1", str(exc).split(" (", maxsplit=1)[0]), 80)
         except Exception as exc:  # noqa: BLE001 - hostile signatures reach odd corners of dkimpy
             reason = f"unverifiable ({_clean(type(exc).__name__, 40)})"
         label = f"d={signer}" if signer else "d=?"

@@ -1,6 +1,10 @@
 #!/usr/bin/env python3
 """Gate: every module in library/ renders with ansible-doc, and its DOCUMENTATION matches its argument spec.
 
+DOCUMENTATION is read as ansible-doc reads it, with its doc fragments (`extends_documentation_fragment`, from
+plugins/doc_fragments/ through ansible.cfg's doc_fragment_plugins) merged in: the `providers` and `store` options
+and the `attributes` are documented there once for every module.
+
 The argument spec is taken from the module itself: main() is run with AnsibleModule replaced by a catcher that
 records the spec and stops, so nothing the module does after parsing its parameters runs.
 """
@@ -17,7 +21,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+os.environ.setdefault("ANSIBLE_CONFIG", str(ROOT / "ansible.cfg"))  # before ansible reads its configuration
 from ansible.module_utils import basic  # noqa: E402
+from ansible.plugins.loader import fragment_loader  # noqa: E402
+from ansible.utils.plugin_docs import get_docstring  # noqa: E402
 
 import conftest  # noqa: E402,F401  (makes ansible.module_utils.<project module> importable)
 
@@ -87,7 +94,11 @@ def check(path: Path) -> list[str]:
             errors.append(f"{path.name}: no {block}")
     if errors:
         return errors
-    doc = yaml.safe_load(ns["DOCUMENTATION"])
+    doc = get_docstring(str(path.resolve()), fragment_loader, is_module=True)[0]
+    attributes = doc.get("attributes") or {}
+    for attribute in ("check_mode", "diff_mode"):
+        if (attributes.get(attribute) or {}).get("support") not in ("full", "partial", "none", "N/A"):
+            errors.append(f"{path.name}: attributes.{attribute}.support is not declared")
     yaml.safe_load(ns["EXAMPLES"])
     ret = yaml.safe_load(ns["RETURN"]) or {}
     for key, val in ret.items():
