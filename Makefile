@@ -19,18 +19,25 @@ bootstrap:
 demo: bootstrap
 	@$(BIN)/python scripts/demo.py --hosts $(HOSTS)
 
-test: bootstrap lint unit integration molecule
+# integration (lab slots 1 and 2) and molecule (slot 3) run side by side: molecule mostly waits on its hosts.
+test: bootstrap lint unit
+	@bash scripts/side-by-side.sh integration molecule
 
 lint: bootstrap
 	$(BIN)/ruff check .
 	$(BIN)/ansible-lint --offline --profile production -q
+	$(BIN)/ansible-playbook --syntax-check -i inventories/production awx/configure.yml
 	@bash scripts/check-module-docs.sh
+	@bash scripts/sanity.sh
 
+# TEST_WORKERS pytest-xdist workers (default 2, one per core of CI); TEST_WORKERS=0 runs in this process.
 unit: bootstrap
-	$(BIN)/python -m pytest tests/unit
+	$(BIN)/python -m pytest tests/unit -n $${TEST_WORKERS:-2}
 
+# One lab slot per worker, from LAB_TEST_SLOTS (default 1,2; tests/integration/labtools.py). Tests go one by one to
+# whichever worker is free, longest modules first; a module with module fixtures stays on one worker (its conftest).
 integration: bootstrap
-	$(BIN)/python -m pytest tests/integration
+	$(BIN)/python -m pytest tests/integration -n $${TEST_WORKERS:-2} --dist loadgroup --no-loadscope-reorder
 
 molecule: bootstrap
 	@bash scripts/molecule.sh

@@ -227,7 +227,10 @@ def _base64_secret(run):
     token = re.sub(r"\s+", "", run).rstrip("=").replace("-", "+").replace("_", "/")
     if len(token) < 40:
         return False
-    if len(token) >= _LONG_TOKEN and _entropy(token) > 4.5:
+    # A long absolute path (/var/lib/.../entregas/<folio>/...) is a base64 run by its characters; its entropy says
+    # nothing. It is still refused when it decodes to key material (the checks below).
+    is_path = run.startswith("/") and run.count("/") >= 3
+    if len(token) >= _LONG_TOKEN and _entropy(token) > 4.5 and not is_path:
         return True
     if token.startswith(("MII", "MIG")) and len(token) >= 60:
         return True  # the base64 of a DER SEQUENCE of 128 bytes or more (a key, a PKCS#12) whatever it holds

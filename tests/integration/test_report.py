@@ -313,7 +313,8 @@ def report(sim, killed_and_resumed, tmp_path_factory):
     inv = tmp_path_factory.mktemp("inventory")
     (inv / "group_vars").symlink_to(ROOT / "inventories" / "lab" / "group_vars")
     (inv / "hosts.yml").write_text(json.dumps({"all": {
-        "vars": {"lab_state_dir": str(sim.state), "lab_renapo_endpoint": f"127.0.0.1:{sim.renapo_port}"},
+        "vars": {"lab_state_dir": str(sim.state), "lab_renapo_endpoint": f"127.0.0.1:{sim.renapo_port}",
+                 "lab_sat_endpoint": f"127.0.0.1:{sim.sat_port}"},
         "children": {"consulta_hosts": {"hosts": {}}, "controller": {"hosts": {"localhost": {
             "ansible_connection": "local", "ansible_python_interpreter": str(BIN / "python")}}}}}}))
     (sim.state / "procedure").mkdir(exist_ok=True)

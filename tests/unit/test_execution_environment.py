@@ -15,7 +15,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / ".venv" / "bin"
 # Needed only by the lab, the tests, the gates or to build the image itself: never inside the image.
-NOT_IN_IMAGE = {"aiosmtpd", "pytest", "pytest-timeout", "zeep", "molecule", "ansible-lint", "ruff", "ansible-builder"}
+NOT_IN_IMAGE = {"aiosmtpd", "pytest", "pytest-timeout", "zeep", "molecule", "ansible-lint", "ruff", "ansible-builder",
+                "pytest-xdist", "execnet"}
 # The builder installs these two itself (dependencies.ansible_core / ansible_runner).
 BUILDER_MANAGED = {"ansible-core", "ansible-runner"}
 

@@ -383,7 +383,7 @@ def test_duplicate_anchor_in_one_bundle_is_reported_once():
 @pytest.mark.parametrize("value", [
     sha256(GEN1), sha256(GEN1).lower(), sha256(GEN1).replace(":", ""), "sha256:" + sha256(GEN1).replace(":", ""),
     "SHA256 Fingerprint=" + sha256(GEN1), " ".join(sha256(GEN1).split(":")), pem(GEN1).decode(),
-])
+], ids=["colons", "lower", "bare-hex", "sha256-prefix", "openssl-output", "spaces", "pem"])
 def test_fingerprint_spellings(value):
     assert expiry.fingerprint(value) == sha256(GEN1)
 
