@@ -7,7 +7,8 @@
 (c) the floor: `ansible -m ping` plus one `ansible.builtin.copy` of the bundle to the same hosts.
 All three run with warm ssh control masters, one after the other in one lab. Prints a/c and b/c (targets at 20 hosts:
 a/c <= 1.5, b/c <= 1.0), the absolute seconds, and with --profile the wall time per task from the junit callback.
-Runs on the lab slot in LAB_SLOT (default 3, the molecule/benchmark slot); leaves that lab down.
+Runs on the lab slot in LAB_SLOT (default 3, the molecule/benchmark slot); leaves that lab down. (b) takes no fleet
+lock: the plan finds nothing to change.
 """
 from __future__ import annotations
 
@@ -32,6 +33,9 @@ sys.path.insert(0, str(ROOT))
 import conftest  # noqa: E402,F401  (first: makes ansible.module_utils.<project module> importable)
 import labctl  # noqa: E402
 from ansible.module_utils.ticket_store import open_store  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "tests"))
+from providers import lab_providers  # noqa: E402  (tests/providers.py: the lab inventory's provider registry)
 # isort: on
 
 BIN = ROOT / ".venv" / "bin"
@@ -60,7 +64,7 @@ def published_delivery() -> tuple[Path, str, str]:
     outbox = Path(pub["outbox"])
     fp = re.search(r"(?:[0-9A-F]{2}:){31}[0-9A-F]{2}", (outbox / "oficio.txt").read_text(errors="replace")).group(0)
     (labctl.STATE / "procedure").mkdir(parents=True, exist_ok=True)
-    with open_store(str(labctl.STATE / "procedure" / "tickets.db")) as store:
+    with open_store(str(labctl.STATE / "procedure" / "tickets.db"), providers=lab_providers()) as store:
         store.anchor_seed("renapo", [Path(labctl.pki.ensure(labctl.STATE)["renapo_anchor"]).read_text()],
                           actor="bench", reason="lab day zero")
         store.anchor_record("renapo", Path(pub["anchor"]).read_text(), actor="bench")
@@ -113,7 +117,7 @@ def one_run(n: int, profile: bool, tmp: Path) -> dict:
     ping, _ = ansible(adhoc + ["-m", "ansible.builtin.ping"])
     copy, _ = ansible(adhoc + ["-m", "ansible.builtin.copy", "-a", f"src={bundle} dest={FLOOR_DEST} mode=0644"])
     ansible(adhoc + ["-m", "ansible.builtin.file", "-a", f"path={FLOOR_DEST} state=absent"])
-    rollout = [str(BIN / "ansible-playbook"), "playbooks/rollout.yml", "-e", "rollout_service=renapo",
+    rollout = [str(BIN / "ansible-playbook"), "playbooks/rollout.yml", "-e", "service=renapo",
                "-e", f"rollout_certificate={cert}", "-e", f"rollout_expected_fingerprint={fp}"]
     a, _ = ansible(rollout, tmp / "junit-a" if profile else None)
     b, out = ansible(rollout, tmp / "junit-b" if profile else None)

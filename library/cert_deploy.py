@@ -1,4 +1,6 @@
 #!/usr/bin/python
+# Copyright: (c) 2026, DGTIC Operaciones
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
 DOCUMENTATION = r"""
 ---
@@ -17,7 +19,8 @@ description:
   - Runs with the host's standard library only. Secret files (keys, keystores) never show their content, not even in
     the diff; only C(<secret file changed>).
 version_added: "0.1.0"
-author: DGTIC certificate renewal team
+author: DGTIC Operaciones (@dgtic-operaciones)
+extends_documentation_fragment: [attributes.diff]
 options:
   action:
     description: What to do.
@@ -215,6 +218,17 @@ files:
       added: [{fingerprint: "4C:..:E2", subject_cn: RENAPO lab anchor 2, not_after: "2031-01-01T00:00:00Z"}]
       removed: [{fingerprint: "9D:..:11", subject_cn: Rogue CA, not_after: "2030-01-01T00:00:00Z",
                  reason: not in the trust-anchor registry}]
+  contains:
+    added:
+      description: The certificates the file holds after and not before (fingerprint, subject_cn, not_after).
+      type: list
+      elements: dict
+      returned: always
+    removed:
+      description: The certificates the file held before and not after, each with the C(reason) it was removed.
+      type: list
+      elements: dict
+      returned: always
 backup:
   description:
     - The backup made (install) or used (restore), or null when nothing changed (or nothing was written) on install.
@@ -224,6 +238,11 @@ backup:
   type: dict
   sample: {label: 20260115T101500Z-a1b2c3, path: /var/backups/consulta/20260115T101500Z-a1b2c3, service: renapo,
            signed: true}
+  contains:
+    service:
+      description: The service the backup was taken for.
+      type: str
+      returned: always
 restored:
   description: Whether a failed config test or reload made the module put the previous files back.
   returned: install and restore

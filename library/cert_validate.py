@@ -1,4 +1,6 @@
 #!/usr/bin/python
+# Copyright: (c) 2026, DGTIC Operaciones
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Ansible module cert_validate: refuse a bad certificate delivery before any host is touched."""
 
 DOCUMENTATION = r"""
@@ -26,7 +28,8 @@ description:
     reports C(changed=false) and says so.
   - No passphrase and no key byte ever appears in the result.
 version_added: "0.1.0"
-author: DGTIC certificate renewal team
+author: DGTIC Operaciones (@dgtic-operaciones)
+extends_documentation_fragment: [attributes.diff]
 options:
   kind:
     description:
@@ -119,6 +122,12 @@ options:
     type: list
     elements: path
     default: []
+  staged_content:
+    description:
+      - Also return each staged artefact's bytes, base64, as RV(staged_b64), so the caller reads nothing back.
+      - They include an identity's unencrypted private key; run the task with C(no_log).
+    type: bool
+    default: false
 notes:
   - Supports check mode (nothing is written) and diff mode (fingerprints before and after, never key bytes).
 requirements:
@@ -289,23 +298,30 @@ staged:
   type: dict
   sample: {"anchor": "/srv/staging/anchor.pem", "bundle": "/srv/staging/bundle.pem",
            "truststore": "/srv/staging/truststore.p12"}
+staged_b64:
+  description: The staged artefacts' bytes, base64, by the same names as RV(staged) (an identity's key among them).
+  returned: when staged_content is true, staging_dir is set and there is no defect
+  type: dict
+  sample: {"anchor": "LS0tLS1CRUdJTi...", "bundle": "LS0tLS1CRUdJTi...", "truststore": "MIIG..."}
 defects:
   description: Every defect found, each with a stable code.
   returned: always
   type: list
   elements: dict
   sample: [{"code": "EXPIRED", "message": "'CN=consulta.example' expired on 2025-01-01 00:00 UTC"}]
+step:
+  description: C(input) when the task is refused before reading anything (a key or passphrase under ANSIBLE_DEBUG).
+  returned: failed before validation
+  type: str
+  sample: input
 """
 
-from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.debug_guard import refuse_debug
+import base64
 
-try:
-    from ansible.module_utils.cert_validation import stage, validate
-except ImportError as exc:  # cryptography missing on the controller
-    IMPORT_ERROR = exc
-else:
-    IMPORT_ERROR = None
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.cert_validation import stage, validate
+from ansible.module_utils.debug_guard import refuse_debug
+from ansible.module_utils.x509_load import CRYPTOGRAPHY_IMPORT_ERROR
 
 
 def main():
@@ -330,14 +346,15 @@ def main():
             staging_dir=dict(type="path"),
             truststore_passphrase=dict(type="str", no_log=True, default="changeit"),
             current_truststores=dict(type="list", elements="path", default=[]),
+            staged_content=dict(type="bool", default=False),
         ),
         required_one_of=[("certificate", "pkcs12")],
         mutually_exclusive=[("certificate", "pkcs12"), ("private_key", "pkcs12")],
         supports_check_mode=True,
     )
     refuse_debug(module, any(module.params[o] for o in ("private_key", "private_key_passphrase", "pkcs12")))
-    if IMPORT_ERROR:
-        module.fail_json(msg=f"cert_validate needs the cryptography library on the controller: {IMPORT_ERROR}")
+    if CRYPTOGRAPHY_IMPORT_ERROR:
+        module.fail_json(msg=missing_required_lib("cryptography"), exception=CRYPTOGRAPHY_IMPORT_ERROR)
     p = module.params
     for option in ("expected_subject", "expected_issuer"):
         if p[option] is not None and not isinstance(p[option], (str, list)):
@@ -363,6 +380,13 @@ def main():
                                                      current_truststores=p["current_truststores"])
         except OSError as e:
             module.fail_json(msg=f"STAGING: cannot write to {p['staging_dir']}: {e.strerror or e}", **result)
+        # One round trip instead of a read-back per artefact (the rollout's hot path).
+        if p["staged_content"] and not module.check_mode:
+            staged_b64 = {}
+            for name, path in result["staged"].items():
+                with open(path, "rb") as f:
+                    staged_b64[name] = base64.b64encode(f.read()).decode("ascii")
+            result["staged_b64"] = staged_b64
         # Already deployed means nothing new reaches a host, whatever the staging directory held.
         result["changed"] = staged_changed and not report.already_deployed
     if module._diff:

@@ -65,6 +65,6 @@ def test_sat_identity_from_request_to_closed_ticket(fresh_lab):
     serial = format(leaf.serial_number, "X")
     for h in hosts:
         url = f"http://{lab.host_ip(int(h.rsplit('-', 1)[1]))}:{lab.GATEWAY_PORT}"
-        seen = consult("sat", url, rfc=procedure.padron.check_rfc(lab.STATE), timeout=5)["client_serial"]
+        seen = consult("rfc_opinion", url, rfc=procedure.padron.check_rfc(lab.STATE), timeout=5)["client_serial"]
         assert seen.lstrip("0") == serial.lstrip("0"), h
     assert PASSPHRASE not in out.stdout + out.stderr
