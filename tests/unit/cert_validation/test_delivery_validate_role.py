@@ -15,7 +15,9 @@ SERVICES = {"delivery_validate_services": {"renapo": {"kind": "trust"}, "sat": {
 
 def playbook(path, *extra, state_dir):
     # The lab inventory's settings name the lab's state dir: a scratch one here, the lab need not be up.
-    lab = dict(SERVICES, lab_state_dir=str(state_dir))
+    # The registry's endpoints name the lab's simulators (lab_*_endpoint, in the generated hosts.yml): closed ports.
+    lab = dict(SERVICES, lab_state_dir=str(state_dir), lab_renapo_endpoint="127.0.0.1:1",
+               lab_sat_endpoint="127.0.0.1:1")
     return subprocess.run([str(ROOT / ".venv/bin/ansible-playbook"), str(path), "-e", json.dumps(lab), *extra],
                           cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
 
