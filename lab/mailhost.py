@@ -493,6 +493,13 @@ def start(state: Path | None = None, sink: tuple[str, int] = ("127.0.0.1", 2525)
     if missing:
         raise MailHostError(f"missing {', '.join(missing)}: run `make bootstrap` (installs postfix opendkim "
                             "dovecot-imapd dovecot-lmtpd dnsmasq-base)")
+    # Postfix and Dovecot drop to their own users: every directory above the state dir must let others through
+    # (a checkout under a `mktemp -d` directory, mode 0700, fails later with "master.lock: Permission denied").
+    closed = [p for p in (state.resolve(), *state.resolve().parents) if p.exists() and not p.stat().st_mode & 0o001]
+    if closed:
+        raise MailHostError(f"{closed[-1]} (mode {closed[-1].stat().st_mode & 0o777:o}) does not let other users "
+                            f"through: Postfix and Dovecot cannot reach {state}; chmod o+x {closed[-1]} or put the "
+                            "project elsewhere")
     if all(running(state).values()):
         return False
     stop(state)
