@@ -73,7 +73,8 @@ def tls_serial(port, anchor, cert=None, key=None) -> str:
         ctx.load_cert_chain(cert, key)
     with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
             ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
-        return format(int(s.getpeercert()["serialNumber"], 16), "X")
+        serial = format(int(s.getpeercert()["serialNumber"], 16), "X")
+    return serial.zfill(len(serial) + len(serial) % 2)  # openssl's form: an even number of hex digits
 
 
 def https(port, path, anchor, method="GET", body=None, cert=None, key=None):

@@ -23,6 +23,7 @@ import yaml
 from ansible.module_utils.ticket_store import open_store
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from dateutil.easter import easter
 from labtools import ROOT, ansible_env, run
 
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -89,18 +90,31 @@ def text_of(msg) -> str:
                      for part in msg.walk() if part.get_content_maintype() == "text")
 
 
-def business_days_after(start: datetime, days: int) -> datetime:
-    """`days` Mexican business days after `start` (local time), closing at 18:00 — computed here from the calendar:
-    weekends, the LFT's days of rest and the lab's DOF days, not from the product's code."""
-    mx = holidays.country_holidays("MX", years=range(start.year, start.year + 2))
+def first_contact_due(received: datetime, days: int):
+    """The date a term of `days` business days ends, computed here from the calendar (weekends, the LFT's days of
+    rest, Holy Thursday/Friday, the lab's DOF days), not from the product's code. The rule is the procedure's, as
+    Mexican administrative terms count: the clock starts on the day of arrival when the mail arrives within business
+    hours (09:00-18:00) of a business day, else on the next business day; that day does not count; the term ends at
+    close of business of the N-th business day after it."""
+    mx = holidays.country_holidays("MX", years=range(received.year, received.year + 2))
     dof = set()
     for f in (LAB_VARS / "controller").glob("*.yml"):
         for dates in ((yaml.safe_load(f.read_text()) or {}).get("procedure_non_working_days") or {}).values():
             dof.update(str(d) for d in dates)
-    day, left = start.date(), days
+
+    def is_business(day):
+        holy = easter(day.year) - timedelta(days=3), easter(day.year) - timedelta(days=2)  # Holy Thursday, Friday
+        return day.weekday() < 5 and day not in mx and day.isoformat() not in dof and day not in holy
+
+    start = received.date()
+    if not (is_business(start) and received.hour < 18):
+        start += timedelta(days=1)
+        while not is_business(start):
+            start += timedelta(days=1)
+    day, left = start, days
     while left:
         day += timedelta(days=1)
-        if day.weekday() < 5 and day not in mx and day.isoformat() not in dof:
+        if is_business(day):
             left -= 1
     return day
 
@@ -132,8 +146,7 @@ def test_third_provider_from_request_to_closed_ticket(fresh_lab, tmp_path):
     assert ticket["folio"] == f"DGTIC-INE-{year}-000001"
     # Its own SLA (3 business days of first contact, from the registry) from the calendar, in local time.
     received = datetime.fromisoformat(ticket["received_at"]).astimezone(MX)
-    assert datetime.fromisoformat(ticket["first_contact_due"]).astimezone(MX).date() == \
-        business_days_after(received, 3)
+    assert datetime.fromisoformat(ticket["first_contact_due"]).astimezone(MX).date() == first_contact_due(received, 3)
     [folio_notice] = [m for m in procedure.sink() if procedure.subject(m).startswith(f"Folio {ticket['folio']}")]
     assert "INE (verificación de credencial)" in text_of(folio_notice)
 
