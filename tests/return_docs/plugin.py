@@ -24,7 +24,8 @@ COMMON = {"changed", "failed", "msg", "invocation", "diff", "warnings", "depreca
           "skip_reason", "rc", "stdout", "stderr", "stdout_lines", "stderr_lines", "backup_file", "ansible_facts",
           "item", "ansible_loop_var", "_ansible_no_log", "_ansible_item_label", "_ansible_verbose_always",
           "_ansible_verbose_override", "_ansible_ignore_errors", "_ansible_delegated_vars", "module_stdout",
-          "module_stderr", "attempts", "censored"}
+          "module_stderr", "attempts", "censored", "failed_when_result", "changed_when_result",
+          "ansible_index_var"}
 _record: Path | None = None
 
 

@@ -28,8 +28,11 @@ class CallbackModule(CallbackBase):
         data = result._result
         if not path or not isinstance(data, dict) or "results" in data and isinstance(data.get("results"), list):
             return  # a loop's aggregate: its items are recorded one by one
+        # Keys the task adds, not the module: a loop's own variable (loop_control.loop_var) and its index.
+        added = {data.get("ansible_loop_var"), data.get("ansible_index_var")} - {None}
+        keys = sorted(str(k) for k in data if k not in added)
         with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"module": module, "status": status, "keys": sorted(map(str, data))}) + "\n")
+            f.write(json.dumps({"module": module, "status": status, "keys": keys}) + "\n")
 
     def v2_runner_on_ok(self, result):
         self._record(result, "ok")
