@@ -322,7 +322,7 @@ allowed_next:
 """
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-from ansible.module_utils.providers import ProviderError, registry
+from ansible.module_utils.providers import ProviderError, checked
 from ansible.module_utils.sla import HOLIDAYS_IMPORT_ERROR, MODULE_OPTIONS, now_local, policy_from_params, to_datetime
 from ansible.module_utils.ticket_store import (
     SOURCES,
@@ -373,12 +373,9 @@ def main():
     if p["state"] != "present" and not p["ticket"]:
         module.fail_json(msg=f"state={p['state']} moves an existing ticket: give its id or folio in 'ticket'")
     try:
-        known = registry(p["providers"])
+        known = checked(p["providers"], p["service"])
     except ProviderError as e:
-        module.fail_json(msg=f"provider registry (providers): {e}")
-    if p["service"] is not None and p["service"] not in known:
-        module.fail_json(msg=f"unknown service {p['service']!r}; the provider registry (procedure_providers) has "
-                             f"{', '.join(known.names())}")
+        module.fail_json(msg=str(e))
     try:
         policy = policy_from_params(p, reopen_business_days=p["reopen_business_days"])
         now = to_datetime(p["now"]) if p["now"] else now_local()

@@ -188,7 +188,7 @@ now:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.notify import JINJA2_IMPORT_ERROR
-from ansible.module_utils.providers import ProviderError, registry
+from ansible.module_utils.providers import ProviderError, checked
 from ansible.module_utils.sla import (
     HOLIDAYS_IMPORT_ERROR,
     MODULE_OPTIONS,
@@ -226,12 +226,9 @@ def main():
     p = module.params
     module.no_log_values.update(dsn_secrets(p["store"]))  # a password inside the DSN never reaches the output
     try:
-        known = registry(p["providers"])
+        known = checked(p["providers"], p["service"])
     except ProviderError as e:
-        module.fail_json(msg=f"provider registry (providers): {e}")
-    if p["service"] is not None and p["service"] not in known:
-        module.fail_json(msg=f"unknown service {p['service']!r}; the provider registry (procedure_providers) has "
-                             f"{', '.join(known.names())}")
+        module.fail_json(msg=str(e))
     try:
         policy = policy_from_params(p, due_soon_business_days=p["due_soon_business_days"])
         now = to_datetime(p["now"]) if p["now"] else now_local()

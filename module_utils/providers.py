@@ -241,3 +241,16 @@ class Registry:
 def registry(providers):
     """A Registry from a module option (dict or Registry); raises ProviderError."""
     return providers if isinstance(providers, Registry) else Registry(providers)
+
+
+def checked(providers, service=None):
+    """The registry a module was given, with `service` (when given) checked against it; raises ProviderError with
+    the message the module shows."""
+    try:
+        known = registry(providers)
+    except ProviderError as e:
+        raise ProviderError(f"provider registry (providers): {e}") from None
+    if service is not None and service not in known:
+        raise ProviderError(f"unknown service {service!r}; the provider registry (procedure_providers) has "
+                            f"{', '.join(known.names())}")
+    return known
