@@ -8,38 +8,24 @@ which replaces the fragment's entry.
 """
 
 
+_TEMPLATE = r"""
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: full%s
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: %s
+"""
+
+
 class ModuleDocFragment:
     # A module that changes something and returns no diff.
-    DOCUMENTATION = r"""
-attributes:
-  check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
-    support: full
-  diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
-    support: none
-"""
+    DOCUMENTATION = _TEMPLATE % ("", "none")
 
     # A module that changes something and returns a before/after diff (also in check mode).
-    DIFF = r"""
-attributes:
-  check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
-    support: full
-  diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
-    support: full
-"""
+    DIFF = _TEMPLATE % ("", "full")
 
     # A module that only reads (or only computes) and never reports changed.
-    INFO = r"""
-attributes:
-  check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
-    support: full
-    details: It changes nothing, so it runs the same in check mode.
-  diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
-    support: N/A
-    details: It changes nothing.
-"""
+    INFO = _TEMPLATE % ("\n    details: It changes nothing, so it runs the same in check mode.",
+                        "N/A\n    details: It changes nothing.")
